@@ -1,0 +1,60 @@
+//! Errors from the repository layer.
+//!
+//! Every variant names the object involved and, where the user can act, the
+//! message says what to do. Damage is reported as [`RepoError::Damaged`] with
+//! the object's path, so `check` and `restore` can say exactly what broke.
+
+use cairn_store::StoreError;
+
+use crate::id::Id;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error(
+        "{location} is not a cairn/restic repository (it has no config file); run `cairn init` to create one, or check --repo / CAIRN_REPOSITORY"
+    )]
+    NotARepository { location: String },
+
+    #[error("{location} already holds a repository; use it as it is, or pick an empty location")]
+    AlreadyInitialized { location: String },
+
+    #[error("wrong password: no key in {location} opens with it; check CAIRN_PASSWORD / CAIRN_PASSWORD_FILE")]
+    WrongPassword { location: String },
+
+    #[error("damaged repository object {path}: {reason}")]
+    Damaged { path: String, reason: String },
+
+    #[error("repository format version {0} is not supported (cairn reads versions 1 and 2)")]
+    UnsupportedVersion(u32),
+
+    #[error("no snapshot matches {spec:?}; run `cairn snapshots` to see the ids")]
+    SnapshotNotFound { spec: String },
+
+    #[error("snapshot prefix {spec:?} is ambiguous ({count} snapshots match); give more digits")]
+    AmbiguousSnapshot { spec: String, count: usize },
+
+    #[error("{kind} blob {id} is not in any index; run `cairn check` to see what is affected")]
+    BlobNotFound { kind: &'static str, id: Id },
+
+    #[error(
+        "repository is locked by {holder}; wait for it to finish, or run `cairn unlock` if that process is gone"
+    )]
+    Locked { holder: String },
+
+    #[error("the backup pipeline stopped: {0}")]
+    Pipeline(String),
+
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl RepoError {
+    pub(crate) fn damaged(path: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        RepoError::Damaged { path: path.into(), reason: reason.to_string() }
+    }
+}
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;

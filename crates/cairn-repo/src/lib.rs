@@ -1,0 +1,40 @@
+//! The cairn repository: a restic repository, format version 2, read and
+//! written natively.
+//!
+//! How the pieces fit:
+//!
+//! * [`Repository`] opens or creates a repository on any
+//!   [`cairn_store::Backend`], holding the decrypted master key and config.
+//! * [`Index`] maps blob ids to their place in pack files; load it with
+//!   [`Repository::load_index`] before reading blobs.
+//! * [`BlobSaver`] is the write pipeline: blobs in, deduplicated,
+//!   compressed, encrypted packs and index files out.
+//! * [`tree`] and [`format`] are the documents: trees, snapshots, indexes,
+//!   locks, keys, config.
+//! * [`chunker`] cuts streams into content-defined chunks (keyed FastCDC).
+//! * [`check`] verifies a repository and names what damage affects.
+//! * [`lock`] implements restic-compatible repository locks.
+//!
+//! The on-disk format is specified in `docs/DESIGN.md` at the top of the
+//! source tree.
+
+pub mod check;
+pub mod chunker;
+mod error;
+pub mod format;
+pub mod gocompat;
+mod id;
+pub mod index;
+pub mod lock;
+pub mod pack;
+mod repository;
+pub mod saver;
+pub mod tree;
+pub mod verify;
+
+pub use error::{RepoError, Result};
+pub use format::{BlobType, CairnSnapshotMeta, Snapshot, SnapshotSummary};
+pub use id::{Id, ParseIdError};
+pub use index::Index;
+pub use repository::{KeyInfo, Repository, decode_blob, host_and_user};
+pub use saver::{BlobSaver, SavedBlob, SaverOptions, SaverStats, SaverSummary};

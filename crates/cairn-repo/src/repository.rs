@@ -1,0 +1,477 @@
+//! Opening, creating and reading a repository.
+//!
+//! [`Repository`] is an opened repository: config decrypted, master key in
+//! hand. Reading blobs needs the index as well, so that is a separate step
+//! ([`Repository::load_index`]) producing an [`Index`] callers pass along;
+//! nothing can read a blob without having loaded one.
+//!
+//! Every object read is verified twice: its SHA-256 against its name (so
+//! damage is named precisely, before decryption), then its MAC. Blobs are
+//! additionally checked against their plaintext SHA-256 after decompression.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use cairn_crypto::{KdfParams, Key, MasterKeyJson};
+use cairn_store::{Backend, FileType, Handle, PutOptions, StoreError};
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{RepoError, Result};
+use crate::format::{BlobType, IndexFile, KeyFile, RepoConfig, Snapshot, decode_unpacked, encode_unpacked};
+use crate::id::Id;
+use crate::index::{BlobLocation, Index};
+use crate::tree::Tree;
+
+/// How many objects to fetch at once when loading snapshots or indexes.
+const LOAD_CONCURRENCY: usize = 8;
+
+/// An opened repository.
+#[derive(Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: Arc<Key>,
+    key_id: Id,
+    config: RepoConfig,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.backend.location()).finish()
+    }
+}
+
+/// The host and user recorded in key files, locks and snapshots.
+pub fn host_and_user() -> (String, String) {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_default();
+    (host, user)
+}
+
+pub(crate) fn now() -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::Local::now().fixed_offset()
+}
+
+/// A key file, listed.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub id: Id,
+    pub username: String,
+    pub hostname: String,
+    pub created: chrono::DateTime<chrono::FixedOffset>,
+    /// Whether this is the key the repository was opened with.
+    pub current: bool,
+}
+
+impl Repository {
+    /// Creates a new repository (format version 2) protected by `password`.
+    pub async fn init(backend: Arc<dyn Backend>, password: &str) -> Result<Repository> {
+        Self::init_with(backend, password, KdfParams::DEFAULT).await
+    }
+
+    /// Like [`Repository::init`] with explicit scrypt parameters (tests use cheap ones).
+    pub async fn init_with(backend: Arc<dyn Backend>, password: &str, kdf: KdfParams) -> Result<Repository> {
+        let location = backend.location();
+        if backend.exists(&Handle::config()).await? {
+            return Err(RepoError::AlreadyInitialized { location });
+        }
+        match backend.create().await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists { .. }) => return Err(RepoError::AlreadyInitialized { location }),
+            Err(e) => return Err(e.into()),
+        }
+        let master = Key::random();
+        let config = RepoConfig::new_v2();
+        // Key first, config last: a repository without config is not a
+        // repository yet, so a crash in between leaves nothing half-made that
+        // `open` would accept.
+        let key_id = write_key_file(backend.as_ref(), &master, password, kdf).await?;
+        let plain = serde_json::to_vec(&config).expect("config serialises");
+        let sealed = master.seal(&plain);
+        match backend.put(&Handle::config(), sealed.into(), PutOptions::create_new()).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists { .. }) => {
+                let _ = backend.delete(&Handle::new(FileType::Key, key_id.to_hex())).await;
+                return Err(RepoError::AlreadyInitialized { location });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Repository { backend, key: Arc::new(master), key_id, config })
+    }
+
+    /// Opens an existing repository with `password`.
+    pub async fn open(backend: Arc<dyn Backend>, password: &str) -> Result<Repository> {
+        let location = backend.location();
+        let sealed_config = match backend.get(&Handle::config(), None).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Err(RepoError::NotARepository { location }),
+            Err(e) => return Err(e.into()),
+        };
+        let keys = backend.list(FileType::Key).await?;
+        let mut damaged = Vec::new();
+        for info in keys {
+            let handle = Handle::new(FileType::Key, info.name.clone());
+            let Ok(key_id) = info.name.parse::<Id>() else { continue };
+            let raw = backend.get(&handle, None).await?;
+            if Id::hash(&raw) != key_id {
+                damaged.push(handle.path());
+                continue;
+            }
+            let Ok(key_file) = serde_json::from_slice::<KeyFile>(&raw) else {
+                damaged.push(handle.path());
+                continue;
+            };
+            let password = password.to_string();
+            let opened = tokio::task::spawn_blocking(move || open_key_file(&key_file, &password))
+                .await
+                .expect("key derivation panicked");
+            let master = match opened {
+                Ok(Some(k)) => k,
+                Ok(None) => continue,
+                Err(_) => {
+                    damaged.push(handle.path());
+                    continue;
+                }
+            };
+            let plain = master
+                .open(&sealed_config)
+                .map_err(|_| RepoError::damaged("config", "failed authentication with the master key"))?;
+            let config: RepoConfig =
+                serde_json::from_slice(&plain).map_err(|e| RepoError::damaged("config", e))?;
+            if config.version != 1 && config.version != 2 {
+                return Err(RepoError::UnsupportedVersion(config.version));
+            }
+            return Ok(Repository { backend, key: Arc::new(master), key_id, config });
+        }
+        if let Some(path) = damaged.first() {
+            return Err(RepoError::damaged(
+                path.clone(),
+                format!(
+                    "key file does not match its SHA-256 name or is malformed ({} damaged key file(s)); \
+                     if you have another password for this repository, use it",
+                    damaged.len()
+                ),
+            ));
+        }
+        Err(RepoError::WrongPassword { location })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn key(&self) -> &Arc<Key> {
+        &self.key
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// The id of the key file that opened this repository.
+    pub fn key_id(&self) -> Id {
+        self.key_id
+    }
+
+    /// Encrypts, compresses and stores a JSON document; returns its id.
+    pub async fn save_json<T: Serialize>(&self, kind: FileType, value: &T) -> Result<Id> {
+        let json = serde_json::to_vec(value).expect("repository documents serialise");
+        let plain = if self.config.version >= 2 { encode_unpacked(&json) } else { json };
+        let sealed = self.key.seal(&plain);
+        let id = Id::hash(&sealed);
+        let opts = PutOptions { sha256: Some(id.0), ..PutOptions::default() };
+        self.backend.put(&Handle::new(kind, id.to_hex()), Bytes::from(sealed), opts).await?;
+        Ok(id)
+    }
+
+    /// Loads and verifies a JSON document.
+    pub async fn load_json<T: DeserializeOwned>(&self, kind: FileType, id: &Id) -> Result<T> {
+        let handle = Handle::new(kind, id.to_hex());
+        let raw = self.backend.get(&handle, None).await?;
+        self.decode_json(&handle, id, &raw)
+    }
+
+    pub(crate) fn decode_json<T: DeserializeOwned>(&self, handle: &Handle, id: &Id, raw: &[u8]) -> Result<T> {
+        if Id::hash(raw) != *id {
+            return Err(RepoError::damaged(handle.path(), "content does not match its SHA-256 name"));
+        }
+        let plain = self
+            .key
+            .open(raw)
+            .map_err(|_| RepoError::damaged(handle.path(), "failed authentication (MAC mismatch)"))?;
+        let json = decode_unpacked(&plain).map_err(|e| RepoError::damaged(handle.path(), e))?;
+        serde_json::from_slice(&json)
+            .map_err(|e| RepoError::damaged(handle.path(), format!("invalid JSON: {e}")))
+    }
+
+    /// Ids of all objects of one type (names that are not ids are skipped:
+    /// they are another tool's temporary files).
+    pub async fn list_ids(&self, kind: FileType) -> Result<Vec<Id>> {
+        Ok(self.backend.list(kind).await?.into_iter().filter_map(|o| o.name.parse().ok()).collect())
+    }
+
+    /// All snapshots, oldest first. Damaged snapshot files are returned as errors
+    /// in the second list rather than failing the whole listing.
+    pub async fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<RepoError>)> {
+        let ids = self.list_ids(FileType::Snapshot).await?;
+        let results: Vec<_> = futures::stream::iter(ids)
+            .map(|id| async move { (id, self.load_json::<Snapshot>(FileType::Snapshot, &id).await) })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .collect()
+            .await;
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for (id, r) in results {
+            match r {
+                Ok(sn) => ok.push((id, sn)),
+                Err(e @ RepoError::Damaged { .. }) => errors.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        ok.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok((ok, errors))
+    }
+
+    /// Resolves `latest`, a full id or a unique id prefix.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        if spec == "latest" {
+            let (mut all, errors) = self.snapshots().await?;
+            if all.is_empty()
+                && let Some(e) = errors.into_iter().next()
+            {
+                return Err(e);
+            }
+            return all.pop().ok_or_else(|| RepoError::SnapshotNotFound { spec: spec.into() });
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        if spec_lc.is_empty() || !spec_lc.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(RepoError::SnapshotNotFound { spec: spec.into() });
+        }
+        let matches: Vec<Id> = self
+            .list_ids(FileType::Snapshot)
+            .await?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&spec_lc))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(RepoError::SnapshotNotFound { spec: spec.into() }),
+            [id] => Ok((*id, self.load_json(FileType::Snapshot, id).await?)),
+            many => Err(RepoError::AmbiguousSnapshot { spec: spec.into(), count: many.len() }),
+        }
+    }
+
+    /// Loads every index file. Fails on the first damaged one; `check` uses
+    /// [`Repository::load_index_tolerant`] to report them all instead.
+    pub async fn load_index(&self) -> Result<Index> {
+        let (index, errors) = self.load_index_tolerant().await?;
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(index),
+        }
+    }
+
+    /// Loads every readable index file, returning damaged ones as errors.
+    pub async fn load_index_tolerant(&self) -> Result<(Index, Vec<RepoError>)> {
+        let (files, errors) = self.load_index_files().await?;
+        let mut index = Index::new();
+        for (id, file) in &files {
+            index.add_file(*id, file);
+        }
+        Ok((index, errors))
+    }
+
+    /// Loads every readable index file as written (`check` needs each pack's
+    /// full blob list, which the merged [`Index`] does not keep).
+    pub async fn load_index_files(&self) -> Result<(Vec<(Id, IndexFile)>, Vec<RepoError>)> {
+        let ids = self.list_ids(FileType::Index).await?;
+        let mut stream = futures::stream::iter(ids)
+            .map(|id| async move { (id, self.load_json::<IndexFile>(FileType::Index, &id).await) })
+            .buffer_unordered(LOAD_CONCURRENCY);
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        while let Some((id, r)) = stream.next().await {
+            match r {
+                Ok(file) => files.push((id, file)),
+                Err(e @ RepoError::Damaged { .. }) => errors.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((files, errors))
+    }
+
+    /// Packs that exist but that no index lists: what a killed backup
+    /// leaves. Each is read whole and verified (SHA-256 against its name,
+    /// authenticated header) before it is offered for reuse; damaged ones are
+    /// skipped with a warning. Packs a concurrent backup has uploaded but
+    /// not indexed yet are found too; indexing them twice is harmless.
+    pub async fn find_unindexed_packs(
+        &self,
+        index: &Index,
+    ) -> Result<Vec<(Id, Vec<crate::pack::PackedBlob>)>> {
+        let orphans: Vec<Id> =
+            self.list_ids(FileType::Pack).await?.into_iter().filter(|p| !index.has_pack(p)).collect();
+        let mut found = Vec::new();
+        for pack in orphans {
+            let handle = Handle::new(FileType::Pack, pack.to_hex());
+            let bytes = match self.backend.get(&handle, None).await {
+                Ok(b) => b,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let key = self.key.clone();
+            let parsed = tokio::task::spawn_blocking(move || {
+                if Id::hash(&bytes) != pack {
+                    return Err("content does not match its SHA-256 name".to_string());
+                }
+                crate::pack::parse_pack(&key, &bytes).map_err(|e| e.to_string())
+            })
+            .await
+            .expect("pack verification panicked");
+            match parsed {
+                Ok(blobs) => found.push((pack, blobs)),
+                Err(why) => tracing::warn!(pack = %handle.path(), "unindexed pack not reused: {why}"),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Reads one blob, verified against its id.
+    pub async fn read_blob(&self, index: &Index, kind: BlobType, id: &Id) -> Result<Vec<u8>> {
+        let loc = index.get(id, kind).ok_or(RepoError::BlobNotFound { kind: kind.as_str(), id: *id })?;
+        let handle = Handle::new(FileType::Pack, loc.pack.to_hex());
+        let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
+        let sealed = self.backend.get(&handle, Some(range)).await?;
+        decode_blob(&self.key, &sealed, id, &loc)
+    }
+
+    /// Reads and parses a tree.
+    pub async fn load_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
+        let data = self.read_blob(index, BlobType::Tree, id).await?;
+        Tree::from_blob(&data)
+            .map_err(|e| RepoError::damaged(format!("tree {id}"), format!("invalid JSON: {e}")))
+    }
+
+    /// Lists key files.
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for id in self.list_ids(FileType::Key).await? {
+            let raw = self.backend.get(&Handle::new(FileType::Key, id.to_hex()), None).await?;
+            let kf: KeyFile = serde_json::from_slice(&raw)
+                .map_err(|e| RepoError::damaged(format!("keys/{id}"), format!("invalid JSON: {e}")))?;
+            out.push(KeyInfo {
+                id,
+                username: kf.username,
+                hostname: kf.hostname,
+                created: kf.created,
+                current: id == self.key_id,
+            });
+        }
+        out.sort_by_key(|k| k.created);
+        Ok(out)
+    }
+
+    /// Adds a key file for another password; returns its id.
+    pub async fn add_key(&self, password: &str, kdf: KdfParams) -> Result<Id> {
+        write_key_file(self.backend.as_ref(), &self.key, password, kdf).await
+    }
+
+    /// Removes a key file. Refuses to remove the key in use (which would also
+    /// guard against removing the last one).
+    pub async fn remove_key(&self, id: &Id) -> Result<()> {
+        if *id == self.key_id {
+            return Err(RepoError::damaged(
+                format!("keys/{id}"),
+                "is the key this command was opened with; open with another password to remove it",
+            ));
+        }
+        let handle = Handle::new(FileType::Key, id.to_hex());
+        if !self.backend.exists(&handle).await? {
+            return Err(StoreError::NotFound { path: handle.path() }.into());
+        }
+        self.backend.delete(&handle).await?;
+        Ok(())
+    }
+
+    /// Replaces the current key with one for `new_password`: the new key is
+    /// written before the old one is removed, so a crash leaves both usable.
+    pub async fn change_password(&mut self, new_password: &str, kdf: KdfParams) -> Result<Id> {
+        let new_id = self.add_key(new_password, kdf).await?;
+        let old = self.key_id;
+        self.key_id = new_id;
+        self.backend.delete(&Handle::new(FileType::Key, old.to_hex())).await?;
+        Ok(new_id)
+    }
+}
+
+/// Decrypts a key file with `password`. `Ok(None)` means wrong password.
+fn open_key_file(kf: &KeyFile, password: &str) -> std::result::Result<Option<Key>, String> {
+    if kf.kdf != "scrypt" {
+        return Err(format!("unknown kdf {}", kf.kdf));
+    }
+    let salt = B64.decode(&kf.salt).map_err(|e| e.to_string())?;
+    let data = B64.decode(&kf.data).map_err(|e| e.to_string())?;
+    let user_key = KdfParams { n: kf.n, r: kf.r, p: kf.p }
+        .derive(password.as_bytes(), &salt)
+        .map_err(|e| e.to_string())?;
+    let Ok(plain) = user_key.open(&data) else { return Ok(None) };
+    let json: MasterKeyJson = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
+    Key::from_json(&json).map(Some).ok_or_else(|| "master key has bad lengths".to_string())
+}
+
+async fn write_key_file(backend: &dyn Backend, master: &Key, password: &str, kdf: KdfParams) -> Result<Id> {
+    let salt = cairn_crypto::random_salt();
+    let password = password.to_string();
+    let master_json = serde_json::to_vec(&master.to_json()).expect("master key serialises");
+    let (salt, sealed) = tokio::task::spawn_blocking(move || {
+        let user_key = kdf.derive(password.as_bytes(), &salt).expect("default kdf parameters are valid");
+        let sealed = user_key.seal(&master_json);
+        (salt, sealed)
+    })
+    .await
+    .expect("key derivation panicked");
+    let (hostname, username) = host_and_user();
+    let kf = KeyFile {
+        created: now(),
+        username,
+        hostname,
+        kdf: "scrypt".into(),
+        n: kdf.n,
+        r: kdf.r,
+        p: kdf.p,
+        salt: B64.encode(salt),
+        data: B64.encode(sealed),
+    };
+    let raw = serde_json::to_vec(&kf).expect("key file serialises");
+    let id = Id::hash(&raw);
+    let opts = PutOptions { sha256: Some(id.0), ..PutOptions::create_new() };
+    backend.put(&Handle::new(FileType::Key, id.to_hex()), Bytes::from(raw), opts).await?;
+    Ok(id)
+}
+
+/// Decrypts, decompresses and verifies one blob read from a pack.
+pub fn decode_blob(key: &Key, sealed: &[u8], id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
+    let where_ = || format!("data/{}/{} (blob {})", &loc.pack.to_hex()[..2], loc.pack, id.short());
+    let plain = key.open(sealed).map_err(|_| RepoError::damaged(where_(), "blob failed authentication"))?;
+    let plain = if loc.uncompressed_length != 0 {
+        zstd::bulk::decompress(&plain, loc.uncompressed_length as usize)
+            .map_err(|e| RepoError::damaged(where_(), format!("blob does not decompress: {e}")))?
+    } else {
+        plain
+    };
+    if Id::hash(&plain) != *id {
+        return Err(RepoError::damaged(where_(), "blob content does not match its SHA-256 id"));
+    }
+    Ok(plain)
+}

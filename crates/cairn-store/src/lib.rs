@@ -1,0 +1,209 @@
+//! Where repository objects live.
+//!
+//! A cairn repository is a set of immutable, content-addressed objects plus a
+//! single `config` object. This crate knows nothing about their contents: it
+//! stores and fetches bytes by [`Handle`] (a [`FileType`] and a name). The
+//! repository layer above it decides what the bytes mean.
+//!
+//! The contract every [`Backend`] honours (and the conformance tests in
+//! [`conformance`] check):
+//!
+//! * `put` is atomic: a reader sees either no object or the whole object,
+//!   never a prefix, even if the writer is killed mid-way.
+//! * `put` with [`PutMode::CreateNew`] fails with [`StoreError::AlreadyExists`]
+//!   when the object exists, and of two racing writers exactly one wins. Locks
+//!   and the repository config rely on it.
+//! * When `put` returns `Ok`, the object is durable (fsynced, or acknowledged
+//!   by the object store).
+//! * `list` may miss objects written concurrently but never returns partial ones.
+//! * Errors say whether a retry can help ([`StoreError::is_transient`]);
+//!   retrying is a wrapper's job, not each backend's.
+
+mod error;
+mod local;
+
+pub mod conformance;
+
+pub use error::StoreError;
+pub use local::LocalBackend;
+
+use std::fmt;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// The kinds of object in a repository, each in its own directory (prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileType {
+    /// The single `config` object.
+    Config,
+    /// Key files (`keys/`): a password-protected copy of the master key.
+    Key,
+    /// Snapshot manifests (`snapshots/`).
+    Snapshot,
+    /// Index files (`index/`): which blob lives in which pack.
+    Index,
+    /// Pack files (`data/XX/`): the blobs themselves.
+    Pack,
+    /// Lock files (`locks/`).
+    Lock,
+}
+
+impl FileType {
+    /// Every type, in the order replication and listings walk them.
+    pub const ALL: [FileType; 6] = [
+        FileType::Config,
+        FileType::Key,
+        FileType::Pack,
+        FileType::Index,
+        FileType::Snapshot,
+        FileType::Lock,
+    ];
+
+    /// The directory (object-key prefix) holding objects of this type.
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileType::Config => "",
+            FileType::Key => "keys",
+            FileType::Snapshot => "snapshots",
+            FileType::Index => "index",
+            FileType::Pack => "data",
+            FileType::Lock => "locks",
+        }
+    }
+
+    /// Singular human name, for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            FileType::Config => "config",
+            FileType::Key => "key",
+            FileType::Snapshot => "snapshot",
+            FileType::Index => "index",
+            FileType::Pack => "pack",
+            FileType::Lock => "lock",
+        }
+    }
+}
+
+/// Names one object: its type and its name (lower-case hex id, or `config`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle {
+    pub kind: FileType,
+    pub name: String,
+}
+
+impl Handle {
+    pub fn new(kind: FileType, name: impl Into<String>) -> Self {
+        Handle { kind, name: name.into() }
+    }
+
+    /// The config object.
+    pub fn config() -> Self {
+        Handle::new(FileType::Config, "config")
+    }
+
+    /// The object's path relative to the repository root, in restic's layout
+    /// (packs are fanned out by the first two hex digits).
+    pub fn path(&self) -> String {
+        match self.kind {
+            FileType::Config => "config".to_string(),
+            FileType::Pack => {
+                let fan = self.name.get(..2).unwrap_or("00");
+                format!("data/{fan}/{}", self.name)
+            }
+            kind => format!("{}/{}", kind.dir(), self.name),
+        }
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path())
+    }
+}
+
+/// How `put` treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PutMode {
+    /// Replace silently. Content-addressed objects are identical when names
+    /// match, so this is the normal mode.
+    #[default]
+    Overwrite,
+    /// Fail with [`StoreError::AlreadyExists`] if the object exists.
+    CreateNew,
+}
+
+/// Options for `put`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PutOptions {
+    pub mode: PutMode,
+    /// SHA-256 of the bytes, when the caller knows it. Object stores that can
+    /// verify it on receipt (S3 additional checksums) do; others ignore it.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl PutOptions {
+    pub fn create_new() -> Self {
+        PutOptions { mode: PutMode::CreateNew, sha256: None }
+    }
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A place that stores repository objects. See the crate docs for the contract.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Where this backend points, safe to print (no credentials).
+    fn location(&self) -> String;
+
+    /// Prepares an empty repository location (directories, bucket prefix).
+    /// Fails with [`StoreError::AlreadyExists`] if a `config` is already there.
+    async fn create(&self) -> Result<(), StoreError>;
+
+    /// Reads a whole object, or the byte `range` of it.
+    async fn get(&self, handle: &Handle, range: Option<Range<u64>>) -> Result<Bytes, StoreError>;
+
+    /// Writes a whole object atomically and durably.
+    async fn put(&self, handle: &Handle, data: Bytes, opts: PutOptions) -> Result<(), StoreError>;
+
+    /// Size of an object; [`StoreError::NotFound`] if absent.
+    async fn stat(&self, handle: &Handle) -> Result<ObjectInfo, StoreError>;
+
+    /// All objects of one type.
+    async fn list(&self, kind: FileType) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Removes an object. Removing an absent object is not an error.
+    async fn delete(&self, handle: &Handle) -> Result<(), StoreError>;
+
+    /// Whether the object exists.
+    async fn exists(&self, handle: &Handle) -> Result<bool, StoreError> {
+        match self.stat(handle).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Opens the backend a repository location names. Only local paths for now;
+/// `s3://` is recognised so the error can say what is missing.
+pub fn open_location(location: &str) -> Result<std::sync::Arc<dyn Backend>, StoreError> {
+    if let Some(rest) = location.strip_prefix("local:") {
+        return Ok(std::sync::Arc::new(LocalBackend::new(rest)));
+    }
+    if let Some((scheme, _)) = location.split_once("://") {
+        return Err(StoreError::UnsupportedLocation {
+            location: location.to_string(),
+            hint: format!(
+                "the {scheme}:// backend is not available in this build; use a local directory path"
+            ),
+        });
+    }
+    Ok(std::sync::Arc::new(LocalBackend::new(location)))
+}

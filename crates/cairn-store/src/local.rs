@@ -1,0 +1,276 @@
+//! The local-directory backend: the embedded default.
+//!
+//! Layout is restic's: `config`, `keys/`, `snapshots/`, `index/`, `locks/`,
+//! `data/00`..`data/ff/`, and `tmp/` for writes in progress.
+//!
+//! Every write goes to a fresh file in `tmp/`, is fsynced, then moved into
+//! place with `rename` (overwrite) or `link` (create-new, which fails if the
+//! name exists), and the target directory is fsynced. A reader therefore
+//! never sees a partial object, and a crash leaves at most a stray file in
+//! `tmp/`, which restic and cairn both ignore.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rand::Rng;
+
+use crate::{Backend, FileType, Handle, ObjectInfo, PutMode, PutOptions, StoreError};
+
+/// A repository in a local (or mounted) directory.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, handle: &Handle) -> PathBuf {
+        self.root.join(handle.path())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.expect("storage task panicked")
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::from_io(path.display().to_string(), e)
+}
+
+fn write_atomically(root: &Path, target: &Path, data: &[u8], mode: PutMode) -> Result<(), StoreError> {
+    let tmp_dir = root.join("tmp");
+    if !tmp_dir.is_dir() {
+        fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+    }
+    let tmp = tmp_dir.join(format!(".cairn-{:016x}.tmp", rand::thread_rng().r#gen::<u64>()));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(target))?;
+        f.sync_all().map_err(io(target))?;
+        // Objects are immutable; read-only files guard against accidents, as restic does.
+        f.set_permissions(fs::Permissions::from_mode(0o400)).map_err(io(&tmp))?;
+        drop(f);
+        let parent = target.parent().expect("object paths have a parent");
+        if !parent.is_dir() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        match mode {
+            PutMode::Overwrite => fs::rename(&tmp, target).map_err(io(target))?,
+            PutMode::CreateNew => {
+                fs::hard_link(&tmp, target).map_err(io(target))?;
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+        fsync_dir(parent).map_err(io(parent))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn read_range(path: &Path, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
+    let mut f = File::open(path).map_err(io(path))?;
+    match range {
+        None => {
+            let mut buf = Vec::with_capacity(f.metadata().map(|m| m.len() as usize).unwrap_or(0));
+            f.read_to_end(&mut buf).map_err(io(path))?;
+            Ok(buf.into())
+        }
+        Some(r) => {
+            let size = f.metadata().map_err(io(path))?.len();
+            if r.end > size || r.start > r.end {
+                return Err(StoreError::ShortRead {
+                    path: path.display().to_string(),
+                    start: r.start,
+                    end: r.end,
+                    actual: size,
+                });
+            }
+            f.seek(SeekFrom::Start(r.start)).map_err(io(path))?;
+            let mut buf = vec![0u8; (r.end - r.start) as usize];
+            f.read_exact(&mut buf).map_err(io(path))?;
+            Ok(buf.into())
+        }
+    }
+}
+
+fn list_dir(dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<(), StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::from_io(dir.display().to_string(), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(dir))?;
+        let meta = entry.metadata().map_err(io(dir))?;
+        if !meta.is_file() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        out.push(ObjectInfo { name, size: meta.len() });
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn create(&self) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        blocking(move || {
+            let config = root.join("config");
+            if config.exists() {
+                return Err(StoreError::AlreadyExists { path: config.display().to_string() });
+            }
+            for kind in [FileType::Key, FileType::Snapshot, FileType::Index, FileType::Lock] {
+                let d = root.join(kind.dir());
+                fs::create_dir_all(&d).map_err(io(&d))?;
+            }
+            for i in 0..=255u8 {
+                let d = root.join("data").join(format!("{i:02x}"));
+                fs::create_dir_all(&d).map_err(io(&d))?;
+            }
+            let tmp = root.join("tmp");
+            fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, handle: &Handle, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
+        let path = self.path_of(handle);
+        blocking(move || read_range(&path, range)).await
+    }
+
+    async fn put(&self, handle: &Handle, data: Bytes, opts: PutOptions) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        let target = self.path_of(handle);
+        blocking(move || write_atomically(&root, &target, &data, opts.mode)).await
+    }
+
+    async fn stat(&self, handle: &Handle) -> Result<ObjectInfo, StoreError> {
+        let path = self.path_of(handle);
+        let name = handle.name.clone();
+        blocking(move || {
+            let meta = fs::metadata(&path).map_err(io(&path))?;
+            Ok(ObjectInfo { name, size: meta.len() })
+        })
+        .await
+    }
+
+    async fn list(&self, kind: FileType) -> Result<Vec<ObjectInfo>, StoreError> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            match kind {
+                FileType::Config => {
+                    if let Ok(meta) = fs::metadata(root.join("config")) {
+                        out.push(ObjectInfo { name: "config".into(), size: meta.len() });
+                    }
+                }
+                FileType::Pack => {
+                    let data = root.join("data");
+                    let subdirs = match fs::read_dir(&data) {
+                        Ok(e) => e,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                        Err(e) => return Err(StoreError::from_io(data.display().to_string(), e)),
+                    };
+                    for sub in subdirs {
+                        let sub = sub.map_err(io(&data))?;
+                        if sub.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                            list_dir(&sub.path(), &mut out)?;
+                        }
+                    }
+                }
+                kind => list_dir(&root.join(kind.dir()), &mut out)?,
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, handle: &Handle) -> Result<(), StoreError> {
+        let path = self.path_of(handle);
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::from_io(path.display().to_string(), e)),
+        })
+        .await
+    }
+}
+
+impl LocalBackend {
+    /// Removes write-in-progress files older than `max_age` from `tmp/`: what
+    /// a killed run leaves behind. Returns how many were removed.
+    pub async fn clean_tmp(&self, max_age: std::time::Duration) -> Result<usize, StoreError> {
+        let tmp = self.root.join("tmp");
+        blocking(move || {
+            let mut removed = 0;
+            let Ok(entries) = fs::read_dir(&tmp) else { return Ok(0) };
+            for entry in entries.flatten() {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default() > max_age)
+                    .unwrap_or(false);
+                if old && fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_backend_passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let be = LocalBackend::new(dir.path().join("repo"));
+        conformance::run_all(&be).await;
+        conformance::create_new_race(std::sync::Arc::new(be)).await;
+    }
+
+    #[tokio::test]
+    async fn failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let be = LocalBackend::new(dir.path());
+        be.create().await.unwrap();
+        // A directory where the object should go makes the final rename fail.
+        let h = Handle::new(FileType::Snapshot, "ab".repeat(32));
+        std::fs::create_dir_all(dir.path().join(h.path()).join("occupied")).unwrap();
+        assert!(be.put(&h, Bytes::from_static(b"x"), PutOptions::default()).await.is_err());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,539 @@
+//! Restoring a snapshot into a directory.
+//!
+//! The restore is pack-oriented: all blobs needed from one pack are fetched
+//! with one ranged read, then each is decrypted, decompressed and checked
+//! against its SHA-256 id *before* it is written to every place that needs
+//! it. Packs are processed in parallel.
+//!
+//! Files are assembled under `<target>/.cairn-restore-<pid>/` and renamed
+//! into place only when every byte has been written and verified, so a
+//! failed or interrupted restore never leaves a half-written file where the
+//! real one belongs. All-zero blocks are skipped rather than written, which
+//! keeps sparse files sparse. Hard links within the restored set are
+//! recreated as hard links.
+//!
+//! Paths: a snapshot of a single directory restores *its contents* into the
+//! target (`/srv/data/a/b` → `<target>/a/b`); snapshots of several paths
+//! restore their full paths under the target, as restic does.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cairn_repo::index::BlobLocation;
+use cairn_repo::tree::{Node, NodeType};
+use cairn_repo::{BlobType, Id, Index, RepoError, Repository, Snapshot, decode_blob};
+use cairn_store::{FileType, Handle};
+use futures::StreamExt;
+
+use crate::VolumeError;
+use crate::meta::apply_metadata;
+
+/// What to do about files that already exist in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overwrite {
+    /// Refuse to start if any file to restore already exists.
+    #[default]
+    Never,
+    /// Skip files whose size and mtime already match; replace the rest.
+    IfChanged,
+    /// Replace every existing file.
+    Always,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Paths inside the snapshot to restore (empty: everything).
+    pub include: Vec<String>,
+    pub overwrite: Overwrite,
+    /// Plan only: report what would be restored, write nothing.
+    pub dry_run: bool,
+    /// Packs fetched and decoded at once.
+    pub concurrency: usize,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            target: PathBuf::new(),
+            include: Vec::new(),
+            overwrite: Overwrite::Never,
+            dry_run: false,
+            concurrency: num_cpus::get().max(2) * 2,
+        }
+    }
+}
+
+/// Live counters for progress display.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    pub files_total: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub cancel: AtomicBool,
+}
+
+/// What a restore did (or, for a dry run, would do).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub other: u64,
+    pub bytes: u64,
+    pub skipped: u64,
+    /// Metadata that could not be applied (ownership when not root, ...).
+    pub warnings: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// The blobs needed from one pack: location, and (file, offset) targets.
+type PackBlobs = HashMap<Id, (BlobLocation, Vec<(usize, u64)>)>;
+
+struct FilePlan {
+    rel: PathBuf,
+    node: Node,
+    remaining: AtomicUsize,
+}
+
+struct Plan {
+    dirs: Vec<(PathBuf, Node)>,
+    files: Vec<FilePlan>,
+    hardlinks: Vec<(PathBuf, PathBuf, Node)>,
+    others: Vec<(PathBuf, Node)>,
+}
+
+fn rel_components(p: &str) -> Vec<Vec<u8>> {
+    p.split('/').filter(|c| !c.is_empty() && *c != ".").map(|c| c.as_bytes().to_vec()).collect()
+}
+
+/// Where the restore starts: the tree to restore, and the node itself when
+/// the snapshot holds a single file.
+enum Base {
+    Tree(Id),
+    Single(Box<Node>),
+}
+
+async fn find_base(repo: &Repository, index: &Index, snapshot: &Snapshot) -> Result<Base, VolumeError> {
+    if snapshot.paths.len() != 1 {
+        return Ok(Base::Tree(snapshot.tree));
+    }
+    let mut tree_id = snapshot.tree;
+    let comps = rel_components(&snapshot.paths[0]);
+    for (i, comp) in comps.iter().enumerate() {
+        let tree = repo.load_tree(index, &tree_id).await?;
+        let Some(node) = tree.nodes.into_iter().find(|n| &n.name == comp) else {
+            return Ok(Base::Tree(snapshot.tree));
+        };
+        match (node.node_type, node.subtree) {
+            (NodeType::Dir, Some(sub)) => tree_id = sub,
+            _ if i + 1 == comps.len() => return Ok(Base::Single(Box::new(node))),
+            _ => return Ok(Base::Tree(snapshot.tree)),
+        }
+    }
+    Ok(Base::Tree(tree_id))
+}
+
+/// Relation of a path to the include list.
+fn include_state(rel: &[Vec<u8>], includes: &[Vec<Vec<u8>>]) -> (bool, bool) {
+    if includes.is_empty() {
+        return (true, true);
+    }
+    let inside = includes.iter().any(|inc| rel.len() >= inc.len() && rel[..inc.len()] == inc[..]);
+    let ancestor = includes.iter().any(|inc| inc.len() > rel.len() && inc[..rel.len()] == rel[..]);
+    (inside, inside || ancestor)
+}
+
+async fn build_plan(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    opts: &RestoreOptions,
+) -> Result<Plan, VolumeError> {
+    let mut plan = Plan { dirs: vec![], files: vec![], hardlinks: vec![], others: vec![] };
+    let base = find_base(repo, index, snapshot).await?;
+    let prefix = snapshot.paths.first().cloned().unwrap_or_default();
+    let includes: Vec<Vec<Vec<u8>>> = opts
+        .include
+        .iter()
+        .map(|p| {
+            let stripped =
+                if snapshot.paths.len() == 1 && p.starts_with(&prefix) { &p[prefix.len()..] } else { p };
+            rel_components(stripped)
+        })
+        .collect();
+    let mut matched = vec![false; includes.len()];
+    let mut seen_inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
+
+    let mut place = |rel_c: Vec<Vec<u8>>, node: Node, plan: &mut Plan, matched: &mut Vec<bool>| -> bool {
+        let (inside, wanted) = include_state(&rel_c, &includes);
+        for (i, inc) in includes.iter().enumerate() {
+            if rel_c.len() >= inc.len() && rel_c[..inc.len()] == inc[..] {
+                matched[i] = true;
+            }
+        }
+        if !wanted {
+            return false;
+        }
+        let rel: PathBuf = rel_c.iter().map(|c| OsStr::from_bytes(c)).collect();
+        match node.node_type {
+            NodeType::Dir => {
+                plan.dirs.push((rel, node));
+                return true;
+            }
+            _ if !inside => return false,
+            NodeType::File => {
+                if node.links > 1 && node.inode != 0 {
+                    if let Some(first) = seen_inodes.get(&(node.device_id, node.inode)) {
+                        plan.hardlinks.push((rel, first.clone(), node));
+                        return false;
+                    }
+                    seen_inodes.insert((node.device_id, node.inode), rel.clone());
+                }
+                plan.files.push(FilePlan { rel, node, remaining: AtomicUsize::new(0) });
+            }
+            _ => plan.others.push((rel, node)),
+        }
+        false
+    };
+
+    let root_tree = match base {
+        Base::Single(node) => {
+            let name = node.name.clone();
+            place(vec![name], *node, &mut plan, &mut matched);
+            None
+        }
+        Base::Tree(id) => Some(id),
+    };
+    let mut stack: Vec<(Id, Vec<Vec<u8>>)> = root_tree.map(|id| vec![(id, vec![])]).unwrap_or_default();
+    while let Some((tree_id, rel)) = stack.pop() {
+        let tree = repo.load_tree(index, &tree_id).await?;
+        for node in tree.nodes {
+            let mut child = rel.clone();
+            child.push(node.name.clone());
+            let subtree = node.subtree;
+            let descend = place(child.clone(), node, &mut plan, &mut matched);
+            if descend && let Some(sub) = subtree {
+                stack.push((sub, child));
+            }
+        }
+    }
+    if let Some(i) = matched.iter().position(|m| !m) {
+        return Err(VolumeError::PathNotInSnapshot { path: opts.include[i].clone() });
+    }
+    Ok(plan)
+}
+
+/// Restores `snapshot` according to `opts`.
+pub async fn restore(
+    repo: &Repository,
+    index: Arc<Index>,
+    snapshot: &Snapshot,
+    opts: &RestoreOptions,
+    progress: Arc<RestoreProgress>,
+) -> Result<RestoreSummary, VolumeError> {
+    let mut plan = build_plan(repo, &index, snapshot, opts).await?;
+    let target = &opts.target;
+    let mut summary = RestoreSummary { dry_run: opts.dry_run, ..Default::default() };
+
+    // Overwrite policy, decided before anything is written.
+    let mut conflicts = Vec::new();
+    let mut skip = vec![false; plan.files.len()];
+    for (i, f) in plan.files.iter().enumerate() {
+        let dest = target.join(&f.rel);
+        if let Ok(meta) = std::fs::symlink_metadata(&dest) {
+            match opts.overwrite {
+                Overwrite::Never => conflicts.push(f.rel.display().to_string()),
+                Overwrite::IfChanged => {
+                    use std::os::unix::fs::MetadataExt;
+                    if meta.is_file()
+                        && meta.size() == f.node.size
+                        && meta.mtime() == f.node.mtime.timestamp()
+                        && meta.mtime_nsec() == f.node.mtime.timestamp_subsec_nanos() as i64
+                    {
+                        skip[i] = true;
+                    }
+                }
+                Overwrite::Always => {}
+            }
+        }
+    }
+    for rel in plan.others.iter().map(|(r, _)| r).chain(plan.hardlinks.iter().map(|(r, _, _)| r)) {
+        if opts.overwrite == Overwrite::Never && std::fs::symlink_metadata(target.join(rel)).is_ok() {
+            conflicts.push(rel.display().to_string());
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(VolumeError::TargetNotEmpty {
+            target: target.clone(),
+            count: conflicts.len(),
+            example: conflicts[0].clone(),
+        });
+    }
+    let mut kept = Vec::new();
+    for (f, s) in std::mem::take(&mut plan.files).into_iter().zip(skip) {
+        if s {
+            summary.skipped += 1;
+        } else {
+            kept.push(f);
+        }
+    }
+    plan.files = kept;
+
+    summary.files = plan.files.len() as u64 + plan.hardlinks.len() as u64;
+    summary.dirs = plan.dirs.len() as u64;
+    summary.links = plan.others.iter().filter(|(_, n)| n.node_type == NodeType::Symlink).count() as u64;
+    summary.other = plan.others.len() as u64 - summary.links;
+    summary.bytes = plan.files.iter().map(|f| f.node.size).sum();
+    progress.files_total.store(summary.files, Ordering::Relaxed);
+    progress.bytes_total.store(summary.bytes, Ordering::Relaxed);
+    if opts.dry_run {
+        return Ok(summary);
+    }
+
+    // Which blob goes where.
+    let mut by_pack: HashMap<Id, PackBlobs> = HashMap::new();
+    for (i, f) in plan.files.iter().enumerate() {
+        let mut offset = 0u64;
+        let content = f.node.content.as_deref().unwrap_or(&[]);
+        for blob in content {
+            let loc = index.get(blob, BlobType::Data).ok_or_else(|| {
+                VolumeError::Repo(RepoError::Damaged {
+                    path: format!("data blob {}", blob.short()),
+                    reason: format!("not in any index; needed by {}", f.rel.display()),
+                })
+            })?;
+            by_pack.entry(loc.pack).or_default().entry(*blob).or_insert((loc, vec![])).1.push((i, offset));
+            offset += loc.plaintext_len() as u64;
+        }
+        f.remaining.store(content.len(), Ordering::Relaxed);
+    }
+
+    std::fs::create_dir_all(target).map_err(|e| VolumeError::io(target, e))?;
+    let staging = target.join(format!(".cairn-restore-{}", std::process::id()));
+    std::fs::create_dir_all(&staging).map_err(|e| VolumeError::io(&staging, e))?;
+    let result = restore_into(repo, &plan, by_pack, target, &staging, opts, &progress, &mut summary).await;
+    let _ = std::fs::remove_dir_all(&staging);
+    result?;
+    Ok(summary)
+}
+
+struct Writer<'a> {
+    plan: &'a Plan,
+    target: &'a Path,
+    staging: &'a Path,
+    is_root: bool,
+    warnings: Mutex<Vec<String>>,
+    progress: &'a RestoreProgress,
+}
+
+impl Writer<'_> {
+    fn staged(&self, file: usize) -> PathBuf {
+        self.staging.join(file.to_string())
+    }
+
+    /// Moves a complete file into place and applies its metadata.
+    fn finalize(&self, file: usize) -> Result<(), VolumeError> {
+        let f = &self.plan.files[file];
+        let dest = self.target.join(&f.rel);
+        if let Ok(meta) = std::fs::symlink_metadata(&dest)
+            && meta.is_dir()
+        {
+            std::fs::remove_dir_all(&dest).map_err(|e| VolumeError::io(&dest, e))?;
+        }
+        let staged = self.staged(file);
+        std::fs::rename(&staged, &dest).map_err(|e| VolumeError::io(&dest, e))?;
+        if let Err(w) = apply_metadata(&dest, &f.node, self.is_root) {
+            self.warnings.lock().expect("warnings").push(w);
+        }
+        self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_blob(&self, data: &[u8], targets: &[(usize, u64)]) -> Result<(), VolumeError> {
+        for &(file, offset) in targets {
+            let runs = nonzero_runs(data);
+            if !runs.is_empty() {
+                let path = self.staged(file);
+                let fh = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| VolumeError::io(&path, e))?;
+                for (from, to) in runs {
+                    fh.write_all_at(&data[from..to], offset + from as u64)
+                        .map_err(|e| VolumeError::io(&self.target.join(&self.plan.files[file].rel), e))?;
+                }
+            }
+            self.progress.bytes_done.fetch_add(data.len() as u64, Ordering::Relaxed);
+            if self.plan.files[file].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.finalize(file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Byte ranges of `data` to write, leaving out aligned all-zero 4 KiB
+/// blocks: staged files are created at their full length, so skipped
+/// blocks read back as zeros and stay holes (sparse files stay sparse).
+fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
+    const BLOCK: usize = 4096;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, block) in data.chunks(BLOCK).enumerate() {
+        if block.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let (from, to) = (i * BLOCK, i * BLOCK + block.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => runs.push((from, to)),
+        }
+    }
+    runs
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_into(
+    repo: &Repository,
+    plan: &Plan,
+    by_pack: HashMap<Id, PackBlobs>,
+    target: &Path,
+    staging: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+    summary: &mut RestoreSummary,
+) -> Result<(), VolumeError> {
+    let is_root = nix::unistd::geteuid().is_root();
+    for (rel, _) in &plan.dirs {
+        let dir = target.join(rel);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                std::fs::remove_file(&dir).map_err(|e| VolumeError::io(&dir, e))?;
+                std::fs::create_dir_all(&dir).map_err(|e| VolumeError::io(&dir, e))?;
+            }
+            Err(_) => std::fs::create_dir_all(&dir).map_err(|e| VolumeError::io(&dir, e))?,
+        }
+    }
+    let writer = Writer { plan, target, staging, is_root, warnings: Mutex::new(Vec::new()), progress };
+    for (i, f) in plan.files.iter().enumerate() {
+        let path = writer.staged(i);
+        let fh = std::fs::File::create(&path).map_err(|e| VolumeError::io(&path, e))?;
+        fh.set_len(f.node.size).map_err(|e| VolumeError::io(&target.join(&f.rel), e))?;
+        drop(fh);
+        if f.remaining.load(Ordering::Relaxed) == 0 {
+            writer.finalize(i)?;
+        }
+    }
+
+    let mut packs: Vec<_> = by_pack.into_iter().collect();
+    packs.sort_by_key(|(id, _)| *id);
+    let writer_ref = &writer;
+    let key = repo.key().clone();
+    let mut stream = futures::stream::iter(packs)
+        .map(|(pack, blobs)| {
+            let key = key.clone();
+            async move {
+                if progress.cancel.load(Ordering::Relaxed) {
+                    return Err(VolumeError::Interrupted);
+                }
+                let start = blobs.values().map(|(l, _)| l.offset as u64).min().unwrap_or(0);
+                let end = blobs.values().map(|(l, _)| l.offset as u64 + l.length as u64).max().unwrap_or(0);
+                let handle = Handle::new(FileType::Pack, pack.to_hex());
+                let bytes = repo.backend().get(&handle, Some(start..end)).await.map_err(RepoError::from)?;
+                tokio::task::block_in_place(|| {
+                    for (id, (loc, targets)) in &blobs {
+                        let from = (loc.offset as u64 - start) as usize;
+                        let sealed = &bytes[from..from + loc.length as usize];
+                        let plain = decode_blob(&key, sealed, id, loc)?;
+                        writer_ref.write_blob(&plain, targets)?;
+                    }
+                    Ok::<(), VolumeError>(())
+                })
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1));
+    while let Some(r) = stream.next().await {
+        r?;
+    }
+    drop(stream);
+
+    for (rel, first, _) in &plan.hardlinks {
+        let dest = target.join(rel);
+        if opts.overwrite != Overwrite::Never {
+            let _ = std::fs::remove_file(&dest);
+        }
+        std::fs::hard_link(target.join(first), &dest).map_err(|e| VolumeError::io(&dest, e))?;
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+    }
+    for (rel, node) in &plan.others {
+        let dest = target.join(rel);
+        if opts.overwrite != Overwrite::Never {
+            let _ = std::fs::remove_file(&dest);
+        }
+        let made = match node.node_type {
+            NodeType::Symlink => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(&node.link_target_bytes()), &dest)
+                    .map_err(|e| e.to_string())
+            }
+            NodeType::Fifo => nix::unistd::mkfifo(&dest, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| e.to_string()),
+            NodeType::Chardev | NodeType::Dev if is_root => {
+                let kind = if node.node_type == NodeType::Chardev {
+                    nix::sys::stat::SFlag::S_IFCHR
+                } else {
+                    nix::sys::stat::SFlag::S_IFBLK
+                };
+                nix::sys::stat::mknod(
+                    &dest,
+                    kind,
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                    node.device as _,
+                )
+                .map_err(|e| e.to_string())
+            }
+            _ => Err("not restorable here".to_string()),
+        };
+        match made {
+            Ok(()) => {
+                if let Err(w) = apply_metadata(&dest, node, is_root) {
+                    writer.warnings.lock().expect("warnings").push(w);
+                }
+            }
+            Err(e) => writer.warnings.lock().expect("warnings").push(format!("{}: {e}", dest.display())),
+        }
+    }
+    // Directories last and deepest first, so their mtimes and read-only modes stick.
+    let mut dirs: Vec<_> = plan.dirs.iter().collect();
+    dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
+    for (rel, node) in dirs {
+        if let Err(w) = apply_metadata(&target.join(rel), node, is_root) {
+            writer.warnings.lock().expect("warnings").push(w);
+        }
+    }
+    summary.warnings = writer.warnings.into_inner().expect("warnings");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nonzero_runs;
+
+    #[test]
+    fn zero_blocks_are_skipped_and_runs_merged() {
+        let mut data = vec![0u8; 5 * 4096 + 100];
+        data[10] = 1; // block 0
+        data[4096 + 5] = 1; // block 1, merges with block 0
+        data[4 * 4096] = 1; // block 4
+        data[5 * 4096 + 99] = 1; // the short tail
+        assert_eq!(nonzero_runs(&data), vec![(0, 8192), (4 * 4096, 5 * 4096 + 100)]);
+        assert!(nonzero_runs(&[0u8; 10000]).is_empty());
+        assert_eq!(nonzero_runs(b"abc"), vec![(0, 3)]);
+    }
+}

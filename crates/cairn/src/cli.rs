@@ -1,0 +1,255 @@
+//! Command-line flags, as parsed (see [`crate::context`] for the resolved settings).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::output::LogFormat;
+
+/// cairn: backups you can prove. One verified, restic-compatible repository
+/// for every datastore.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, long_about = None, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success
+  1   failure (the message says why)
+  2   bad usage
+  3   backup written, but some files could not be read (listed in the snapshot)
+  4   check/verify found damage
+  10  repository does not exist
+  11  repository is locked by another process
+  12  wrong password
+  130 interrupted (SIGINT), 143 terminated (SIGTERM)";
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Repository location: a directory path.
+    #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// File holding the repository password (else CAIRN_PASSWORD, else a prompt).
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Configuration file naming the repository and sources.
+    #[arg(short = 'c', long, env = "CAIRN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format: text on stderr, or JSON lines on stdout (for CronJobs).
+    #[arg(long, value_enum, env = "CAIRN_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Never draw progress bars.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository.
+    Init,
+    /// Back up a source into the repository.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// List the files in a snapshot.
+    Ls(LsArgs),
+    /// Restore a snapshot (or some of its paths) into a directory.
+    Restore(RestoreArgs),
+    /// Check the repository's integrity.
+    Check(CheckArgs),
+    /// Read back and verify every byte a snapshot needs.
+    Verify(VerifyArgs),
+    /// Repository and snapshot statistics.
+    Stats(StatsArgs),
+    /// Manage the passwords (key files) of the repository.
+    Key(KeyArgs),
+    /// Remove stale locks left by killed processes.
+    Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub kind: Option<BackupKind>,
+    /// Back up the source of this name from the config file.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupKind {
+    /// Back up directories and files.
+    Volume(VolumeArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct VolumeArgs {
+    /// Paths to back up.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Exclude paths matching this pattern (repeatable; `*.tmp`, `/abs/dir`, `cache/**`).
+    #[arg(short = 'e', long = "exclude")]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from a file (one per line, # comments).
+    #[arg(long = "exclude-file")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Do not descend into other file systems.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Compare against this snapshot instead of the latest with the same host and paths.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read every file, ignoring the parent snapshot.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not record extended attributes.
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub pack_size: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Only snapshots with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only snapshots from this host.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Snapshot id, unique prefix, or `latest`.
+    pub snapshot: String,
+    /// Only this path (and below).
+    pub path: Option<String>,
+    /// Long listing: mode, owner, size, mtime.
+    #[arg(short, long)]
+    pub long: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OverwriteArg {
+    Never,
+    IfChanged,
+    Always,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id, unique prefix, or `latest`.
+    pub snapshot: String,
+    /// Directory to restore into.
+    #[arg(long = "to", short = 't')]
+    pub to: PathBuf,
+    /// Restore only these paths (inside the snapshot).
+    pub paths: Vec<String>,
+    /// What to do with files that already exist in the target.
+    #[arg(long, value_enum, default_value = "never")]
+    pub overwrite: OverwriteArg,
+    /// Show what would be restored; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Read and verify all pack data.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read and verify a random share of the packs, e.g. `10%`.
+    #[arg(long, value_name = "N%")]
+    pub read_data_subset: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Snapshot id, unique prefix, or `latest`.
+    pub snapshot: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Restore size of one snapshot instead of repository totals.
+    pub snapshot: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub action: KeyAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Add a password.
+    Add(NewPasswordArgs),
+    /// List key files.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key file (not the one in use).
+    Remove { id: String },
+    /// Change the password in use.
+    Passwd(NewPasswordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewPasswordArgs {
+    /// File holding the new password (else CAIRN_NEW_PASSWORD, else a prompt).
+    #[arg(long, env = "CAIRN_NEW_PASSWORD_FILE")]
+    pub new_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove all locks, not only stale ones (make sure nothing is running).
+    #[arg(long)]
+    pub remove_all: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,131 @@
+//! `cairn backup`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Result, bail};
+use cairn_repo::lock::LockGuard;
+use cairn_repo::{Id, SaverOptions};
+use cairn_volume::{BackupOptions, BackupProgress, Excludes, ParentChoice};
+
+use super::{Stop, print_json};
+use crate::cli::{BackupArgs, BackupKind, VolumeArgs};
+use crate::context::Context;
+use crate::exit;
+use crate::output::{Ticker, bytes};
+
+pub async fn run(ctx: &Context, args: BackupArgs, stop: Arc<Stop>) -> Result<u8> {
+    let (volume, source_name) = match (args.kind, args.source) {
+        (Some(BackupKind::Volume(v)), _) => (v, None),
+        (None, Some(name)) => {
+            let Some(cfg) = &ctx.config else {
+                bail!("--source needs a config file: pass --config cairn.yaml (or set CAIRN_CONFIG)");
+            };
+            let src = cfg.source(&name)?;
+            if src.kind != "volume" {
+                bail!(
+                    "source {name:?} has kind {:?}, which this build cannot back up (known kinds: volume)",
+                    src.kind
+                );
+            }
+            let v = VolumeArgs {
+                paths: src.paths.clone(),
+                exclude: src.exclude.clone(),
+                exclude_file: src.exclude_file.clone(),
+                one_file_system: src.one_file_system,
+                tags: src.tags.clone(),
+                host: src.host.clone(),
+                pack_size: 16,
+                ..VolumeArgs::default()
+            };
+            (v, Some(name))
+        }
+        (None, None) => {
+            bail!("say what to back up: `cairn backup volume PATH...` or `cairn backup --source NAME`")
+        }
+    };
+    volume_backup(ctx, volume, source_name, args.json, stop).await
+}
+
+async fn volume_backup(
+    ctx: &Context,
+    args: VolumeArgs,
+    source_name: Option<String>,
+    json: bool,
+    stop: Arc<Stop>,
+) -> Result<u8> {
+    let excludes = Excludes::new(&args.exclude, &args.exclude_file)?;
+    let repo = ctx.open().await?;
+    let parent = match (args.force, &args.parent) {
+        (true, _) => ParentChoice::None,
+        (false, Some(spec)) => ParentChoice::Snapshot(repo.find_snapshot(spec).await?.0),
+        (false, None) => ParentChoice::Auto,
+    };
+    let lock = LockGuard::acquire(&repo, false).await?;
+    let progress = Arc::new(BackupProgress::default());
+    {
+        let p = progress.clone();
+        stop.on_stop(move || p.cancel.store(true, Ordering::Relaxed));
+    }
+    let opts = BackupOptions {
+        paths: args.paths.clone(),
+        excludes,
+        one_file_system: args.one_file_system,
+        xattrs: !args.no_xattrs,
+        parent,
+        tags: args.tags.clone(),
+        hostname: args.host.clone(),
+        source_name,
+        saver: SaverOptions { pack_size: args.pack_size as usize * (1 << 20), ..SaverOptions::default() },
+        ..BackupOptions::default()
+    };
+    let p = progress.clone();
+    let ticker = Ticker::start(ctx.progress, "backup", move || {
+        let files = p.files_done.load(Ordering::Relaxed);
+        (p.bytes_done.load(Ordering::Relaxed), 0, format!("{files} files"))
+    });
+    tracing::info!(paths = ?args.paths, repository = %repo.location(), "backup started");
+    let result = cairn_volume::backup(&repo, opts, progress.clone()).await;
+    ticker.finish();
+    lock.release().await?;
+    let result = result?;
+    let s = result.snapshot.summary.clone().unwrap_or_default();
+    let seconds = (s.backup_end - s.backup_start).num_milliseconds() as f64 / 1000.0;
+    if json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "backup complete",
+            "snapshot": result.snapshot_id.to_hex(),
+            "parent": result.parent.map(|p: Id| p.to_hex()),
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unmodified": s.files_unmodified,
+            "dirs_new": s.dirs_new,
+            "dirs_changed": s.dirs_changed,
+            "dirs_unmodified": s.dirs_unmodified,
+            "bytes_processed": s.total_bytes_processed,
+            "data_added": s.data_added,
+            "data_added_packed": s.data_added_packed,
+            "seconds": seconds,
+            "warnings": result.warnings,
+        }));
+    } else {
+        eprintln!(
+            "Files: {} new, {} changed, {} unmodified\nDirs:  {} new, {} changed, {} unmodified\n\
+             Processed {} in {seconds:.1}s; added {} ({} stored)",
+            s.files_new,
+            s.files_changed,
+            s.files_unmodified,
+            s.dirs_new,
+            s.dirs_changed,
+            s.dirs_unmodified,
+            bytes(s.total_bytes_processed),
+            bytes(s.data_added),
+            bytes(s.data_added_packed),
+        );
+        for w in &result.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!("snapshot {} saved", result.snapshot_id.short());
+    }
+    Ok(if result.warnings.is_empty() { exit::SUCCESS } else { exit::PARTIAL })
+}

@@ -1,0 +1,122 @@
+//! One module per subcommand family; [`run`] dispatches and turns the
+//! outcome into an exit code.
+
+mod backup;
+mod repo;
+mod restore;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::cli::{Cli, Command};
+use crate::context::Context;
+use crate::exit;
+use crate::output::init_logging;
+
+/// Damage found by `check` or `verify` (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Damage(pub String);
+
+/// Which signal asked us to stop (0 = none); shared with long commands so
+/// they can stop cleanly and pick the right exit code.
+#[derive(Default)]
+pub struct Stop {
+    signal: AtomicU8,
+    hooks: std::sync::Mutex<Vec<Box<dyn Fn() + Send>>>,
+}
+
+impl Stop {
+    /// Runs `hook` when a stop signal arrives (e.g. to set a cancel flag).
+    pub fn on_stop(&self, hook: impl Fn() + Send + 'static) {
+        self.hooks.lock().expect("stop hooks").push(Box::new(hook));
+    }
+
+    pub fn exit_code(&self) -> Option<u8> {
+        match self.signal.load(Ordering::Relaxed) {
+            0 => None,
+            15 => Some(exit::TERMINATED),
+            _ => Some(exit::INTERRUPTED),
+        }
+    }
+
+    fn trigger(&self, signal: u8) {
+        if self.signal.swap(signal, Ordering::Relaxed) != 0 {
+            // Second signal: the user means it.
+            std::process::exit(i32::from(128 + signal));
+        }
+        tracing::warn!(signal, "stopping: finishing in-flight uploads so the next run can reuse them");
+        for h in self.hooks.lock().expect("stop hooks").iter() {
+            h();
+        }
+    }
+}
+
+fn watch_signals(stop: Arc<Stop>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
+            return;
+        };
+        loop {
+            let sig = tokio::select! {
+                _ = int.recv() => 2,
+                _ = term.recv() => 15,
+            };
+            stop.trigger(sig);
+        }
+    });
+}
+
+pub async fn run(cli: Cli) -> u8 {
+    let ctx = match Context::new(&cli.global) {
+        Ok(c) => c,
+        Err(e) => {
+            init_logging(crate::output::LogFormat::Text, 0, false);
+            return report_error(&e, false);
+        }
+    };
+    init_logging(ctx.log_format, cli.global.verbose, cli.global.quiet);
+    let stop = Arc::new(Stop::default());
+    watch_signals(stop.clone());
+    let result = match cli.command {
+        Command::Init => repo::init(&ctx).await,
+        Command::Backup(args) => backup::run(&ctx, args, stop.clone()).await,
+        Command::Snapshots(args) => repo::snapshots(&ctx, args).await,
+        Command::Ls(args) => restore::ls(&ctx, args).await,
+        Command::Restore(args) => restore::restore(&ctx, args, stop.clone()).await,
+        Command::Check(args) => repo::check(&ctx, args).await,
+        Command::Verify(args) => restore::verify(&ctx, args).await,
+        Command::Stats(args) => repo::stats(&ctx, args).await,
+        Command::Key(args) => repo::key(&ctx, args).await,
+        Command::Unlock(args) => repo::unlock(&ctx, args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => match stop.exit_code() {
+            Some(code) => {
+                report_error(&e, ctx.json_logs());
+                code
+            }
+            None => report_error(&e, ctx.json_logs()),
+        },
+    }
+}
+
+/// Prints the error as one line (or one JSON object) and returns its exit code.
+fn report_error(e: &anyhow::Error, json: bool) -> u8 {
+    let code = exit::code_for(e);
+    let message = format!("{e:#}");
+    if json {
+        println!("{}", serde_json::json!({"level": "ERROR", "message": message, "exit_code": code}));
+    } else {
+        eprintln!("cairn: {message}");
+    }
+    code
+}
+
+/// Prints a JSON value on stdout (command results in `--json` mode).
+pub fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string(value).expect("JSON values serialise"));
+}

@@ -1,0 +1,168 @@
+//! `cairn.yaml`: the repository, its secrets, and named sources.
+//!
+//! ```yaml
+//! repository: /var/backups/cairn          # or ${CAIRN_REPOSITORY}
+//! password_file: /etc/cairn/password      # or password: ${CAIRN_PASSWORD}
+//! log_format: json
+//! sources:
+//!   - name: home
+//!     kind: volume
+//!     paths: [/home]
+//!     exclude: ["*.tmp", "node_modules"]
+//!     exclude_file: /etc/cairn/home.excludes
+//!     one_file_system: true
+//!     tags: [nightly]
+//! ```
+//!
+//! `${NAME}` is replaced by the environment variable `NAME` before parsing
+//! (`$${` writes a literal `${`); an unset variable is an error, never an
+//! empty string. Secrets come from `*_file` keys (mounted Kubernetes
+//! Secrets) or interpolation, never literal text in a checked-in file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: environment variable {name} is not set (referenced as ${{{name}}})")]
+    MissingEnv { path: PathBuf, name: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: no source named {name:?} (known: {known})")]
+    UnknownSource { path: PathBuf, name: String, known: String },
+    #[error("cannot read secret file {path}: {source}")]
+    Secret { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub repository: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub log_format: Option<String>,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub exclude_file: Vec<PathBuf>,
+    #[serde(default)]
+    pub one_file_system: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// Replaces `${NAME}` with the environment's value.
+pub fn interpolate(
+    text: &str,
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(t) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("${") {
+            let end = t.find('}').ok_or_else(|| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "unterminated ${ in the file".into(),
+            })?;
+            let name = &t[..end];
+            let value = env(name)
+                .ok_or_else(|| ConfigError::MissingEnv { path: path.to_path_buf(), name: name.into() })?;
+            out.push_str(&value);
+            rest = &t[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = interpolate(&text, path, |n| std::env::var(n).ok())?;
+        let mut cfg: Config = serde_yaml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        cfg.path = path.to_path_buf();
+        Ok(cfg)
+    }
+
+    pub fn source(&self, name: &str) -> Result<&SourceConfig, ConfigError> {
+        self.sources.iter().find(|s| s.name == name).ok_or_else(|| ConfigError::UnknownSource {
+            path: self.path.clone(),
+            name: name.into(),
+            known: self.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+}
+
+/// Reads a secret file, dropping one trailing newline (as `echo pw > file` leaves).
+pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Secret { path: path.into(), source })?;
+    Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation() {
+        let env = |n: &str| (n == "HOME").then(|| "/root".to_string());
+        let p = Path::new("c.yaml");
+        assert_eq!(interpolate("a: ${HOME}/x $${LIT} $5", p, env).unwrap(), "a: /root/x ${LIT} $5");
+        assert!(matches!(interpolate("${NOPE}", p, env), Err(ConfigError::MissingEnv { .. })));
+        assert!(interpolate("${HOME", p, env).is_err());
+    }
+
+    #[test]
+    fn parses_sources_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cairn.yaml");
+        std::fs::write(
+            &f,
+            "repository: /r\nsources:\n  - name: home\n    kind: volume\n    paths: [/home]\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&f).unwrap();
+        assert_eq!(cfg.source("home").unwrap().paths, vec![PathBuf::from("/home")]);
+        assert!(cfg.source("nope").is_err());
+        std::fs::write(&f, "repositry: /r\n").unwrap();
+        assert!(matches!(Config::load(&f), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn secret_files_lose_one_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        assert_eq!(read_secret_file(&f).unwrap(), "s3cret");
+    }
+}

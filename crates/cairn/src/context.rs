@@ -1,0 +1,129 @@
+//! Resolved settings: flags, environment and `cairn.yaml` merged once, with
+//! flags winning over the environment and the environment over the file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use cairn_repo::Repository;
+use cairn_store::Backend;
+
+use crate::cli::GlobalArgs;
+use crate::config::{Config, read_secret_file};
+use crate::output::{LogFormat, progress_enabled};
+
+pub struct Context {
+    pub config: Option<Config>,
+    repo: Option<String>,
+    password_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub progress: bool,
+}
+
+impl Context {
+    pub fn new(global: &GlobalArgs) -> Result<Context> {
+        let config = global.config.as_deref().map(Config::load).transpose()?;
+        let file_format = config.as_ref().and_then(|c| c.log_format.as_deref()).map(|f| match f {
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            other => Err(anyhow::anyhow!("config: log_format must be text or json, not {other:?}")),
+        });
+        let log_format = match (global.log_format, file_format) {
+            (Some(f), _) => f,
+            (None, Some(f)) => f?,
+            (None, None) => LogFormat::Text,
+        };
+        let repo = global.repo.clone().or_else(|| config.as_ref().and_then(|c| c.repository.clone()));
+        Ok(Context {
+            progress: progress_enabled(log_format, global.quiet, global.no_progress),
+            password_file: global.password_file.clone(),
+            config,
+            repo,
+            log_format,
+        })
+    }
+
+    pub fn json_logs(&self) -> bool {
+        self.log_format == LogFormat::Json
+    }
+
+    pub fn location(&self) -> Result<String> {
+        match &self.repo {
+            Some(r) if !r.is_empty() => Ok(r.clone()),
+            _ => bail!(
+                "no repository given: pass --repo, set CAIRN_REPOSITORY, or set `repository:` in cairn.yaml"
+            ),
+        }
+    }
+
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(cairn_store::open_location(&self.location()?)?)
+    }
+
+    /// The password from settings alone: --password-file / CAIRN_PASSWORD_FILE,
+    /// then CAIRN_PASSWORD, then the config file.
+    fn configured_password(&self) -> Option<Result<String>> {
+        if let Some(f) = &self.password_file {
+            return Some(read_secret_file(f).map_err(Into::into));
+        }
+        if let Ok(p) = std::env::var("CAIRN_PASSWORD") {
+            return Some(Ok(p));
+        }
+        let c = self.config.as_ref()?;
+        if let Some(f) = &c.password_file {
+            return Some(read_secret_file(f).map_err(Into::into));
+        }
+        c.password.clone().map(Ok)
+    }
+
+    /// The repository password: as configured, else a prompt on a terminal.
+    pub fn password(&self) -> Result<String> {
+        if let Some(p) = self.configured_password() {
+            return p;
+        }
+        if std::io::stdin().is_terminal() {
+            return rpassword::prompt_password("repository password: ").context("reading the password");
+        }
+        bail!(
+            "no repository password: set CAIRN_PASSWORD_FILE (or CAIRN_PASSWORD), or password_file in cairn.yaml"
+        )
+    }
+
+    /// The password for a new repository: as configured, else prompted twice.
+    pub fn init_password(&self) -> Result<String> {
+        match self.configured_password() {
+            Some(p) => p,
+            None => self.new_password(None, "CAIRN_PASSWORD"),
+        }
+    }
+
+    /// A new password for `init` and `key add/passwd`: from `file`, else
+    /// `env_var`, else prompted twice.
+    pub fn new_password(&self, file: Option<&PathBuf>, env_var: &str) -> Result<String> {
+        if let Some(f) = file {
+            return Ok(read_secret_file(f)?);
+        }
+        if let Ok(p) = std::env::var(env_var) {
+            return Ok(p);
+        }
+        if std::io::stdin().is_terminal() {
+            let a = rpassword::prompt_password("new password: ")?;
+            let b = rpassword::prompt_password("repeat new password: ")?;
+            if a != b {
+                bail!("the passwords do not match");
+            }
+            if a.is_empty() {
+                bail!("an empty password is not allowed");
+            }
+            return Ok(a);
+        }
+        bail!("no new password: set {env_var} or pass --new-password-file")
+    }
+
+    pub async fn open(&self) -> Result<Repository> {
+        let backend = self.backend()?;
+        let password = self.password()?;
+        Ok(Repository::open(backend, &password).await?)
+    }
+}

@@ -1,0 +1,31 @@
+//! The `cairn` command line.
+//!
+//! Flags are parsed by clap into [`cli::Cli`]; [`context::Context`] turns
+//! them, the environment and `cairn.yaml` into ready-to-use settings
+//! (repository location, password, output mode) in one place; each
+//! subcommand lives in [`commands`]. Errors become one line on stderr (or a
+//! JSON line) and a documented exit code (see [`exit`]).
+
+mod cli;
+mod commands;
+mod config;
+mod context;
+mod exit;
+mod output;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(exit::FAILURE);
+        }
+    };
+    let code = runtime.block_on(commands::run(cli));
+    // Don't wait for stray blocking tasks (e.g. a lock refresh) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    std::process::ExitCode::from(code)
+}

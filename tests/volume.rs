@@ -1,0 +1,190 @@
+//! Volume backups through the CLI: round trips with metadata, incremental
+//! runs, excludes, partial restores, overwrite policy, config files.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::*;
+
+#[test]
+fn round_trip_keeps_content_metadata_links_and_holes() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    env.init();
+    let id = env.backup(&src);
+    let out = env.path("out");
+    env.cairn_ok(&["restore", &id[..12], "--to", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out, true);
+
+    // The hard link is a hard link again.
+    let a = std::fs::metadata(out.join("small.txt")).unwrap();
+    let b = std::fs::metadata(out.join("docs/hardlink-to-small")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "hard link restored as a copy");
+    // The 64 MiB sparse file occupies about as little as the original.
+    let sparse = std::fs::metadata(out.join("data/sparse.img")).unwrap();
+    assert_eq!(sparse.len(), 64 << 20);
+    assert!(sparse.blocks() * 512 < 4 << 20, "sparse file was filled: {} blocks", sparse.blocks());
+    // Directory mtimes are restored too.
+    let dm = |p: &std::path::Path| std::fs::metadata(p).unwrap().mtime();
+    assert_eq!(dm(&src.join("many/dir1")), dm(&out.join("many/dir1")));
+    env.cairn_ok(&["verify", &id]);
+}
+
+#[test]
+fn unchanged_files_are_not_read_again_and_changes_are_found() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    env.init();
+    let first = env.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
+    let total = first["files_new"].as_u64().unwrap();
+    assert!(total > 50);
+
+    let second = env.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
+    assert_eq!(second["files_unmodified"].as_u64().unwrap(), total, "{second}");
+    assert_eq!(second["files_new"].as_u64().unwrap() + second["files_changed"].as_u64().unwrap(), 0);
+    assert_eq!(
+        second["dirs_new"].as_u64().unwrap() + second["dirs_changed"].as_u64().unwrap(),
+        0,
+        "{second}"
+    );
+    // Only the trees of the path's ancestors (whose mtimes others change) may be new.
+    assert!(second["data_added"].as_u64().unwrap() < 2048, "{second}");
+    assert_eq!(second["parent"].as_str(), first["snapshot"].as_str());
+
+    std::fs::write(src.join("docs/readme.md"), b"rewritten").unwrap();
+    std::fs::write(src.join("new-file.txt"), b"brand new").unwrap();
+    let third = env.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
+    assert_eq!(third["files_changed"].as_u64().unwrap(), 1, "{third}");
+    assert_eq!(third["files_new"].as_u64().unwrap(), 1, "{third}");
+    // Only the two small files' bytes (plus trees) are new.
+    assert!(third["data_added"].as_u64().unwrap() < 64 << 10, "{third}");
+
+    // --force reads everything again but stores nothing new.
+    let forced = env.cairn_json(&["backup", "--json", "volume", "--force", src.to_str().unwrap()]);
+    assert_eq!(forced["files_unmodified"].as_u64().unwrap(), 0);
+    // Without a parent, atimes moved by the last read make new trees; no file data is new.
+    assert!(forced["data_added"].as_u64().unwrap() < 64 << 10, "{forced}");
+}
+
+#[test]
+fn excludes_and_exclude_files_leave_paths_out() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    let exclude_file = env.path("excludes.txt");
+    std::fs::write(&exclude_file, "# generated data\n*.bin\n").unwrap();
+    env.init();
+    env.cairn_ok(&[
+        "backup",
+        "volume",
+        "--exclude",
+        "*.log",
+        "--exclude",
+        "many",
+        "--exclude-file",
+        exclude_file.to_str().unwrap(),
+        src.to_str().unwrap(),
+    ]);
+    let listing = env.cairn_ok(&["ls", "latest"]);
+    assert!(listing.contains("/docs/readme.md"), "{listing}");
+    assert!(!listing.contains(".log"), "{listing}");
+    assert!(!listing.contains(".bin"), "{listing}");
+    assert!(!listing.contains("/many"), "{listing}");
+    let snaps = env.cairn_json(&["snapshots", "--json"]);
+    assert_eq!(snaps[0]["excludes"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn partial_restore_dry_run_and_overwrite_policy() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    env.init();
+    env.backup(&src);
+    let out = env.path("out");
+    let target = out.to_str().unwrap();
+
+    let plan = env.cairn_json(&["restore", "latest", "--to", target, "--dry-run", "--json", "docs"]);
+    assert_eq!(plan["dry_run"], true);
+    assert!(!out.exists(), "a dry run wrote to the target");
+
+    env.cairn_ok(&["restore", "latest", "--to", target, "docs", "small.txt"]);
+    assert!(out.join("docs/readme.md").is_file());
+    assert!(out.join("small.txt").is_file());
+    assert!(!out.join("data").exists(), "restored more than asked");
+
+    let missing = env.cairn(&["restore", "latest", "--to", target, "no/such/path"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not in the snapshot"),
+        "{}",
+        describe(&missing)
+    );
+
+    // Existing files: refused by default, without touching anything.
+    std::fs::write(out.join("small.txt"), b"local edit").unwrap();
+    let refused = env.cairn(&["restore", "latest", "--to", target]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--overwrite"), "{}", describe(&refused));
+    assert_eq!(std::fs::read(out.join("small.txt")).unwrap(), b"local edit");
+    assert!(!out.join("data").exists());
+
+    // if-changed restores only what differs; always replaces everything.
+    let r = env.cairn_json(&["restore", "latest", "--to", target, "--overwrite", "if-changed", "--json"]);
+    assert!(r["skipped"].as_u64().unwrap() >= 1, "{r}");
+    assert_same_tree(&src, &out, true);
+    std::fs::write(out.join("docs/readme.md"), b"x").unwrap();
+    env.cairn_ok(&["restore", "latest", "--to", target, "--overwrite", "always"]);
+    assert_same_tree(&src, &out, true);
+}
+
+#[test]
+fn config_file_names_repository_password_and_sources() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    let pw = env.path("password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let cfg = env.path("cairn.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "repository: ${{TEST_REPO_DIR}}/repo\npassword_file: {}\nsources:\n  - name: site\n    kind: volume\n    paths: [{}]\n    exclude: ['*.log']\n    tags: [nightly]\n",
+            pw.display(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut c = env.cairn_cmd();
+        c.env_remove("CAIRN_REPOSITORY").env_remove("CAIRN_PASSWORD").env("TEST_REPO_DIR", env.dir.path());
+        c.arg("--config").arg(&cfg).args(args).output().unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    let out = run(&["backup", "--source", "site", "--log-format", "json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(stdout.contains("backup complete"));
+    let snaps = env.cairn_json(&["snapshots", "--json"]);
+    assert_eq!(snaps[0]["tags"][0], "nightly");
+    assert_eq!(snaps[0]["cairn"]["source_name"], "site");
+
+    let unknown = run(&["backup", "--source", "nope"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no source named"));
+
+    let mut c = env.cairn_cmd();
+    c.env_remove("CAIRN_REPOSITORY").arg("--config").arg(&cfg).arg("snapshots");
+    let missing_env = c.output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&missing_env.stderr).contains("TEST_REPO_DIR"),
+        "{}",
+        describe(&missing_env)
+    );
+}
