@@ -3,9 +3,8 @@
 //! restic writes a node's name into its tree JSON as Go's `strconv.Quote(name)` with the surrounding
 //! double quotes stripped, and reads it back with `strconv.Unquote("\"" + s + "\"")`. That is how a
 //! Unix file name — arbitrary bytes, not necessarily UTF-8 — survives in a JSON string. Reading
-//! restic's trees needs the exact inverse, and writing trees restic reads (and that hash to the same
-//! ids as restic's own) needs the same escaping choices, so both directions follow Go's rules rather
-//! than Rust's `escape_debug`.
+//! restic's trees needs the exact inverse, and writing names exactly as restic spells them keeps tree
+//! documents byte-compatible, so both directions follow Go's rules rather than Rust's `escape_debug`.
 //!
 //! One approximation: Go decides which characters stay literal with `strconv.IsPrint`, whose tables
 //! follow the Unicode version Go was built with. [`quote_name`] uses a compact table instead (see
@@ -141,7 +140,8 @@ pub fn unquote_name(s: &str) -> Result<Vec<u8>, UnquoteError> {
     while let Some(&b) = bytes.get(i) {
         i += 1;
         match b {
-            // An unescaped quote would end Go's literal early, leaving trailing garbage.
+            // Go rejects a raw newline, and an unescaped quote would end its literal early, leaving
+            // trailing garbage.
             b'"' | b'\n' => return Err(error()),
             b'\\' => {
                 let kind = *bytes.get(i).ok_or_else(error)?;

@@ -465,7 +465,19 @@ pub fn decode_blob(key: &Key, sealed: &[u8], id: &Id, loc: &BlobLocation) -> Res
     let where_ = || format!("data/{}/{} (blob {})", &loc.pack.to_hex()[..2], loc.pack, id.short());
     let plain = key.open(sealed).map_err(|_| RepoError::damaged(where_(), "blob failed authentication"))?;
     let plain = if loc.uncompressed_length != 0 {
-        zstd::bulk::decompress(&plain, loc.uncompressed_length as usize)
+        thread_local! {
+            // A decompression context per thread: creating one per blob shows up in profiles.
+            static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        DECOMPRESSOR
+            .with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(zstd::bulk::Decompressor::new()?);
+                }
+                slot.as_mut().expect("just set").decompress(&plain, loc.uncompressed_length as usize)
+            })
             .map_err(|e| RepoError::damaged(where_(), format!("blob does not decompress: {e}")))?
     } else {
         plain

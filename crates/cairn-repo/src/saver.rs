@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cairn_store::{FileType, Handle, PutOptions};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
@@ -247,24 +246,46 @@ impl BlobSaver {
     }
 }
 
-/// Compresses `data` unless a sample says it will not shrink: random data
-/// (media, encrypted or already-compressed files) would cost a full zstd
-/// pass for nothing.
+/// Compresses `data` unless it looks incompressible. Random data (media,
+/// encrypted or already-compressed files) would cost a full zstd pass for
+/// nothing, so a cheap byte-entropy estimate over a sample decides first.
 fn maybe_compress(compressor: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> Option<Vec<u8>> {
-    const SAMPLE: usize = 64 << 10;
-    if data.len() < 64 {
+    if data.len() < 64 || looks_incompressible(data) {
         return None;
-    }
-    if data.len() >= 4 * SAMPLE {
-        let mid = data.len() / 2;
-        let sample = &data[mid - SAMPLE / 2..mid + SAMPLE / 2];
-        let c = compressor.compress(sample).ok()?;
-        if c.len() * 100 > sample.len() * 97 {
-            return None;
-        }
     }
     let c = compressor.compress(data).ok()?;
     (c.len() < data.len()).then_some(c)
+}
+
+/// Shannon entropy of up to 16 KiB from the middle of `data`, against a
+/// threshold of 7.9 bits per byte. Text and most structured data sit far
+/// below (2–6 bits); random and compressed data sit at 7.95 or more.
+fn looks_incompressible(data: &[u8]) -> bool {
+    const SAMPLE: usize = 16 << 10;
+    let sample = if data.len() <= SAMPLE {
+        data
+    } else {
+        let mid = data.len() / 2;
+        &data[mid - SAMPLE / 2..mid + SAMPLE / 2]
+    };
+    if sample.len() < 4096 {
+        // Too short for a meaningful estimate; let zstd decide.
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for &b in sample {
+        counts[b as usize] += 1;
+    }
+    let n = sample.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > 7.9
 }
 
 fn worker_loop(shared: &Shared, jobs: flume::Receiver<Job>, packs: tokio::sync::mpsc::Sender<FinishedPack>) {
@@ -367,7 +388,7 @@ async fn upload_loop(
                     let handle = Handle::new(FileType::Pack, pack.id.to_hex());
                     let size = pack.bytes.len() as u64;
                     let opts = PutOptions { sha256: Some(pack.id.0), ..PutOptions::default() };
-                    shared.repo.backend().put(&handle, Bytes::from(pack.bytes), opts).await?;
+                    shared.repo.backend().put(&handle, pack.bytes, opts).await?;
                     shared.stats.packs_uploaded.fetch_add(1, Ordering::Relaxed);
                     shared.stats.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
                     pending.lock().expect("index lock").add_pack(pack.id, &pack.blobs);
@@ -414,4 +435,30 @@ async fn upload_loop(
 
 fn flatten(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
     r.map_err(|e| RepoError::Pipeline(format!("upload task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_estimate_separates_text_from_random() {
+        let text = "2026-11-23 INFO request served in 12ms path=/api/v1/items\n".repeat(2000);
+        assert!(!looks_incompressible(text.as_bytes()));
+        let mut x = 0x9E3779B97F4A7C15u64;
+        let random: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert!(looks_incompressible(&random));
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        assert!(maybe_compress(&mut c, &random).is_none());
+        assert!(maybe_compress(&mut c, text.as_bytes()).unwrap().len() < text.len() / 10);
+        // Short inputs are left to zstd.
+        assert!(maybe_compress(&mut c, &[b'a'; 1000]).is_some());
+    }
 }

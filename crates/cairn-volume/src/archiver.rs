@@ -121,8 +121,10 @@ struct Counts {
 
 type Reply<T> = oneshot::Receiver<Result<T, VolumeError>>;
 
+/// A file as read: one pending blob id per chunk, and the bytes read.
+/// The directory's assembler awaits the ids, so no task is spawned per file.
 struct FileDone {
-    content: Vec<Id>,
+    chunks: ChunkReceivers,
     size: u64,
 }
 
@@ -570,7 +572,11 @@ async fn assemble(ctx: &Ctx, pendings: Vec<Pending>, count_dir: bool) -> Result<
             Pending::Ready(node) => tree.nodes.push(node),
             Pending::File { mut node, changed: was_there, done } => match done.await {
                 Ok(Ok(f)) => {
-                    node.content = Some(f.content);
+                    let mut content = Vec::with_capacity(f.chunks.len());
+                    for rx in f.chunks {
+                        content.push(rx.await.map_err(|_| VolumeError::Interrupted)??.id);
+                    }
+                    node.content = Some(content);
                     node.size = f.size;
                     let counter = if was_there { &ctx.counts.files_changed } else { &ctx.counts.files_new };
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -618,24 +624,10 @@ fn reader_loop(ctx: &Arc<Ctx>, jobs: flume::Receiver<FileJob>) {
             continue; // dropping the reply tells the assembler we stopped
         }
         match read_file(ctx, &job.path, &mut buffer) {
-            Ok((receivers, size)) => {
+            Ok((chunks, size)) => {
                 ctx.progress.files_done.fetch_add(1, Ordering::Relaxed);
                 ctx.counts.bytes_processed.fetch_add(size, Ordering::Relaxed);
-                let reply = job.reply;
-                ctx.rt.spawn(async move {
-                    let mut content = Vec::with_capacity(receivers.len());
-                    for rx in receivers {
-                        match rx.await {
-                            Ok(Ok(saved)) => content.push(saved.id),
-                            Ok(Err(e)) => {
-                                let _ = reply.send(Err(e.into()));
-                                return;
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                    let _ = reply.send(Ok(FileDone { content, size }));
-                });
+                let _ = job.reply.send(Ok(FileDone { chunks, size }));
             }
             Err(e) => {
                 let _ = job.reply.send(Err(e));
@@ -646,6 +638,35 @@ fn reader_loop(ctx: &Arc<Ctx>, jobs: flume::Receiver<FileJob>) {
 
 type ChunkReceivers = Vec<oneshot::Receiver<Result<SavedBlob, RepoError>>>;
 
+/// Reads a file no bigger than one minimum chunk straight into the buffer
+/// that becomes its blob (no copy). Should it have grown meanwhile, the
+/// bytes read are cut exactly as the streaming path would cut them.
+fn read_small(
+    ctx: &Ctx,
+    mut file: &std::fs::File,
+    expected: u64,
+    receivers: &mut ChunkReceivers,
+) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut data = Vec::with_capacity(expected as usize + 1);
+    file.read_to_end(&mut data)?;
+    let size = data.len() as u64;
+    ctx.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+    if data.len() <= ctx.chunker.params().min {
+        if !data.is_empty() {
+            receivers.push(ctx.saver.save(data, BlobType::Data));
+        }
+        return Ok(size);
+    }
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let cut = ctx.chunker.next_cut(rest);
+        receivers.push(ctx.saver.save(rest[..cut].to_vec(), BlobType::Data));
+        rest = &rest[cut..];
+    }
+    Ok(size)
+}
+
 /// Reads and chunks one file, re-reading it if it changes underneath us.
 fn read_file(ctx: &Ctx, path: &Path, buffer: &mut Vec<u8>) -> Result<(ChunkReceivers, u64), VolumeError> {
     let unreadable =
@@ -655,14 +676,18 @@ fn read_file(ctx: &Ctx, path: &Path, buffer: &mut Vec<u8>) -> Result<(ChunkRecei
         let file = std::fs::File::open(path).map_err(unreadable)?;
         let before = file.metadata().map_err(unreadable)?;
         let mut receivers = Vec::new();
-        let read = chunk_reader(&ctx.chunker, buffer, &file, |chunk| {
-            if ctx.cancelled() {
-                return Err(std::io::Error::other("interrupted"));
-            }
-            ctx.progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            receivers.push(ctx.saver.save(chunk.to_vec(), BlobType::Data));
-            Ok(())
-        });
+        let read = if before.size() <= ctx.chunker.params().min as u64 {
+            read_small(ctx, &file, before.size(), &mut receivers)
+        } else {
+            chunk_reader(&ctx.chunker, buffer, &file, |chunk| {
+                if ctx.cancelled() {
+                    return Err(std::io::Error::other("interrupted"));
+                }
+                ctx.progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                receivers.push(ctx.saver.save(chunk.to_vec(), BlobType::Data));
+                Ok(())
+            })
+        };
         if ctx.cancelled() {
             return Err(VolumeError::Interrupted);
         }

@@ -5,10 +5,12 @@
 //! against its SHA-256 id *before* it is written to every place that needs
 //! it. Packs are processed in parallel.
 //!
-//! Files are assembled under `<target>/.cairn-restore-<pid>/` and renamed
+//! Files are assembled under a hidden temporary name
+//! (`.cairn-restore-<pid>-<n>.part`) next to their final place and renamed
 //! into place only when every byte has been written and verified, so a
 //! failed or interrupted restore never leaves a half-written file where the
-//! real one belongs. All-zero blocks are skipped rather than written, which
+//! real one belongs (a failed run removes its `.part` files; a killed one
+//! leaves only those). All-zero blocks are skipped rather than written, which
 //! keeps sparse files sparse. Hard links within the restored set are
 //! recreated as hard links.
 //!
@@ -28,7 +30,6 @@ use cairn_repo::index::BlobLocation;
 use cairn_repo::tree::{Node, NodeType};
 use cairn_repo::{BlobType, Id, Index, RepoError, Repository, Snapshot, decode_blob};
 use cairn_store::{FileType, Handle};
-use futures::StreamExt;
 
 use crate::VolumeError;
 use crate::meta::apply_metadata;
@@ -100,6 +101,8 @@ struct FilePlan {
     rel: PathBuf,
     node: Node,
     remaining: AtomicUsize,
+    /// The staged file is created by whichever worker writes to it first.
+    created: std::sync::Once,
 }
 
 struct Plan {
@@ -196,7 +199,12 @@ async fn build_plan(
                     }
                     seen_inodes.insert((node.device_id, node.inode), rel.clone());
                 }
-                plan.files.push(FilePlan { rel, node, remaining: AtomicUsize::new(0) });
+                plan.files.push(FilePlan {
+                    rel,
+                    node,
+                    remaining: AtomicUsize::new(0),
+                    created: std::sync::Once::new(),
+                });
             }
             _ => plan.others.push((rel, node)),
         }
@@ -239,6 +247,7 @@ pub async fn restore(
     progress: Arc<RestoreProgress>,
 ) -> Result<RestoreSummary, VolumeError> {
     let mut plan = build_plan(repo, &index, snapshot, opts).await?;
+    tracing::debug!(files = plan.files.len(), dirs = plan.dirs.len(), "restore: plan ready");
     let target = &opts.target;
     let mut summary = RestoreSummary { dry_run: opts.dry_run, ..Default::default() };
 
@@ -316,18 +325,32 @@ pub async fn restore(
     }
 
     std::fs::create_dir_all(target).map_err(|e| VolumeError::io(target, e))?;
-    let staging = target.join(format!(".cairn-restore-{}", std::process::id()));
-    std::fs::create_dir_all(&staging).map_err(|e| VolumeError::io(&staging, e))?;
-    let result = restore_into(repo, &plan, by_pack, target, &staging, opts, &progress, &mut summary).await;
-    let _ = std::fs::remove_dir_all(&staging);
+    let result = restore_into(repo, &plan, by_pack, target, opts, &progress, &mut summary).await;
+    if result.is_err() {
+        // Remove the partial files of this run; complete files stay.
+        for (i, f) in plan.files.iter().enumerate() {
+            if f.created.is_completed() && f.remaining.load(Ordering::Relaxed) > 0 {
+                let _ = std::fs::remove_file(staged_path(target, f, i));
+            }
+        }
+    }
     result?;
     Ok(summary)
+}
+
+/// Where a file is assembled: a short hidden name next to its final place.
+/// Same directory, so the final rename is atomic and cheap; per-directory,
+/// so parallel writers do not all contend for one directory's lock; and not
+/// derived from the real name, which may already be 255 bytes long.
+fn staged_path(target: &Path, f: &FilePlan, index: usize) -> PathBuf {
+    let dest = target.join(&f.rel);
+    let dir = dest.parent().unwrap_or(target);
+    dir.join(format!(".cairn-restore-{}-{index}.part", std::process::id()))
 }
 
 struct Writer<'a> {
     plan: &'a Plan,
     target: &'a Path,
-    staging: &'a Path,
     is_root: bool,
     warnings: Mutex<Vec<String>>,
     progress: &'a RestoreProgress,
@@ -335,7 +358,21 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn staged(&self, file: usize) -> PathBuf {
-        self.staging.join(file.to_string())
+        staged_path(self.target, &self.plan.files[file], file)
+    }
+
+    /// Creates the staged file at its final length (so skipped zero blocks
+    /// are holes), once, on first use.
+    fn create_staged(&self, file: usize) -> Result<(), VolumeError> {
+        let mut result = Ok(());
+        let f = &self.plan.files[file];
+        f.created.call_once(|| {
+            let path = self.staged(file);
+            result = std::fs::File::create(&path)
+                .and_then(|fh| fh.set_len(f.node.size))
+                .map_err(|e| VolumeError::io(&self.target.join(&f.rel), e));
+        });
+        result
     }
 
     /// Moves a complete file into place and applies its metadata.
@@ -357,15 +394,16 @@ impl Writer<'_> {
     }
 
     fn write_blob(&self, data: &[u8], targets: &[(usize, u64)]) -> Result<(), VolumeError> {
+        let runs = nonzero_runs(data);
         for &(file, offset) in targets {
-            let runs = nonzero_runs(data);
+            self.create_staged(file)?;
             if !runs.is_empty() {
                 let path = self.staged(file);
                 let fh = std::fs::OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(|e| VolumeError::io(&path, e))?;
-                for (from, to) in runs {
+                for &(from, to) in &runs {
                     fh.write_all_at(&data[from..to], offset + from as u64)
                         .map_err(|e| VolumeError::io(&self.target.join(&self.plan.files[file].rel), e))?;
                 }
@@ -398,13 +436,68 @@ fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
     runs
 }
 
+/// Fetches every pack and writes its blobs, on `threads` plain threads:
+/// each reads a pack (through the async backend) and then decrypts,
+/// verifies and writes it, so reading and CPU work overlap across packs.
+/// Stops at the first error or when cancelled.
+fn fetch_and_write(
+    repo: &Repository,
+    packs: Vec<(Id, PackBlobs)>,
+    writer: &Writer<'_>,
+    threads: usize,
+    progress: &RestoreProgress,
+) -> Result<(), VolumeError> {
+    let rt = tokio::runtime::Handle::current();
+    let key = repo.key().clone();
+    let queue = Mutex::new(packs.into_iter());
+    let failure: Mutex<Option<VolumeError>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    let work = |(pack, blobs): (Id, PackBlobs)| -> Result<(), VolumeError> {
+        let start = blobs.values().map(|(l, _)| l.offset as u64).min().unwrap_or(0);
+        let end = blobs.values().map(|(l, _)| l.offset as u64 + l.length as u64).max().unwrap_or(0);
+        let handle = Handle::new(FileType::Pack, pack.to_hex());
+        let bytes = rt.block_on(repo.backend().get(&handle, Some(start..end))).map_err(RepoError::from)?;
+        for (id, (loc, targets)) in &blobs {
+            let from = (loc.offset as u64 - start) as usize;
+            let plain = decode_blob(&key, &bytes[from..from + loc.length as usize], id, loc)?;
+            writer.write_blob(&plain, targets)?;
+        }
+        Ok(())
+    };
+    // block_in_place lets the scoped threads borrow the plan; the runtime
+    // keeps serving I/O on its other workers meanwhile.
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        if progress.cancel.load(Ordering::Relaxed) {
+                            failure.lock().expect("failure").get_or_insert(VolumeError::Interrupted);
+                            stop.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        let Some(job) = queue.lock().expect("queue").next() else { break };
+                        if let Err(e) = work(job) {
+                            failure.lock().expect("failure").get_or_insert(e);
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        })
+    });
+    match failure.into_inner().expect("failure") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn restore_into(
     repo: &Repository,
     plan: &Plan,
     by_pack: HashMap<Id, PackBlobs>,
     target: &Path,
-    staging: &Path,
     opts: &RestoreOptions,
     progress: &RestoreProgress,
     summary: &mut RestoreSummary,
@@ -421,48 +514,19 @@ async fn restore_into(
             Err(_) => std::fs::create_dir_all(&dir).map_err(|e| VolumeError::io(&dir, e))?,
         }
     }
-    let writer = Writer { plan, target, staging, is_root, warnings: Mutex::new(Vec::new()), progress };
+    let writer = Writer { plan, target, is_root, warnings: Mutex::new(Vec::new()), progress };
     for (i, f) in plan.files.iter().enumerate() {
-        let path = writer.staged(i);
-        let fh = std::fs::File::create(&path).map_err(|e| VolumeError::io(&path, e))?;
-        fh.set_len(f.node.size).map_err(|e| VolumeError::io(&target.join(&f.rel), e))?;
-        drop(fh);
         if f.remaining.load(Ordering::Relaxed) == 0 {
+            writer.create_staged(i)?;
             writer.finalize(i)?;
         }
     }
+    tracing::debug!(files = plan.files.len(), "restore: directories made, fetching packs");
 
     let mut packs: Vec<_> = by_pack.into_iter().collect();
     packs.sort_by_key(|(id, _)| *id);
-    let writer_ref = &writer;
-    let key = repo.key().clone();
-    let mut stream = futures::stream::iter(packs)
-        .map(|(pack, blobs)| {
-            let key = key.clone();
-            async move {
-                if progress.cancel.load(Ordering::Relaxed) {
-                    return Err(VolumeError::Interrupted);
-                }
-                let start = blobs.values().map(|(l, _)| l.offset as u64).min().unwrap_or(0);
-                let end = blobs.values().map(|(l, _)| l.offset as u64 + l.length as u64).max().unwrap_or(0);
-                let handle = Handle::new(FileType::Pack, pack.to_hex());
-                let bytes = repo.backend().get(&handle, Some(start..end)).await.map_err(RepoError::from)?;
-                tokio::task::block_in_place(|| {
-                    for (id, (loc, targets)) in &blobs {
-                        let from = (loc.offset as u64 - start) as usize;
-                        let sealed = &bytes[from..from + loc.length as usize];
-                        let plain = decode_blob(&key, sealed, id, loc)?;
-                        writer_ref.write_blob(&plain, targets)?;
-                    }
-                    Ok::<(), VolumeError>(())
-                })
-            }
-        })
-        .buffer_unordered(opts.concurrency.max(1));
-    while let Some(r) = stream.next().await {
-        r?;
-    }
-    drop(stream);
+    fetch_and_write(repo, packs, &writer, opts.concurrency.max(1), progress)?;
+    tracing::debug!("restore: file contents written");
 
     for (rel, first, _) in &plan.hardlinks {
         let dest = target.join(rel);
