@@ -188,3 +188,67 @@ fn config_file_names_repository_password_and_sources() {
         describe(&missing_env)
     );
 }
+
+#[test]
+fn one_file_system_keeps_mount_points_but_not_what_is_mounted() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("mnt")).unwrap();
+    std::fs::write(src.join("local.txt"), b"on the source file system").unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4M", "tmpfs", src.join("mnt").to_str().unwrap()])
+        .status()
+        .expect("mount is needed for this test (run the suite as root)");
+    assert!(mounted.success(), "cannot mount a tmpfs: this test needs root");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(src.join("mnt"));
+    std::fs::write(src.join("mnt/other-fs.txt"), b"on another file system").unwrap();
+    env.init();
+    env.cairn_ok(&["backup", "volume", "--one-file-system", src.to_str().unwrap()]);
+    let listing = env.cairn_ok(&["ls", "latest"]);
+    assert!(listing.contains("/src/local.txt"), "{listing}");
+    assert!(listing.contains("/src/mnt\n"), "the mount point itself is kept: {listing}");
+    assert!(!listing.contains("other-fs.txt"), "{listing}");
+    env.cairn_ok(&["backup", "volume", src.to_str().unwrap()]);
+    assert!(env.cairn_ok(&["ls", "latest"]).contains("other-fs.txt"), "without the flag it is crossed");
+}
+
+#[test]
+fn a_file_that_keeps_changing_while_read_is_reported_not_silently_stored() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("stable.txt"), b"stable").unwrap();
+    let busy = src.join("busy.log");
+    std::fs::write(&busy, pseudo_random(3, 32 << 20)).unwrap();
+    env.init();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let busy = busy.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&busy).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(b"another line of log\n").unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let out = env.cairn(&["backup", "--json", "volume", src.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let result: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let warnings = result["warnings"].to_string();
+    assert!(warnings.contains("busy.log") && warnings.contains("changed while being read"), "{warnings}");
+    // The snapshot records the warning for later readers too.
+    let snaps = env.cairn_json(&["snapshots", "--json"]);
+    assert!(snaps[0]["cairn"]["warnings"].to_string().contains("busy.log"));
+}
