@@ -140,11 +140,19 @@ impl Key {
 
     /// Verifies the MAC and decrypts `IV || ciphertext || MAC`.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut buf = sealed.to_vec();
-        let len = self.open_in_place(&mut buf)?.len();
-        buf.copy_within(IV_LEN..IV_LEN + len, 0);
-        buf.truncate(len);
-        Ok(buf)
+        if sealed.len() < OVERHEAD {
+            return Err(CryptoError::TooShort(sealed.len()));
+        }
+        // Authenticate first, then copy only the ciphertext out and decrypt
+        // it in place: one copy of the data, not two.
+        let iv: [u8; IV_LEN] = sealed[..IV_LEN].try_into().expect("IV_LEN bytes");
+        let (body, tag) = sealed[IV_LEN..].split_at(sealed.len() - OVERHEAD);
+        if !constant_time_eq(&self.mac(&iv, body), tag) {
+            return Err(CryptoError::Authentication);
+        }
+        let mut out = body.to_vec();
+        Aes256Ctr::new(&self.encrypt.into(), &iv.into()).apply_keystream(&mut out);
+        Ok(out)
     }
 
     /// Verifies and decrypts in place; returns the plaintext slice of `buf`.

@@ -142,6 +142,30 @@ pub fn unchanged(current: &Node, previous: &Node) -> bool {
         && previous.content.is_some()
 }
 
+/// Applies ownership (when running as root), mode, xattrs and times to an
+/// open regular file: the same as [`apply_metadata`] without path lookups,
+/// for the restore's common case of a file written in one go.
+pub fn apply_file_metadata(file: &std::fs::File, node: &Node, is_root: bool) -> Result<(), String> {
+    use xattr::FileExt as _;
+    if is_root {
+        std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid)).map_err(|e| format!("chown: {e}"))?;
+    }
+    let perms = std::fs::Permissions::from_mode(go_mode::to_unix_permissions(node.mode));
+    file.set_permissions(perms).map_err(|e| format!("chmod: {e}"))?;
+    for xa in &node.extended_attributes {
+        if let Err(e) = file.set_xattr(&xa.name, &xa.value) {
+            tracing::debug!(attr = %xa.name, error = %e, "extended attribute not restored");
+        }
+    }
+    let to_st = |t: &DateTime<FixedOffset>| {
+        std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::new(t.timestamp().max(0) as u64, t.timestamp_subsec_nanos()))
+            .unwrap_or(std::time::UNIX_EPOCH)
+    };
+    let times = std::fs::FileTimes::new().set_accessed(to_st(&node.atime)).set_modified(to_st(&node.mtime));
+    file.set_times(times).map_err(|e| format!("set times: {e}"))
+}
+
 /// Applies ownership (when running as root), mode, xattrs and times to a
 /// restored path. Errors are returned as text for the restore report.
 pub fn apply_metadata(path: &Path, node: &Node, is_root: bool) -> Result<(), String> {
