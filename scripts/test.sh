@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs via .ci/run, and what contributors run locally).
 #
-# Steps: install missing system test dependencies (restic, time), check
-# formatting, run clippy with warnings as errors, then run every test in the
-# workspace (cargo-nextest when installed, else cargo test). All steps run even
-# if an earlier one fails, so one run reports every problem; the exit status is
-# non-zero if any step failed.
+# Steps: install missing test dependencies (restic, time, the S3 test
+# servers), check formatting, run clippy with warnings as errors, then run
+# every test in the workspace (cargo-nextest when installed, else cargo test).
+# All steps run even if an earlier one fails, so one run reports every problem;
+# the exit status is non-zero if any step failed.
+#
+# The tests start the S3/DynamoDB test servers they need on demand
+# (scripts/test-servers.sh); at the end, also after a failure or an interrupt,
+# this script stops those that were not already running before it began.
 #
 #   scripts/test.sh
 #   CAIRN_TEST_SKIP_LINT=1 scripts/test.sh    # skip fmt and clippy (quick local runs)
@@ -39,6 +43,31 @@ command -v cargo >/dev/null 2>&1 || { echo "--- FAILED: cargo not found (install
 echo "toolchain: $(cargo --version 2>&1)"
 echo "restic:    $(restic version 2>&1 | head -1)"
 
+# Servers already running (someone else's) are left alone; the rest are stopped at the end.
+SERVERS_BEFORE=" "
+for server in moto rgw; do
+  if scripts/test-servers.sh running "$server" 2>/dev/null; then SERVERS_BEFORE+="$server "; fi
+done
+echo "servers:   $(scripts/test-servers.sh status 2>&1)"
+stop_servers() {
+  local server stop=()
+  for server in moto rgw; do
+    if [[ $SERVERS_BEFORE == *" $server "* ]]; then
+      echo "leaving the $server test server running (it was running before the tests)"
+    else
+      stop+=("$server")
+    fi
+  done
+  [ ${#stop[@]} -gt 0 ] || return 0
+  step "stop the test servers: ${stop[*]}"
+  for server in "${stop[@]}"; do
+    scripts/test-servers.sh stop "$server" || echo "warning: could not stop the $server test server" >&2
+  done
+}
+trap stop_servers EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 if [ "${CAIRN_TEST_SKIP_LINT:-0}" = 1 ]; then
   step "skipping cargo fmt and cargo clippy (CAIRN_TEST_SKIP_LINT=1)"
 else
@@ -55,6 +84,9 @@ else
   run "cargo test --workspace --no-fail-fast${*:+ $*} (cargo-nextest not installed)" \
     cargo test --workspace --no-fail-fast "$@"
 fi
+
+stop_servers
+trap - EXIT
 
 echo
 if [ ${#FAILED[@]} -ne 0 ]; then

@@ -23,9 +23,11 @@ mod error;
 mod local;
 
 pub mod conformance;
+pub mod retry;
 
 pub use error::StoreError;
 pub use local::LocalBackend;
+pub use retry::{RetryBackend, RetryPolicy};
 
 use std::fmt;
 use std::ops::Range;
@@ -191,8 +193,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
 }
 
-/// Opens the backend a repository location names. Only local paths for now;
-/// `s3://` is recognised so the error can say what is missing.
+/// Opens a local-directory location (`/path` or `local:/path`). Other
+/// schemes are refused with a hint; `s3://` is opened by the binary through
+/// `cairn-store-s3`, which keeps the AWS SDK out of this crate.
 pub fn open_location(location: &str) -> Result<std::sync::Arc<dyn Backend>, StoreError> {
     if let Some(rest) = location.strip_prefix("local:") {
         return Ok(std::sync::Arc::new(LocalBackend::new(rest)));
@@ -201,7 +204,7 @@ pub fn open_location(location: &str) -> Result<std::sync::Arc<dyn Backend>, Stor
         return Err(StoreError::UnsupportedLocation {
             location: location.to_string(),
             hint: format!(
-                "the {scheme}:// backend is not available in this build; use a local directory path"
+                "{scheme}:// is not a known repository scheme; use a directory path or s3://bucket/prefix"
             ),
         });
     }

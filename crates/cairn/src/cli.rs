@@ -31,7 +31,7 @@ Exit codes:
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Repository location: a directory path.
+    /// Repository location: a directory path, or s3://bucket/prefix[?region=..&endpoint=..].
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
     pub repo: Option<String>,
     /// File holding the repository password (else CAIRN_PASSWORD, else a prompt).

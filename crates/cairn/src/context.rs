@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use cairn_repo::Repository;
-use cairn_store::Backend;
+use cairn_store::{Backend, RetryBackend, RetryPolicy, StoreError};
 
 use crate::cli::GlobalArgs;
 use crate::config::{Config, read_secret_file};
@@ -57,8 +57,15 @@ impl Context {
         }
     }
 
-    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
-        Ok(cairn_store::open_location(&self.location()?)?)
+    /// The backend the repository location names: `s3://bucket/prefix`
+    /// (wrapped in the retry policy), or a local directory.
+    pub async fn backend(&self) -> Result<Arc<dyn Backend>> {
+        let location = self.location()?;
+        if location.starts_with("s3://") {
+            let s3 = cairn_store_s3::S3Backend::from_url(&location).await.map_err(StoreError::from)?;
+            return Ok(Arc::new(RetryBackend::new(s3, RetryPolicy::default())));
+        }
+        Ok(cairn_store::open_location(&location)?)
     }
 
     /// The password from settings alone: --password-file / CAIRN_PASSWORD_FILE,
@@ -122,7 +129,7 @@ impl Context {
     }
 
     pub async fn open(&self) -> Result<Repository> {
-        let backend = self.backend()?;
+        let backend = self.backend().await?;
         let password = self.password()?;
         Ok(Repository::open(backend, &password).await?)
     }

@@ -19,7 +19,7 @@ use crate::exit;
 use crate::output::{Ticker, bytes};
 
 pub async fn init(ctx: &Context) -> Result<u8> {
-    let backend = ctx.backend()?;
+    let backend = ctx.backend().await?;
     let password = ctx.init_password()?;
     if password.is_empty() {
         bail!("an empty password is not allowed");

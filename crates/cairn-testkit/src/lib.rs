@@ -1,0 +1,447 @@
+//! Real S3 and DynamoDB servers for cairn's tests.
+//!
+//! cairn's S3 code is tested against real servers rather than mocks, because
+//! what matters is how a server actually behaves: which requests it accepts,
+//! how it signs, whether a conditional write is atomic. Two kinds are used:
+//!
+//! * [`moto()`]: `moto_server`, S3 **and** DynamoDB in one in-memory process.
+//!   Starts in about a second, covers most of the API, accepts any access key.
+//!   It does not check signatures or Content-MD5, and has no
+//!   GetObjectRetention.
+//! * [`ceph_rgw()`]: a single-node Ceph cluster with the RADOS gateway. Real
+//!   S3 semantics: SigV4 is checked, Object Lock (with GetObjectRetention),
+//!   versioning, Content-MD5 checks, `If-None-Match: *` atomic under races.
+//!   Starts in about 15 s, once per machine.
+//!
+//! Tests run in parallel in separate processes (cargo nextest), so each server
+//! is a machine-wide singleton: `scripts/test-servers.sh ensure moto|rgw`
+//! starts it on the first call (under a file lock, so concurrent callers share
+//! one start) and only checks its health afterwards. The servers keep running
+//! between tests; `scripts/test.sh` stops them when the suite ends. Within one
+//! process the answer is memoised, so asking again costs nothing.
+//!
+//! Servers are shared: a test must not assume it is alone on one. Give every
+//! test its own bucket ([`unique_bucket`]) or table, and never reset a server.
+//!
+//! A test that cannot get its server panics with a message saying why and how
+//! to fix it (usually: run `scripts/install-test-deps.sh`); it never skips.
+//!
+//! Machines with servers of their own can bypass the script: set
+//! `CAIRN_TEST_MOTO_ENDPOINT` or `CAIRN_TEST_RGW_ENDPOINT`, with optional
+//! `..._ACCESS_KEY`, `..._SECRET_KEY` and `..._REGION` beside it (defaults:
+//! the keys the script's servers use, region `us-east-1`).
+//!
+//! Both servers want path-style addressing (`http://127.0.0.1:PORT/bucket/key`).
+//!
+//! ```no_run
+//! let s3 = cairn_testkit::ceph_rgw();
+//! let bucket = cairn_testkit::unique_bucket("locks");
+//! println!("{} {} {} {bucket}", s3.endpoint, s3.region, s3.access_key);
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How to reach one S3 (and, for moto, DynamoDB) test server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Server {
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:40123`. Use path-style addressing.
+    pub endpoint: String,
+    /// Region to sign requests for (`us-east-1`).
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub kind: ServerKind,
+}
+
+/// Which server an [`S3Server`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerKind {
+    /// `moto_server`: S3 and DynamoDB, in memory, no signature checks.
+    Moto,
+    /// Ceph's RADOS gateway on a single-node cluster: real S3 semantics.
+    CephRgw,
+}
+
+impl ServerKind {
+    /// The name `scripts/test-servers.sh` knows the server by.
+    pub fn script_name(self) -> &'static str {
+        match self {
+            ServerKind::Moto => "moto",
+            ServerKind::CephRgw => "rgw",
+        }
+    }
+
+    /// Prefix of the environment variables that point the tests at an existing server.
+    pub fn env_prefix(self) -> &'static str {
+        match self {
+            ServerKind::Moto => "CAIRN_TEST_MOTO",
+            ServerKind::CephRgw => "CAIRN_TEST_RGW",
+        }
+    }
+
+    fn default_keys(self) -> (&'static str, &'static str) {
+        match self {
+            ServerKind::Moto => ("testing", "testing"),
+            ServerKind::CephRgw => ("AKIATEST", "SECRETTEST"),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerKind::Moto => "moto",
+            ServerKind::CephRgw => "Ceph RGW",
+        })
+    }
+}
+
+const DEFAULT_REGION: &str = "us-east-1";
+
+/// The moto server (S3 and DynamoDB), started if it is not running.
+///
+/// # Panics
+/// If the server cannot be started or reached; the message says why and how to fix it.
+pub fn moto() -> S3Server {
+    server(ServerKind::Moto)
+}
+
+/// The Ceph RGW server (S3 with real semantics), started if it is not running.
+///
+/// # Panics
+/// If the server cannot be started or reached; the message says why and how to fix it.
+pub fn ceph_rgw() -> S3Server {
+    server(ServerKind::CephRgw)
+}
+
+fn server(kind: ServerKind) -> S3Server {
+    static MOTO: OnceLock<Result<S3Server, String>> = OnceLock::new();
+    static RGW: OnceLock<Result<S3Server, String>> = OnceLock::new();
+    let cell = match kind {
+        ServerKind::Moto => &MOTO,
+        ServerKind::CephRgw => &RGW,
+    };
+    match cell.get_or_init(|| locate(kind, &|name| std::env::var(name).ok())) {
+        Ok(server) => server.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// The server given by the environment, else the one the script ensures.
+fn locate(kind: ServerKind, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Server, String> {
+    match from_env(kind, env) {
+        Some(server) => Ok(server),
+        None => ensure_with_script(kind),
+    }
+}
+
+/// `CAIRN_TEST_<KIND>_ENDPOINT` (+ `_ACCESS_KEY`, `_SECRET_KEY`, `_REGION`), if the endpoint is set.
+fn from_env(kind: ServerKind, env: &dyn Fn(&str) -> Option<String>) -> Option<S3Server> {
+    let var = |suffix: &str| env(&format!("{}_{suffix}", kind.env_prefix())).filter(|v| !v.is_empty());
+    let endpoint = var("ENDPOINT")?;
+    let (access_key, secret_key) = kind.default_keys();
+    Some(S3Server {
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        region: var("REGION").unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+        access_key: var("ACCESS_KEY").unwrap_or_else(|| access_key.to_owned()),
+        secret_key: var("SECRET_KEY").unwrap_or_else(|| secret_key.to_owned()),
+        kind,
+    })
+}
+
+fn ensure_with_script(kind: ServerKind) -> Result<S3Server, String> {
+    let script = repo_root().join("scripts").join("test-servers.sh");
+    let command = format!("{} ensure {}", script.display(), kind.script_name());
+    let help = format!(
+        "Install what the test servers need with scripts/install-test-deps.sh (as root), \
+         or point the tests at a running server with {prefix}_ENDPOINT \
+         (and {prefix}_ACCESS_KEY, {prefix}_SECRET_KEY, {prefix}_REGION).",
+        prefix = kind.env_prefix()
+    );
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("ensure")
+        .arg(kind.script_name())
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot get the {kind} test server: cannot run `{command}`: {e}\n{help}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cannot get the {kind} test server: `{command}` failed ({}):\n{}\n{help}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        ));
+    }
+    parse_settings(kind, &String::from_utf8_lossy(&output.stdout))
+        .map_err(|e| format!("cannot get the {kind} test server: `{command}` printed {e}\n{help}"))
+}
+
+/// Reads the `key=value` lines `test-servers.sh ensure` prints; unknown keys are ignored.
+fn parse_settings(kind: ServerKind, text: &str) -> Result<S3Server, String> {
+    let value = |key: &str| {
+        text.lines()
+            .filter_map(|line| line.trim().split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_owned())
+            .ok_or_else(|| format!("no `{key}=` line in its output:\n{text}"))
+    };
+    Ok(S3Server {
+        endpoint: value("endpoint")?.trim_end_matches('/').to_owned(),
+        region: value("region")?,
+        access_key: value("access_key")?,
+        secret_key: value("secret_key")?,
+        kind,
+    })
+}
+
+/// A valid S3 bucket name that starts with (a cleaned-up) `prefix` and is
+/// unique per call, across processes and runs: the prefix, then the process
+/// id, a per-process counter and the time.
+///
+/// The name is at most 63 characters of lowercase letters, digits and single
+/// hyphens; other characters in `prefix` become hyphens, and a long prefix is
+/// shortened.
+pub fn unique_bucket(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    // The low 64 bits of the time in nanoseconds: unique enough with pid and counter.
+    let suffix = format!("{}-{n}-{}", std::process::id(), base36(nanos as u64));
+
+    let mut clean = String::new();
+    for c in prefix.chars() {
+        let c = c.to_ascii_lowercase();
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' };
+        if !(c == '-' && (clean.is_empty() || clean.ends_with('-'))) {
+            clean.push(c);
+        }
+    }
+    // Names AWS reserves by prefix.
+    if clean.starts_with("xn-") || clean.starts_with("sthree-") || clean.starts_with("amzn-s3-demo-") {
+        clean.insert_str(0, "t-");
+    }
+    clean.truncate(63 - 1 - suffix.len());
+    let clean = clean.trim_end_matches('-');
+    let prefix = if clean.is_empty() { "cairn-test" } else { clean };
+    format!("{prefix}-{suffix}")
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII digits")
+}
+
+/// The workspace root (where `Cargo.toml`, `scripts/` and `target/` are).
+pub fn repo_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .ancestors()
+        .nth(2)
+        .expect("crates/cairn-testkit lies two levels below the workspace root")
+        .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// GET `path` from an `http://host:port` endpoint with extra header lines
+    /// (each ending in CRLF): (status code, whole response as text).
+    fn http_get(endpoint: &str, path: &str, headers: &str) -> (u16, String) {
+        let authority = endpoint.strip_prefix("http://").expect("an http:// endpoint");
+        let mut stream =
+            TcpStream::connect(authority).unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{headers}Connection: close\r\n\r\n")
+            .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap_or_else(|e| panic!("read from {endpoint}: {e}"));
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response from {endpoint}: {response:?}"));
+        (status, response)
+    }
+
+    fn assert_lists_buckets(server: &S3Server) {
+        let (status, response) = http_get(&server.endpoint, "/", "");
+        assert_eq!(status, 200, "GET / on {} ({}):\n{response}", server.endpoint, server.kind);
+        assert!(response.contains("<?xml"), "GET / on {} gave no XML:\n{response}", server.endpoint);
+        assert!(response.contains("ListAllMyBucketsResult"), "GET / on {}:\n{response}", server.endpoint);
+    }
+
+    #[test]
+    fn moto_answers_s3_requests() {
+        let server = moto();
+        assert_eq!(server.kind, ServerKind::Moto);
+        assert!(server.endpoint.starts_with("http://"), "{server:?}");
+        assert_lists_buckets(&server);
+        assert_eq!(moto(), server, "memoised per process");
+    }
+
+    #[test]
+    fn ceph_rgw_answers_s3_requests() {
+        let server = ceph_rgw();
+        assert_eq!(server.kind, ServerKind::CephRgw);
+        assert!(server.endpoint.starts_with("http://"), "{server:?}");
+        assert_lists_buckets(&server);
+        // SigV4 is checked, and the test user exists: a bad signature with its access
+        // key is a signature mismatch, with an unknown key an unknown key.
+        let (status, response) = http_get(&server.endpoint, "/", &bad_sigv4_headers(&server.access_key));
+        assert_eq!(status, 403, "badly signed GET / on RGW:\n{response}");
+        assert!(response.contains("SignatureDoesNotMatch"), "badly signed GET / on RGW:\n{response}");
+        let (status, response) = http_get(&server.endpoint, "/", &bad_sigv4_headers("AKIANOSUCHKEY"));
+        assert_eq!(status, 403, "GET / with an unknown key on RGW:\n{response}");
+        assert!(response.contains("InvalidAccessKeyId"), "GET / with an unknown key on RGW:\n{response}");
+        assert_eq!(ceph_rgw(), server, "memoised per process");
+    }
+
+    /// SigV4 headers for `GET /` that are well formed and current but carry a wrong signature.
+    fn bad_sigv4_headers(access_key: &str) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let (days, secs) = (now / 86_400, now % 86_400);
+        let (y, m, d) = civil_from_days(days as i64);
+        let date = format!("{y:04}{m:02}{d:02}");
+        let time = format!("{date}T{:02}{:02}{:02}Z", secs / 3600, secs / 60 % 60, secs % 60);
+        format!(
+            "x-amz-date: {time}\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential={access_key}/{date}/us-east-1/s3/aws4_request, \
+             SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={}\r\n",
+            "0".repeat(64)
+        )
+    }
+
+    /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
+    /// (Howard Hinnant's `civil_from_days`).
+    fn civil_from_days(z: i64) -> (i64, u32, u32) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        (yoe + era * 400 + i64::from(m <= 2), m, d)
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+    }
+
+    #[test]
+    fn moto_accepts_any_signature() {
+        // What sets the two apart: moto does not check signatures.
+        let server = moto();
+        let (status, response) = http_get(&server.endpoint, "/", &bad_sigv4_headers("AKIANOSUCHKEY"));
+        assert_eq!(status, 200, "badly signed GET / on moto:\n{response}");
+    }
+
+    #[test]
+    fn both_servers_are_distinct() {
+        assert_ne!(moto().endpoint, ceph_rgw().endpoint);
+    }
+
+    fn valid_bucket_name(name: &str) -> bool {
+        (3..=63).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+            && !name.contains("--")
+            && !name.starts_with("xn-")
+            && !name.starts_with("sthree-")
+    }
+
+    #[test]
+    fn unique_bucket_names_are_valid_and_distinct() {
+        let prefixes = [
+            "",
+            "s3",
+            "locks",
+            "Upper_Case.Name",
+            "--leading-and-trailing--",
+            "xn--punycode",
+            "sthree-reserved",
+            "ünïcödé ✓",
+            &"long".repeat(40),
+        ];
+        let mut seen = HashSet::new();
+        for prefix in prefixes {
+            for _ in 0..50 {
+                let name = unique_bucket(prefix);
+                assert!(valid_bucket_name(&name), "invalid bucket name {name:?} from prefix {prefix:?}");
+                assert!(seen.insert(name.clone()), "duplicate bucket name {name}");
+            }
+        }
+        assert!(unique_bucket("locks").starts_with("locks-"));
+        assert!(unique_bucket("Upper_Case.Name").starts_with("upper-case-name-"));
+        assert!(unique_bucket("").starts_with("cairn-test-"));
+    }
+
+    #[test]
+    fn script_output_is_parsed() {
+        let out =
+            "kind=rgw\nendpoint=http://127.0.0.1:4321/\nregion=us-east-1\naccess_key=AK\nsecret_key=S=K\n";
+        let server = parse_settings(ServerKind::CephRgw, out).unwrap();
+        assert_eq!(
+            server,
+            S3Server {
+                endpoint: "http://127.0.0.1:4321".into(),
+                region: "us-east-1".into(),
+                access_key: "AK".into(),
+                secret_key: "S=K".into(),
+                kind: ServerKind::CephRgw,
+            }
+        );
+        let err = parse_settings(ServerKind::Moto, "endpoint=http://x\n").unwrap_err();
+        assert!(err.contains("region="), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_script() {
+        let vars: HashMap<&str, &str> = [
+            ("CAIRN_TEST_RGW_ENDPOINT", "http://rgw.example:7480/"),
+            ("CAIRN_TEST_RGW_SECRET_KEY", "sekrit"),
+            ("CAIRN_TEST_MOTO_ENDPOINT", ""),
+        ]
+        .into();
+        let env = |name: &str| vars.get(name).map(|v| v.to_string());
+        let rgw = locate(ServerKind::CephRgw, &env).unwrap();
+        assert_eq!(rgw.endpoint, "http://rgw.example:7480");
+        assert_eq!((rgw.access_key.as_str(), rgw.secret_key.as_str()), ("AKIATEST", "sekrit"));
+        assert_eq!(rgw.region, "us-east-1");
+        // An empty endpoint variable counts as unset.
+        assert_eq!(from_env(ServerKind::Moto, &env), None);
+    }
+
+    #[test]
+    fn repo_root_is_the_workspace() {
+        let root = repo_root();
+        assert!(root.join("scripts/test-servers.sh").is_file(), "{}", root.display());
+        assert!(root.join("Cargo.toml").is_file(), "{}", root.display());
+    }
+}

@@ -1,0 +1,75 @@
+//! The runbooks are executable: their shell blocks run here, in order,
+//! against a real repository, so a procedure someone follows at 3 a.m.
+//! cannot silently rot.
+
+mod common;
+
+use common::*;
+
+/// The ```sh blocks of a Markdown file, in order.
+fn shell_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```sh") => current = Some(String::new()),
+            (Some(_), l) if l.starts_with("```") => blocks.push(current.take().unwrap()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// Runs a runbook's blocks as one script, with the runbook's example paths
+/// replaced by scratch ones.
+fn run_runbook(name: &str, replacements: &[(&str, String)]) -> std::process::Output {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runbooks").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut script = shell_blocks(&text).join("\n");
+    assert!(!script.trim().is_empty(), "{name} has no shell blocks");
+    for (from, to) in replacements {
+        assert!(script.contains(from), "{name} no longer mentions {from}");
+        script = script.replace(from, to);
+    }
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).parent().unwrap().to_path_buf();
+    let path_var = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", &script]).env("PATH", path_var);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CAIRN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn volume_restore_runbook_works_as_written() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    std::fs::create_dir_all(src.join("reports/2026-11")).unwrap();
+    std::fs::write(src.join("reports/2026-11/summary.csv"), b"day,orders\n1,42\n").unwrap();
+    env.init();
+    env.backup(&src);
+    let password_file = env.path("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let restore_to = env.path("restore");
+    let out = run_runbook(
+        "volume-restore.md",
+        &[
+            ("/var/backups/cairn", env.repo.display().to_string()),
+            ("/etc/cairn/password", password_file.display().to_string()),
+            ("/restore/data", restore_to.display().to_string()),
+        ],
+    );
+    assert!(out.status.success(), "runbook failed: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restores agree"), "{}", describe(&out));
+    assert_same_tree(&src, &restore_to.join("full"), true);
+    assert!(restore_to.join("partial/reports/2026-11/summary.csv").is_file());
+    assert!(!restore_to.join("partial/data").exists());
+}
