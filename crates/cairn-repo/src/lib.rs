@@ -27,6 +27,7 @@ mod id;
 pub mod index;
 pub mod lock;
 pub mod pack;
+pub mod replicate;
 mod repository;
 pub mod saver;
 pub mod tree;

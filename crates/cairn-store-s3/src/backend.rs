@@ -545,6 +545,26 @@ impl Backend for S3Backend {
         Ok(())
     }
 
+    async fn stored_sha256(&self, handle: &Handle) -> Result<Option<[u8; 32]>, StoreError> {
+        let key = self.key(handle);
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(&key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(self.fail("HeadObject", &key, e)))?;
+        // Multipart objects report a checksum of part checksums ("…-N"), not
+        // of the object; only a whole-object SHA-256 answers the question.
+        Ok(out
+            .checksum_sha256()
+            .filter(|c| !c.contains('-'))
+            .and_then(|c| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok())
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()))
+    }
+
     async fn stat(&self, handle: &Handle) -> Result<ObjectInfo, StoreError> {
         let size = self.head(&self.key(handle)).await?;
         Ok(ObjectInfo { name: handle.name.clone(), size })

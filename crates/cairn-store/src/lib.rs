@@ -183,6 +183,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Removes an object. Removing an absent object is not an error.
     async fn delete(&self, handle: &Handle) -> Result<(), StoreError>;
 
+    /// The SHA-256 of a stored object as the store itself recorded it (an S3
+    /// additional checksum, say), without downloading the object. `None`
+    /// when the store cannot tell; callers then read and hash the object.
+    async fn stored_sha256(&self, _handle: &Handle) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(None)
+    }
+
     /// Whether the object exists.
     async fn exists(&self, handle: &Handle) -> Result<bool, StoreError> {
         match self.stat(handle).await {

@@ -233,6 +233,10 @@ impl<B: Backend> Backend for RetryBackend<B> {
     async fn exists(&self, handle: &Handle) -> Result<bool, StoreError> {
         self.retry("stat", handle, || self.inner.exists(handle)).await
     }
+
+    async fn stored_sha256(&self, handle: &Handle) -> Result<Option<[u8; 32]>, StoreError> {
+        self.retry("checksum", handle, || self.inner.stored_sha256(handle)).await
+    }
 }
 
 #[cfg(test)]

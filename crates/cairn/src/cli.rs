@@ -76,6 +76,44 @@ pub enum Command {
     Key(KeyArgs),
     /// Remove stale locks left by killed processes.
     Unlock(UnlockArgs),
+    /// Copy the repository to replicas, or verify that they are complete.
+    Replicate(ReplicateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// Replica location (repeatable); default: `replicas:` from the config file.
+    #[arg(long = "to")]
+    pub to: Vec<String>,
+    /// Only verify: every object present and identical (by SHA-256), and the lag.
+    #[arg(long)]
+    pub verify: bool,
+    /// With --verify: copy again whatever is missing or damaged on the replica, then verify again.
+    #[arg(long, requires = "verify")]
+    pub repair: bool,
+    /// With --verify: fail when the newest snapshot the replica lacks is older than this (e.g. 90m, 26h, 2d).
+    #[arg(long, value_parser = parse_duration)]
+    pub max_lag: Option<std::time::Duration>,
+    /// Objects copied or checked at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `90s`, `15m`, `26h`, `2d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 90m, 26h or 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +126,9 @@ pub struct BackupArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not copy the new snapshot to the configured replicas.
+    #[arg(long)]
+    pub no_replicate: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +288,15 @@ pub struct UnlockArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_parse() {
+        assert_eq!(super::parse_duration("90m").unwrap().as_secs(), 5400);
+        assert_eq!(super::parse_duration("2d").unwrap().as_secs(), 172_800);
+        assert_eq!(super::parse_duration("45").unwrap().as_secs(), 45);
+        assert!(super::parse_duration("5w").is_err());
+        assert!(super::parse_duration("h").is_err());
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;

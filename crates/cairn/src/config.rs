@@ -4,6 +4,8 @@
 //! repository: /var/backups/cairn          # or ${CAIRN_REPOSITORY}
 //! password_file: /etc/cairn/password      # or password: ${CAIRN_PASSWORD}
 //! log_format: json
+//! replicas:                               # copied to after every backup
+//!   - s3://backups-eu-west-1/site?region=eu-west-1
 //! sources:
 //!   - name: home
 //!     kind: volume
@@ -41,6 +43,10 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub repository: Option<String>,
+    /// Replica repositories (other regions, buckets or providers), brought
+    /// up to date after every successful backup.
+    #[serde(default)]
+    pub replicas: Vec<String>,
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
     pub log_format: Option<String>,

@@ -60,14 +60,31 @@ impl Context {
     /// The backend the repository location names: `s3://bucket/prefix`
     /// (wrapped in the retry policy), or a local directory.
     pub async fn backend(&self) -> Result<Arc<dyn Backend>> {
-        let location = self.location()?;
+        backend_for(&self.location()?).await
+    }
+
+    /// Replica locations: `--to` flags if given, else `replicas:` in cairn.yaml.
+    pub fn replicas(&self, flags: &[String]) -> Vec<String> {
+        if !flags.is_empty() {
+            return flags.to_vec();
+        }
+        self.config.as_ref().map(|c| c.replicas.clone()).unwrap_or_default()
+    }
+}
+
+/// Opens any repository location (local directory or `s3://`).
+pub async fn backend_for(location: &str) -> Result<Arc<dyn Backend>> {
+    {
+        let location = location.to_string();
         if location.starts_with("s3://") {
             let s3 = cairn_store_s3::S3Backend::from_url(&location).await.map_err(StoreError::from)?;
             return Ok(Arc::new(RetryBackend::new(s3, RetryPolicy::default())));
         }
         Ok(cairn_store::open_location(&location)?)
     }
+}
 
+impl Context {
     /// The password from settings alone: --password-file / CAIRN_PASSWORD_FILE,
     /// then CAIRN_PASSWORD, then the config file.
     fn configured_password(&self) -> Option<Result<String>> {

@@ -44,7 +44,23 @@ pub async fn run(ctx: &Context, args: BackupArgs, stop: Arc<Stop>) -> Result<u8>
             bail!("say what to back up: `cairn backup volume PATH...` or `cairn backup --source NAME`")
         }
     };
-    volume_backup(ctx, volume, source_name, args.json, stop).await
+    let code = volume_backup(ctx, volume, source_name, args.json, stop).await?;
+    if !args.no_replicate {
+        let replicas = ctx.replicas(&[]);
+        if !replicas.is_empty() {
+            let repo = ctx.open().await?;
+            for target in replicas {
+                // The snapshot is safe in the primary; a replica failure is
+                // reported (and fails the run) but loses nothing.
+                super::replicate::copy_to(ctx, &repo, &target, 8, args.json).await.map_err(|e| {
+                    e.context(format!(
+                        "snapshot saved, but replicating to {target} failed; run `cairn replicate` to retry"
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(code)
 }
 
 async fn volume_backup(

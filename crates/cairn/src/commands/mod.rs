@@ -2,6 +2,7 @@
 //! outcome into an exit code.
 
 mod backup;
+mod replicate;
 mod repo;
 mod restore;
 
@@ -91,6 +92,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Stats(args) => repo::stats(&ctx, args).await,
         Command::Key(args) => repo::key(&ctx, args).await,
         Command::Unlock(args) => repo::unlock(&ctx, args).await,
+        Command::Replicate(args) => replicate::run(&ctx, args).await,
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,275 @@
+//! Replication: keep a second, complete copy of a repository elsewhere
+//! (another region, bucket or provider), and prove it is complete.
+//!
+//! Objects are immutable and named by their SHA-256 (all but `config`), so
+//! replicating is copying what the replica lacks, and verifying is comparing
+//! names and hashes. The copy order keeps the replica a consistent
+//! repository at every moment, by the same invariants as a backup:
+//!
+//! 1. key files, then `config` (until `config` exists the replica is not a
+//!    repository at all; once it does, every password opens it);
+//! 2. packs;
+//! 3. index files (they only name packs already copied);
+//! 4. snapshots (they only name blobs whose packs and index are copied).
+//!
+//! Locks are not copied. Objects the primary no longer has (after a prune)
+//! stay on the replica: deleting data there is a separate, deliberate act.
+//! Key files are the exception: a key removed from the primary (a revoked
+//! password) is removed from the replica too.
+//!
+//! Every byte copied is checked against its name while in transit, so a
+//! damaged primary object is reported, never replicated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_store::{Backend, FileType, Handle, PutOptions, StoreError};
+use futures::StreamExt;
+
+use crate::error::{RepoError, Result};
+use crate::format::Snapshot;
+use crate::id::Id;
+use crate::repository::Repository;
+
+/// What a replication run did.
+#[derive(Debug, Default, Clone)]
+pub struct ReplicationReport {
+    /// Objects copied, and their bytes, per type (in copy order).
+    pub copied: Vec<(FileType, u64, u64)>,
+    /// Objects already present on the replica.
+    pub already_present: u64,
+}
+
+/// What `replicate --verify` found.
+#[derive(Debug, Default, Clone)]
+pub struct VerificationReport {
+    pub objects_checked: u64,
+    /// Objects whose hash came from the store's own checksum (no download).
+    pub checked_by_store_checksum: u64,
+    /// Objects the replica lacks.
+    pub missing: Vec<ObjectRef>,
+    /// Objects the replica holds with other content, and how they differ.
+    pub differing: Vec<(ObjectRef, String)>,
+    /// Age of the newest primary snapshot the replica lacks (0 when none).
+    pub lag: chrono::Duration,
+    /// Snapshots on the primary that are not on the replica.
+    pub snapshots_missing: usize,
+}
+
+/// One repository object, by type and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub kind: FileType,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&handle_for(self.kind, &self.name).path())
+    }
+}
+
+impl VerificationReport {
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty() && self.differing.is_empty()
+    }
+}
+
+const COPY_ORDER: [FileType; 5] =
+    [FileType::Key, FileType::Config, FileType::Pack, FileType::Index, FileType::Snapshot];
+
+async fn names_and_sizes(backend: &dyn Backend, kind: FileType) -> Result<HashMap<String, u64>> {
+    Ok(backend.list(kind).await?.into_iter().map(|o| (o.name, o.size)).collect())
+}
+
+fn handle_for(kind: FileType, name: &str) -> Handle {
+    Handle::new(kind, name.to_string())
+}
+
+/// Copies to `replica` whatever it lacks of `primary`, in the safe order.
+pub async fn replicate(
+    primary: &Repository,
+    replica: Arc<dyn Backend>,
+    concurrency: usize,
+) -> Result<ReplicationReport> {
+    let source = primary.backend().clone();
+    // Refuse to mix two different repositories in one place.
+    match replica.get(&Handle::config(), None).await {
+        Ok(theirs) => {
+            let ours = source.get(&Handle::config(), None).await?;
+            if theirs != ours {
+                return Err(RepoError::damaged(
+                    format!("{}/config", replica.location()),
+                    "the replica location holds a different repository; pick an empty location",
+                ));
+            }
+        }
+        Err(StoreError::NotFound { .. }) => {
+            // A new replica (or one whose first copy stopped before its
+            // config): make the location (directories, bucket) ready.
+            replica.create().await.or_else(|e| match e {
+                StoreError::AlreadyExists { .. } => Ok(()),
+                e => Err(e),
+            })?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let mut report = ReplicationReport::default();
+    for kind in COPY_ORDER {
+        let ours = names_and_sizes(source.as_ref(), kind).await?;
+        let theirs = names_and_sizes(replica.as_ref(), kind).await?;
+        let mut todo: Vec<(String, u64)> =
+            ours.into_iter().filter(|(name, size)| theirs.get(name) != Some(size)).collect();
+        report.already_present += theirs.len() as u64;
+        todo.sort();
+        let mut copied = (0u64, 0u64);
+        let mut results = futures::stream::iter(todo)
+            .map(|(name, _)| {
+                let (source, replica) = (source.clone(), replica.clone());
+                async move { copy_object(source.as_ref(), replica.as_ref(), kind, &name).await }
+            })
+            .buffer_unordered(concurrency.max(1));
+        while let Some(r) = results.next().await {
+            let bytes = r?;
+            copied.0 += 1;
+            copied.1 += bytes;
+        }
+        drop(results);
+        if kind == FileType::Key {
+            // A password removed from the primary must stop opening the
+            // replica too: key files are the one thing replication deletes.
+            let ours: std::collections::HashSet<String> =
+                source.list(FileType::Key).await?.into_iter().map(|o| o.name).collect();
+            for stale in theirs.keys().filter(|name| !ours.contains(*name)) {
+                replica.delete(&handle_for(FileType::Key, stale)).await?;
+                tracing::info!(key = %stale, "removed a key from the replica that the primary no longer has");
+            }
+        }
+        if copied.0 > 0 {
+            tracing::info!(kind = kind.noun(), objects = copied.0, bytes = copied.1, "replicated");
+        }
+        report.copied.push((kind, copied.0, copied.1));
+    }
+    Ok(report)
+}
+
+/// Copies one object, checking it against its name on the way.
+async fn copy_object(source: &dyn Backend, replica: &dyn Backend, kind: FileType, name: &str) -> Result<u64> {
+    let handle = handle_for(kind, name);
+    let data: Bytes = source.get(&handle, None).await?;
+    let mut opts = PutOptions::default();
+    if kind != FileType::Config {
+        let hash = tokio::task::spawn_blocking({
+            let data = data.clone();
+            move || Id::hash(&data)
+        })
+        .await
+        .expect("hashing panicked");
+        if hash.to_hex() != name {
+            return Err(RepoError::damaged(
+                handle.path(),
+                "content does not match its SHA-256 name on the primary; not replicated (run `cairn check`)",
+            ));
+        }
+        opts.sha256 = Some(hash.0);
+    }
+    let len = data.len() as u64;
+    replica.put(&handle, data, opts).await?;
+    Ok(len)
+}
+
+/// Proves the replica holds every object of the primary, byte for byte
+/// (by SHA-256: the store's own checksum where it keeps one, otherwise by
+/// reading the object), and measures how far behind it is.
+pub async fn verify_replica(
+    primary: &Repository,
+    replica: Arc<dyn Backend>,
+    concurrency: usize,
+) -> Result<VerificationReport> {
+    let source = primary.backend().clone();
+    let mut report = VerificationReport::default();
+    for kind in COPY_ORDER {
+        let ours = names_and_sizes(source.as_ref(), kind).await?;
+        let theirs = names_and_sizes(replica.as_ref(), kind).await?;
+        let mut present = Vec::new();
+        for (name, size) in &ours {
+            let object = ObjectRef { kind, name: name.clone() };
+            match theirs.get(name) {
+                None => report.missing.push(object),
+                Some(s) if s != size => report.differing.push((object, format!("{s} bytes, primary {size}"))),
+                Some(_) => present.push(name.clone()),
+            }
+        }
+        if kind == FileType::Config {
+            for name in present {
+                report.objects_checked += 1;
+                let h = handle_for(kind, &name);
+                if source.get(&h, None).await? != replica.get(&h, None).await? {
+                    report.differing.push((ObjectRef { kind, name }, "different bytes".into()));
+                }
+            }
+            continue;
+        }
+        let mut checks = futures::stream::iter(present)
+            .map(|name| {
+                let replica = replica.clone();
+                async move {
+                    let h = handle_for(kind, &name);
+                    let (hash, by_store) = match replica.stored_sha256(&h).await? {
+                        Some(sum) => (Id(sum), true),
+                        None => {
+                            let data = replica.get(&h, None).await?;
+                            let id =
+                                tokio::task::spawn_blocking(move || Id::hash(&data)).await.expect("hashing");
+                            (id, false)
+                        }
+                    };
+                    let same = hash.to_hex() == name;
+                    Ok::<_, RepoError>((ObjectRef { kind, name }, same, by_store))
+                }
+            })
+            .buffer_unordered(concurrency.max(1));
+        while let Some(r) = checks.next().await {
+            let (object, same, by_store) = r?;
+            report.objects_checked += 1;
+            if by_store {
+                report.checked_by_store_checksum += 1;
+            }
+            if !same {
+                report.differing.push((object, "content does not match its SHA-256 name".into()));
+            }
+        }
+    }
+    // Lag: the newest primary snapshot the replica does not have.
+    let replica_snapshots: std::collections::HashSet<String> =
+        replica.list(FileType::Snapshot).await?.into_iter().map(|o| o.name).collect();
+    let (snapshots, _) = primary.snapshots().await?;
+    let lacking: Vec<&(Id, Snapshot)> =
+        snapshots.iter().filter(|(id, _)| !replica_snapshots.contains(&id.to_hex())).collect();
+    report.snapshots_missing = lacking.len();
+    if let Some((_, newest)) = lacking.iter().max_by_key(|(_, s)| s.time) {
+        report.lag = crate::repository::now().signed_duration_since(newest.time);
+    }
+    Ok(report)
+}
+
+/// Copies again what a verification found missing or different, in the
+/// safe order (keys, config, packs, indexes, snapshots).
+pub async fn repair_replica(
+    primary: &Repository,
+    replica: Arc<dyn Backend>,
+    report: &VerificationReport,
+) -> Result<u64> {
+    let source = primary.backend().clone();
+    let mut todo: Vec<&ObjectRef> =
+        report.missing.iter().chain(report.differing.iter().map(|(o, _)| o)).collect();
+    todo.sort_by_key(|o| COPY_ORDER.iter().position(|k| *k == o.kind));
+    let mut repaired = 0;
+    for object in todo {
+        copy_object(source.as_ref(), replica.as_ref(), object.kind, &object.name).await?;
+        repaired += 1;
+    }
+    Ok(repaired)
+}

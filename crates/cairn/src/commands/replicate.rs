@@ -1,0 +1,114 @@
+//! `cairn replicate`, and replication after a backup.
+
+use anyhow::{Result, bail};
+use cairn_repo::Repository;
+use cairn_repo::replicate::{repair_replica, replicate, verify_replica};
+
+use super::{Damage, print_json};
+use crate::cli::ReplicateArgs;
+use crate::context::{Context, backend_for};
+use crate::exit;
+use crate::output::bytes;
+
+pub async fn run(ctx: &Context, args: ReplicateArgs) -> Result<u8> {
+    let targets = ctx.replicas(&args.to);
+    if targets.is_empty() {
+        bail!("no replica given: pass --to URL, or list `replicas:` in cairn.yaml");
+    }
+    let repo = ctx.open().await?;
+    let mut failures = Vec::new();
+    for target in &targets {
+        if args.verify {
+            if let Err(e) = verify_one(ctx, &repo, target, &args).await {
+                failures.push(format!("{target}: {e:#}"));
+            }
+        } else {
+            copy_to(ctx, &repo, target, args.concurrency, args.json).await?;
+        }
+    }
+    if failures.is_empty() { Ok(exit::SUCCESS) } else { Err(Damage(failures.join("; ")).into()) }
+}
+
+/// Brings one replica up to date.
+pub async fn copy_to(
+    ctx: &Context,
+    repo: &Repository,
+    target: &str,
+    concurrency: usize,
+    json: bool,
+) -> Result<()> {
+    let replica = backend_for(target).await?;
+    let started = std::time::Instant::now();
+    let report = replicate(repo, replica, concurrency).await?;
+    let (objects, total): (u64, u64) = report.copied.iter().fold((0, 0), |a, (_, n, b)| (a.0 + n, a.1 + b));
+    if json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "replication complete",
+            "replica": target,
+            "objects_copied": objects,
+            "bytes_copied": total,
+            "already_present": report.already_present,
+            "seconds": started.elapsed().as_secs_f64(),
+        }));
+    } else {
+        println!(
+            "replica {target}: copied {objects} objects ({}), {} already there",
+            bytes(total),
+            report.already_present
+        );
+    }
+    Ok(())
+}
+
+async fn verify_one(ctx: &Context, repo: &Repository, target: &str, args: &ReplicateArgs) -> Result<()> {
+    let replica = backend_for(target).await?;
+    let mut report = verify_replica(repo, replica.clone(), args.concurrency).await?;
+    if args.repair && !report.is_complete() {
+        let fixed = repair_replica(repo, replica.clone(), &report).await?;
+        tracing::warn!(
+            replica = target,
+            objects = fixed,
+            "repaired missing or damaged objects on the replica"
+        );
+        report = verify_replica(repo, replica, args.concurrency).await?;
+    }
+    let lag_secs = report.lag.num_seconds().max(0);
+    if args.json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "replica verified",
+            "replica": target,
+            "complete": report.is_complete(),
+            "objects_checked": report.objects_checked,
+            "checked_by_store_checksum": report.checked_by_store_checksum,
+            "missing": report.missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "differing": report.differing.iter().map(|(o, why)| format!("{o} ({why})")).collect::<Vec<_>>(),
+            "snapshots_missing": report.snapshots_missing,
+            "lag_seconds": lag_secs,
+        }));
+    } else {
+        for m in &report.missing {
+            eprintln!("missing on replica: {m}");
+        }
+        for (o, why) in &report.differing {
+            eprintln!("differs on replica: {o} ({why})");
+        }
+        println!(
+            "replica {target}: {} objects checked ({} by the store's checksum), {} missing, {} differing, {} snapshots behind, lag {}s",
+            report.objects_checked,
+            report.checked_by_store_checksum,
+            report.missing.len(),
+            report.differing.len(),
+            report.snapshots_missing,
+            lag_secs
+        );
+    }
+    if !report.is_complete() {
+        bail!("{} objects missing and {} differing", report.missing.len(), report.differing.len());
+    }
+    if let Some(max) = args.max_lag
+        && lag_secs as u64 > max.as_secs()
+    {
+        bail!("replication lag {lag_secs}s exceeds --max-lag {}s", max.as_secs());
+    }
+    Ok(())
+}
