@@ -5,6 +5,8 @@
 #   * restic: the end-to-end tests check cairn against the real restic (the
 #     repository format is restic's).
 #   * time: the benchmark measures peak memory with /usr/bin/time.
+#   * postgresql (only when no server is installed): the PostgreSQL tests run
+#     a scratch cluster (scripts/test-servers.sh) and the real client tools.
 #   * radosgw, ceph-mon, ceph-osd, ceph-common: a single-node Ceph cluster
 #     with the RADOS gateway, the S3 server with real semantics (SigV4, Object
 #     Lock, versioning, Content-MD5, atomic If-None-Match) that the S3 tests
@@ -44,6 +46,12 @@ DEPS=(
   "ceph-osd:ceph-osd"           #   the object store daemon (bluestore on a sparse file)
   "radosgw:radosgw"             #   the S3 gateway
 )
+# PostgreSQL tests: a server (initdb, pg_ctl, postgres, pgbench) and its client
+# tools (pg_dump, pg_restore, psql). Any installed major version will do; when
+# none is, the distribution's default `postgresql` package brings both.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  DEPS+=("postgresql:")
+fi
 # The virtualenv needs python3 with venv and ensurepip (Debian splits them out).
 if [ ! -x "$VENV/bin/python" ] && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   DEPS+=("python3-venv:")

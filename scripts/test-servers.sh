@@ -8,6 +8,11 @@
 #          sparse 20 GiB file) with the RADOS gateway: real S3 semantics
 #          (SigV4 checked, Object Lock, versioning, Content-MD5, atomic
 #          If-None-Match). Keys AKIATEST / SECRETTEST. Takes ~15 s to start.
+#   postgres  a scratch PostgreSQL cluster (initdb + pg_ctl, the newest
+#          /usr/lib/postgresql/*/bin), trust authentication on 127.0.0.1,
+#          wal_level=replica, fsync off. Runs as the `postgres` OS user when
+#          started by root (initdb refuses root). Takes ~3 s to start. Tests
+#          create their own databases on it.
 #
 # Tests run in parallel, each in its own process (cargo nextest), so `ensure`
 # is idempotent and race-free: the first caller starts the server under a
@@ -17,11 +22,12 @@
 # the end. Both listen on 127.0.0.1 only, on free ports picked at start (the
 # Ceph monitor too), so other software and other checkouts do not collide.
 #
-#   scripts/test-servers.sh ensure moto|rgw   # start if needed; print key=value lines:
+#   scripts/test-servers.sh ensure moto|rgw|postgres   # start if needed; print key=value lines:
 #                                             #   kind, endpoint, region, access_key, secret_key
-#   scripts/test-servers.sh stop [moto|rgw|all]   # kill it and remove its state (default all)
+#                                             #   (postgres: kind, url, endpoint, host, port, user, bin)
+#   scripts/test-servers.sh stop [moto|rgw|postgres|all]   # kill it and remove its state (default all)
 #   scripts/test-servers.sh status            # one line: what runs where
-#   scripts/test-servers.sh running moto|rgw  # exit 0 if it runs and answers, else 1
+#   scripts/test-servers.sh running moto|rgw|postgres  # exit 0 if it runs and answers, else 1
 #
 # State (pids, ports, logs, Ceph data) lives in target/test-servers/<name>/.
 # Install what the servers need with scripts/install-test-deps.sh.
@@ -51,8 +57,8 @@ usage() {
 
 check_name() {
   case "${1:-}" in
-    moto|rgw) ;;
-    *) echo "unknown server '${1:-}': expected moto or rgw" >&2; usage ;;
+    moto|rgw|postgres) ;;
+    *) echo "unknown server '${1:-}': expected moto, rgw or postgres" >&2; usage ;;
   esac
 }
 
@@ -337,9 +343,92 @@ CONF
   say "Ceph RGW ready at http://127.0.0.1:$port ($((SECONDS - t0))s)"
 }
 
+# ---------------------------------------------------------------- postgres
+
+PG_DIR=$STATE/postgres
+
+pg_bin() {   # the newest installed server's bin directory
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -n "$d" ] && [ -x "$d/initdb" ]; then echo "$d"; return 0; fi
+  d=$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")
+  [ -x "$d/initdb" ] && echo "$d"
+}
+
+as_pg() {   # run as the postgres OS user when root (initdb and postgres refuse root)
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+postgres_healthy() {
+  [ -f "$PG_DIR/env" ] || return 1
+  local bin port
+  bin=$(env_value "$PG_DIR/env" bin)
+  port=$(env_value "$PG_DIR/env" port)
+  "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -t 2 2>/dev/null
+}
+
+postgres_stop() {
+  local bin
+  bin=$(env_value "$PG_DIR/env" bin || true)
+  [ -n "$bin" ] || bin=$(pg_bin || true)
+  if [ -n "$bin" ] && [ -f "$PG_DIR/data/postmaster.pid" ]; then
+    as_pg "$bin/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$PG_DIR/data" "$PG_DIR/sock"
+  rm -f "$PG_DIR/env" "$PG_DIR/env.tmp"   # the logs stay for post-mortems
+}
+
+postgres_start() {
+  local bin port t0=$SECONDS
+  bin=$(pg_bin) || die "PostgreSQL server binaries (initdb) not found: $INSTALL_HINT"
+  mkdir -p "$PG_DIR/data" "$PG_DIR/sock"
+  : >"$PG_DIR/postgres.log"
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || die "the postgres OS user does not exist: $INSTALL_HINT"
+    chown postgres "$PG_DIR" "$PG_DIR/data" "$PG_DIR/sock" "$PG_DIR/postgres.log"
+  fi
+  as_pg "$bin/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+    >"$PG_DIR/initdb.log" 2>&1 || die "initdb failed$(log_tail 25 "$PG_DIR/initdb.log")"
+  port=$(free_ports 1)
+  {
+    echo "listen_addresses = '127.0.0.1'"
+    echo "port = $port"
+    echo "unix_socket_directories = '$PG_DIR/sock'"
+    echo "wal_level = replica"
+    echo "max_wal_senders = 4"
+    echo "fsync = off"
+    echo "synchronous_commit = off"
+    echo "full_page_writes = off"
+    echo "max_connections = 100"
+    echo "shared_buffers = 128MB"
+  } >>"$PG_DIR/data/postgresql.conf"
+  echo "host replication all 127.0.0.1/32 trust" >>"$PG_DIR/data/pg_hba.conf"
+  # setsid: a test runner killing the caller's process group must not take the shared server down.
+  as_pg setsid "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t "$TIMEOUT" start \
+    </dev/null >"$PG_DIR/pg_ctl.log" 2>&1 9>&- ||
+    die "PostgreSQL did not start$(log_tail 25 "$PG_DIR/pg_ctl.log" "$PG_DIR/postgres.log")"
+  {
+    echo "kind=postgres"
+    echo "url=postgresql://postgres@127.0.0.1:$port"
+    echo "endpoint=postgresql://127.0.0.1:$port"
+    echo "host=127.0.0.1"
+    echo "port=$port"
+    echo "user=postgres"
+    echo "bin=$bin"
+  } >"$PG_DIR/env.tmp"
+  mv "$PG_DIR/env.tmp" "$PG_DIR/env"
+  say "postgres ready at 127.0.0.1:$port ($bin, $((SECONDS - t0))s)"
+}
+
 # ---------------------------------------------------------------- commands
 
-server_dir() { if [ "$1" = moto ]; then echo "$MOTO_DIR"; else echo "$RGW_DIR"; fi; }
+server_dir() {
+  case "$1" in
+    moto) echo "$MOTO_DIR" ;;
+    rgw) echo "$RGW_DIR" ;;
+    *) echo "$PG_DIR" ;;
+  esac
+}
 
 ensure() {
   local name=$1 dir
@@ -384,13 +473,13 @@ case "$cmd" in
   stop)
     [ $# -le 1 ] || usage
     case "${1:-all}" in
-      all) stop moto; stop rgw ;;
+      all) stop moto; stop rgw; stop postgres ;;
       *) check_name "$1"; stop "$1" ;;
     esac
     ;;
   status)
     [ $# -eq 0 ] || usage
-    echo "$(status_of moto); $(status_of rgw)"
+    echo "$(status_of moto); $(status_of rgw); $(status_of postgres)"
     ;;
   running)
     [ $# -eq 1 ] || usage

@@ -73,3 +73,50 @@ fn volume_restore_runbook_works_as_written() {
     assert!(restore_to.join("partial/reports/2026-11/summary.csv").is_file());
     assert!(!restore_to.join("partial/data").exists());
 }
+
+#[test]
+fn postgres_table_restore_runbook_works_as_written() {
+    let pg = cairn_testkit::postgres();
+    let env = Env::new();
+    env.init();
+    let suffix = cairn_testkit::unique_bucket("rb").replace('-', "_");
+    let (app, side) = (format!("app_{suffix}"), format!("side_{suffix}"));
+    pg.psql("postgres", &format!("CREATE DATABASE {app}"));
+    pg.psql(
+        &app,
+        "CREATE SCHEMA shop;
+         CREATE TABLE shop.orders (id int PRIMARY KEY, note text);
+         INSERT INTO shop.orders SELECT i, 'order ' || i FROM generate_series(1, 1000) i;
+         CREATE TABLE shop.lines (order_id int REFERENCES shop.orders(id), qty int);
+         INSERT INTO shop.lines SELECT i, 1 FROM generate_series(1, 100) i;",
+    );
+    let out = env.cairn(&["backup", "postgres", "--url", &pg.db_url(&app)]);
+    assert!(out.status.success(), "{}", describe(&out));
+    // The accident: most orders gone, one changed after the backup.
+    pg.psql(
+        &app,
+        "DELETE FROM shop.orders WHERE id > 100; UPDATE shop.orders SET note = 'changed' WHERE id = 1",
+    );
+
+    let password_file = env.path("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let out = run_runbook(
+        "postgres-restore-table.md",
+        &[
+            ("/var/backups/cairn", env.repo.display().to_string()),
+            ("/etc/cairn/password", password_file.display().to_string()),
+            ("postgresql://postgres@db.internal:5432", pg.url.clone()),
+            ("orders_restored", side.clone()),
+            ("\"$PGURL/app\"", format!("\"$PGURL/{app}\"")),
+        ],
+    );
+    assert!(out.status.success(), "runbook failed: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("table restore finished"), "{}", describe(&out));
+    // Step 5 replaced the table with the backup's state; the foreign key of
+    // the table left alone was set aside and re-created.
+    assert_eq!(pg.psql(&app, "SELECT count(*) FROM shop.orders"), "1000");
+    assert_eq!(pg.psql(&app, "SELECT note FROM shop.orders WHERE id = 1"), "order 1");
+    assert_eq!(pg.psql(&app, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"), "1");
+    let gone = pg.psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{side}'"));
+    assert_eq!(gone, "0", "the side database was dropped at the end");
+}

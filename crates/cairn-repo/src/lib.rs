@@ -12,12 +12,14 @@
 //! * [`tree`] and [`format`] are the documents: trees, snapshots, indexes,
 //!   locks, keys, config.
 //! * [`chunker`] cuts streams into content-defined chunks (keyed FastCDC).
+//! * [`archive`] turns named byte streams (database dumps) into snapshots.
 //! * [`check`] verifies a repository and names what damage affects.
 //! * [`lock`] implements restic-compatible repository locks.
 //!
 //! The on-disk format is specified in `docs/DESIGN.md` at the top of the
 //! source tree.
 
+pub mod archive;
 pub mod check;
 pub mod chunker;
 mod error;

@@ -207,6 +207,22 @@ impl BlobSaver {
         rx.await.map_err(|_| self.stopped())?
     }
 
+    /// Queues a blob from async code without waiting for it to be saved,
+    /// so one producer can keep every worker busy. Waits only while the
+    /// queue is full.
+    pub async fn queue_async(
+        &self,
+        data: Vec<u8>,
+        kind: BlobType,
+    ) -> Result<oneshot::Receiver<Result<SavedBlob>>> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send_async(Job { data, kind, reply })
+            .await
+            .map_err(|_| RepoError::Pipeline("pipeline already finished".into()))?;
+        Ok(rx)
+    }
+
     fn stopped(&self) -> RepoError {
         RepoError::Pipeline(self.shared.failed().unwrap_or_else(|| "worker stopped".into()))
     }

@@ -445,3 +445,114 @@ mod tests {
         assert!(root.join("Cargo.toml").is_file(), "{}", root.display());
     }
 }
+
+/// The scratch PostgreSQL cluster the tests share (`scripts/test-servers.sh
+/// ensure postgres`): trust authentication on 127.0.0.1, user `postgres`.
+/// Tests create their own databases on it ([`unique_bucket`] makes good
+/// names) and never drop someone else's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgServer {
+    /// `postgresql://postgres@127.0.0.1:PORT` (append `/DATABASE`).
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The server's bin directory (`initdb`, `psql`, `pgbench`, `pg_dump`, ...).
+    pub bin: PathBuf,
+}
+
+impl PgServer {
+    /// The URL of one database on the server.
+    pub fn db_url(&self, database: &str) -> String {
+        format!("{}/{database}", self.url)
+    }
+
+    /// A command for one of the server's client tools, pointed at the server.
+    pub fn tool(&self, name: &str) -> Command {
+        let mut c = Command::new(self.bin.join(name));
+        c.env("PGHOST", &self.host).env("PGPORT", self.port.to_string()).env("PGUSER", &self.user);
+        c.env_remove("PGDATABASE").env_remove("PGPASSWORD");
+        c
+    }
+
+    /// Runs `psql -X -At -v ON_ERROR_STOP=1 -d DATABASE -c SQL` and returns its output.
+    ///
+    /// # Panics
+    /// If psql fails.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = self
+            .tool("psql")
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql])
+            .output()
+            .expect("running psql");
+        assert!(
+            out.status.success(),
+            "psql -d {database} -c {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    }
+}
+
+/// The shared PostgreSQL test server, started if it is not running.
+/// `CAIRN_TEST_PG_URL` (+ `CAIRN_TEST_PG_BIN`) points the tests at another one.
+///
+/// # Panics
+/// If the server cannot be started or reached; the message says why and how to fix it.
+pub fn postgres() -> PgServer {
+    static PG: OnceLock<Result<PgServer, String>> = OnceLock::new();
+    match PG.get_or_init(locate_postgres) {
+        Ok(server) => server.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn locate_postgres() -> Result<PgServer, String> {
+    let text = match std::env::var("CAIRN_TEST_PG_URL").ok().filter(|v| !v.is_empty()) {
+        Some(url) => {
+            let rest = url.split_once('@').map(|(_, r)| r).unwrap_or(&url);
+            let rest = rest.trim_start_matches("postgresql://").trim_start_matches("postgres://");
+            let (host, port) = rest.split_once(':').unwrap_or((rest, "5432"));
+            format!(
+                "url={url}\nhost={host}\nport={port}\nuser=postgres\nbin={}\n",
+                std::env::var("CAIRN_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+            )
+        }
+        None => {
+            let script = repo_root().join("scripts").join("test-servers.sh");
+            let output = Command::new("bash")
+                .arg(&script)
+                .args(["ensure", "postgres"])
+                .current_dir(repo_root())
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| {
+                    format!("cannot get the PostgreSQL test server: cannot run {}: {e}", script.display())
+                })?;
+            if !output.status.success() {
+                return Err(format!(
+                    "cannot get the PostgreSQL test server: `{} ensure postgres` failed ({}):\n{}\n\
+                     Install the server with scripts/install-test-deps.sh, or set CAIRN_TEST_PG_URL.",
+                    script.display(),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim_end()
+                ));
+            }
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    let value = |key: &str| {
+        text.lines()
+            .filter_map(|line| line.trim().split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_owned())
+            .ok_or_else(|| format!("PostgreSQL test server settings lack `{key}=`:\n{text}"))
+    };
+    Ok(PgServer {
+        url: value("url")?,
+        host: value("host")?,
+        port: value("port")?.parse().map_err(|e| format!("bad port in the PostgreSQL settings: {e}"))?,
+        user: value("user")?,
+        bin: PathBuf::from(value("bin")?),
+    })
+}

@@ -135,6 +135,35 @@ pub struct BackupArgs {
 pub enum BackupKind {
     /// Back up directories and files.
     Volume(VolumeArgs),
+    /// Logical backup of PostgreSQL databases (one consistent snapshot per database).
+    Postgres(PostgresArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct PostgresArgs {
+    /// Server to back up: postgresql://USER@HOST:PORT[/DATABASE]; the password
+    /// from the URL, PGPASSWORD or ~/.pgpass (client tools).
+    #[arg(long, env = "CAIRN_PG_URL", hide_env_values = true)]
+    pub url: String,
+    /// Database to dump (repeatable). Default: the one the URL names, or every database.
+    #[arg(long = "database", short = 'd')]
+    pub databases: Vec<String>,
+    /// Skip roles and tablespaces (pg_dumpall --globals-only).
+    #[arg(long)]
+    pub no_globals: bool,
+    /// Tables copied at once per database.
+    #[arg(long, short = 'j', default_value_t = 2)]
+    pub jobs: usize,
+    /// Directory with pg_dump/pg_dumpall (default: the server's version under
+    /// /usr/lib/postgresql, then PATH).
+    #[arg(long, env = "CAIRN_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -208,19 +237,53 @@ pub enum OverwriteArg {
 pub struct RestoreArgs {
     /// Snapshot id, unique prefix, or `latest`.
     pub snapshot: String,
-    /// Directory to restore into.
+    /// Directory to restore into, or for a PostgreSQL snapshot the database:
+    /// postgresql://USER@HOST:PORT/NEWDB (created if missing).
     #[arg(long = "to", short = 't')]
     pub to: PathBuf,
     /// Restore only these paths (inside the snapshot).
     pub paths: Vec<String>,
-    /// What to do with files that already exist in the target.
-    #[arg(long, value_enum, default_value = "never")]
+    /// What to do with files (or, for PostgreSQL, tables) that already exist
+    /// in the target; `--overwrite` alone means `always`.
+    #[arg(long, value_enum, default_value = "never", num_args = 0..=1, default_missing_value = "always")]
     pub overwrite: OverwriteArg,
     /// Show what would be restored; write nothing.
     #[arg(long)]
     pub dry_run: bool,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub postgres: PgRestoreArgs,
+}
+
+/// Options for restoring PostgreSQL snapshots.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "PostgreSQL restore")]
+pub struct PgRestoreArgs {
+    /// Which database of the snapshot (needed when it holds several).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Restore only this schema (repeatable).
+    #[arg(long = "schema")]
+    pub schemas: Vec<String>,
+    /// Restore only this table, SCHEMA.TABLE (repeatable).
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// Do not restore ownership and grants (when the roles do not exist on the target).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Restore roles and tablespaces first.
+    #[arg(long)]
+    pub globals: bool,
+    /// Re-read every restored table and compare its SHA-256 with the snapshot.
+    #[arg(long)]
+    pub verify: bool,
+    /// Tables loaded and indexes built at once.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Directory with pg_restore/psql.
+    #[arg(long, env = "CAIRN_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,13 @@
 //!     exclude_file: /etc/cairn/home.excludes
 //!     one_file_system: true
 //!     tags: [nightly]
+//!   - name: app-db
+//!     kind: postgres
+//!     url: postgresql://backup@db.internal:5432   # no password here...
+//!     password_file: /etc/cairn/pg-password        # ...but from a mounted secret
+//!     databases: [app, billing]                    # default: all
+//!     globals: true                                # roles and tablespaces (default)
+//!     jobs: 4
 //! ```
 //!
 //! `${NAME}` is replaced by the environment variable `NAME` before parsing
@@ -73,6 +80,24 @@ pub struct SourceConfig {
     pub tags: Vec<String>,
     #[serde(default)]
     pub host: Option<String>,
+    /// `postgres`: the server's URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `postgres`: the password, from a mounted secret.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `postgres`: databases to dump (default: all).
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// `postgres`: also dump roles and tablespaces (default true).
+    #[serde(default)]
+    pub globals: Option<bool>,
+    /// `postgres`: tables copied at once.
+    #[serde(default)]
+    pub jobs: Option<usize>,
+    /// `postgres`: directory holding the client tools.
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
 }
 
 /// Replaces `${NAME}` with the environment's value.

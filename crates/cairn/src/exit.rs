@@ -1,6 +1,7 @@
 //! Exit codes, and how errors map to them. Documented in the README; scripts
 //! and CronJob alerting depend on them, so they never change meaning.
 
+use cairn_postgres::PgError;
 use cairn_repo::RepoError;
 use cairn_store::StoreError;
 use cairn_volume::VolumeError;
@@ -36,6 +37,16 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
             return match e {
                 VolumeError::Repo(r) => repo_code(r),
                 VolumeError::Interrupted => INTERRUPTED,
+                _ => FAILURE,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<PgError>() {
+            return match e {
+                PgError::Repo(r) => repo_code(r),
+                PgError::Interrupted => INTERRUPTED,
+                PgError::RowCountMismatch { .. }
+                | PgError::ContentMismatch { .. }
+                | PgError::BadSnapshot { .. } => DAMAGED,
                 _ => FAILURE,
             };
         }

@@ -9,24 +9,47 @@ use cairn_repo::{Id, SaverOptions};
 use cairn_volume::{BackupOptions, BackupProgress, Excludes, ParentChoice};
 
 use super::{Stop, print_json};
-use crate::cli::{BackupArgs, BackupKind, VolumeArgs};
+use crate::cli::{BackupArgs, BackupKind, PostgresArgs, VolumeArgs};
 use crate::context::Context;
 use crate::exit;
 use crate::output::{Ticker, bytes};
 
 pub async fn run(ctx: &Context, args: BackupArgs, stop: Arc<Stop>) -> Result<u8> {
-    let (volume, source_name) = match (args.kind, args.source) {
-        (Some(BackupKind::Volume(v)), _) => (v, None),
+    let code = match (args.kind, args.source) {
+        (Some(BackupKind::Volume(v)), _) => volume_backup(ctx, v, None, args.json, stop).await?,
+        (Some(BackupKind::Postgres(p)), _) => {
+            super::postgres::backup(ctx, p, None, None, args.json, stop).await?
+        }
         (None, Some(name)) => {
             let Some(cfg) = &ctx.config else {
                 bail!("--source needs a config file: pass --config cairn.yaml (or set CAIRN_CONFIG)");
             };
             let src = cfg.source(&name)?;
-            if src.kind != "volume" {
-                bail!(
-                    "source {name:?} has kind {:?}, which this build cannot back up (known kinds: volume)",
-                    src.kind
-                );
+            match src.kind.as_str() {
+                "volume" => {}
+                "postgres" => {
+                    let Some(url) = src.url.clone() else {
+                        bail!("source {name:?} (kind postgres) needs `url:` in {}", cfg.path.display());
+                    };
+                    let password = match &src.password_file {
+                        Some(p) => Some(crate::config::read_secret_file(p)?),
+                        None => None,
+                    };
+                    let p = PostgresArgs {
+                        url,
+                        databases: src.databases.clone(),
+                        no_globals: !src.globals.unwrap_or(true),
+                        jobs: src.jobs.unwrap_or(2),
+                        pg_bin: src.pg_bin.clone(),
+                        tags: src.tags.clone(),
+                        host: src.host.clone(),
+                    };
+                    let code = super::postgres::backup(ctx, p, password, Some(name), args.json, stop).await?;
+                    return finish_with_replicas(ctx, code, args.no_replicate, args.json).await;
+                }
+                other => bail!(
+                    "source {name:?} has kind {other:?}, which this build cannot back up (known kinds: volume, postgres)"
+                ),
             }
             let v = VolumeArgs {
                 paths: src.paths.clone(),
@@ -38,21 +61,25 @@ pub async fn run(ctx: &Context, args: BackupArgs, stop: Arc<Stop>) -> Result<u8>
                 pack_size: 16,
                 ..VolumeArgs::default()
             };
-            (v, Some(name))
+            volume_backup(ctx, v, Some(name), args.json, stop).await?
         }
-        (None, None) => {
-            bail!("say what to back up: `cairn backup volume PATH...` or `cairn backup --source NAME`")
-        }
+        (None, None) => bail!(
+            "say what to back up: `cairn backup volume PATH...`, `cairn backup postgres --url URL` or `cairn backup --source NAME`"
+        ),
     };
-    let code = volume_backup(ctx, volume, source_name, args.json, stop).await?;
-    if !args.no_replicate {
+    finish_with_replicas(ctx, code, args.no_replicate, args.json).await
+}
+
+/// After a snapshot landed: brings the configured replicas up to date.
+async fn finish_with_replicas(ctx: &Context, code: u8, no_replicate: bool, json: bool) -> Result<u8> {
+    if !no_replicate {
         let replicas = ctx.replicas(&[]);
         if !replicas.is_empty() {
             let repo = ctx.open().await?;
             for target in replicas {
                 // The snapshot is safe in the primary; a replica failure is
                 // reported (and fails the run) but loses nothing.
-                super::replicate::copy_to(ctx, &repo, &target, 8, args.json).await.map_err(|e| {
+                super::replicate::copy_to(ctx, &repo, &target, 8, json).await.map_err(|e| {
                     e.context(format!(
                         "snapshot saved, but replicating to {target} failed; run `cairn replicate` to retry"
                     ))

@@ -2,6 +2,7 @@
 //! outcome into an exit code.
 
 mod backup;
+mod postgres;
 mod replicate;
 mod repo;
 mod restore;

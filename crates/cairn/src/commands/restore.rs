@@ -1,5 +1,6 @@
 //! `cairn restore`, `cairn ls`, `cairn verify`: reading snapshots back.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -16,6 +17,12 @@ use crate::exit;
 use crate::output::{Ticker, bytes};
 
 pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Result<u8> {
+    if let Some(url) =
+        args.to.to_str().filter(|t| t.starts_with("postgres://") || t.starts_with("postgresql://"))
+    {
+        let url = url.to_string();
+        return super::postgres::restore(ctx, &url, args, stop).await;
+    }
     let repo = ctx.open().await?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot).await?;
     let lock = LockGuard::acquire(&repo, false).await?;
@@ -133,9 +140,11 @@ pub async fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
         anyhow::bail!("path {:?} is not in snapshot {}", args.path.unwrap_or_default(), args.snapshot);
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
+    // `cairn ls … | head` closes the pipe early: that ends the listing, quietly.
+    let mut stdout = std::io::stdout().lock();
     for (path, node) in out {
-        if args.json {
-            print_json(&serde_json::json!({
+        let line = if args.json {
+            serde_json::json!({
                 "path": path,
                 "type": node.node_type,
                 "size": node.size,
@@ -143,11 +152,12 @@ pub async fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
                 "mtime": node.mtime,
                 "uid": node.uid,
                 "gid": node.gid,
-            }));
+            })
+            .to_string()
         } else if args.long {
             let owner = if node.user.is_empty() { node.uid.to_string() } else { node.user.clone() };
             let group = if node.group.is_empty() { node.gid.to_string() } else { node.group.clone() };
-            println!(
+            format!(
                 "{} {:>8} {:>8} {:>12} {} {}",
                 mode_string(node.node_type, node.mode),
                 owner,
@@ -155,9 +165,14 @@ pub async fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
                 node.size,
                 node.mtime.format("%Y-%m-%d %H:%M:%S"),
                 path
-            );
+            )
         } else {
-            println!("{path}");
+            path
+        };
+        match writeln!(stdout, "{line}") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::SUCCESS),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(exit::SUCCESS)

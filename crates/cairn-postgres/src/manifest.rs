@@ -1,0 +1,152 @@
+//! `manifest.json`: what a logical snapshot holds, captured in the same MVCC
+//! snapshot as the data. Restores use it to find files and to check row
+//! counts; verification compares a restored database against it.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when the layout changes incompatibly; readers refuse newer ones.
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    /// `postgresql://host:port` (never a password).
+    pub server: String,
+    /// `SHOW server_version`, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub server_version: String,
+    pub server_version_num: u32,
+    /// The `pg_dump --version` line that wrote the schema archives.
+    pub pg_dump_version: String,
+    /// Path of the globals file in the snapshot, if globals were dumped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<String>,
+    pub databases: Vec<DatabaseManifest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseManifest {
+    pub name: String,
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+    /// `pg_database_size` at dump time.
+    pub size_bytes: i64,
+    /// The exported snapshot every part of this database was read in.
+    pub snapshot_id: String,
+    pub extensions: Vec<Extension>,
+    /// Path of the `pg_dump` archive (schema, sequence values, large
+    /// objects, rows of tables not listed below).
+    pub schema_file: String,
+    pub tables: Vec<TableManifest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Extension {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableManifest {
+    pub schema: String,
+    pub name: String,
+    pub oid: u32,
+    /// Path of the COPY stream in the snapshot.
+    pub file: String,
+    /// Columns in COPY order (generated and dropped columns excluded).
+    pub columns: Vec<String>,
+    /// Exact row count in the dump's snapshot.
+    pub rows: u64,
+    pub bytes: u64,
+    /// SHA-256 (hex) of the COPY text stream.
+    pub sha256: String,
+    /// Catalog objects restored with the table when it is restored alone:
+    /// indexes, constraints, triggers, policies, defaults, rules, extended
+    /// statistics and owned sequences (their OIDs in the source database).
+    #[serde(default)]
+    pub dependents: Vec<u32>,
+    /// Foreign keys of this table: constraint OID and the table it references.
+    /// A partial restore keeps a foreign key only when it restores both ends.
+    #[serde(default)]
+    pub foreign_keys: Vec<(u32, u32)>,
+}
+
+impl TableManifest {
+    /// `schema.table` as users type it (quoting only when needed).
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", display_ident(&self.schema), display_ident(&self.name))
+    }
+
+    /// `"schema"."table"` for SQL.
+    pub fn sql_name(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// The `COPY` column list.
+    pub fn sql_columns(&self) -> String {
+        self.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Manifest {
+    pub fn database(&self, name: &str) -> Option<&DatabaseManifest> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn display_ident(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain { name.to_string() } else { quote_ident(name) }
+}
+
+/// A file name for a database or table in the snapshot tree: bytes outside
+/// `[A-Za-z0-9_-]` are percent-encoded, so names with `/`, `.` or spaces
+/// can neither escape their directory nor collide.
+pub fn file_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_quoted_and_encoded_safely() {
+        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(file_component("public"), "public");
+        assert_eq!(file_component("a.b/c d"), "a%2Eb%2Fc%20d");
+        assert_ne!(
+            format!("{}.{}", file_component("a.b"), file_component("c")),
+            format!("{}.{}", file_component("a"), file_component("b.c"))
+        );
+        let t = TableManifest {
+            schema: "Sales".into(),
+            name: "orders".into(),
+            oid: 1,
+            file: String::new(),
+            columns: vec!["id".into(), "Total".into()],
+            rows: 0,
+            bytes: 0,
+            sha256: String::new(),
+            dependents: vec![],
+            foreign_keys: vec![],
+        };
+        assert_eq!(t.qualified(), r#""Sales".orders"#);
+        assert_eq!(t.sql_name(), r#""Sales"."orders""#);
+        assert_eq!(t.sql_columns(), r#""id", "Total""#);
+    }
+}
