@@ -64,6 +64,22 @@ pub enum PgError {
         source: std::io::Error,
     },
 
+    #[error(
+        "{name:?} is not a WAL file name (expected what PostgreSQL passes as %p / %f, e.g. 000000010000000000000001)"
+    )]
+    BadWalName { name: String },
+
+    #[error(
+        "WAL file {name} is already archived with different content; refusing to overwrite it (is another cluster archiving into this repository?)"
+    )]
+    WalConflict { name: String },
+
+    #[error("WAL file {name} is not in the archive")]
+    WalNotFound { name: String },
+
+    #[error("archived WAL file {name} is damaged: {message}")]
+    WalDamaged { name: String, message: String },
+
     #[error("interrupted")]
     Interrupted,
 

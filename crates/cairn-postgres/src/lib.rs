@@ -41,8 +41,10 @@ mod conn;
 mod dump;
 mod error;
 mod manifest;
-mod restore;
+pub mod physical;
+pub(crate) mod restore;
 mod tools;
+pub mod wal;
 
 pub use conn::PgTarget;
 pub use dump::{DUMP_CHUNKS, DumpOptions, DumpProgress, DumpResult, dump};

@@ -42,6 +42,30 @@ pub struct StreamFile {
     pub lines: u64,
 }
 
+/// How a stream is cut into blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Chunking {
+    /// The archive's content-defined chunker (the sizes given to [`StreamArchive::start`]).
+    #[default]
+    ContentDefined,
+    /// Fixed-size blobs at offsets that are multiples of the size: for files
+    /// changed in place in fixed pages (database relation files), where a
+    /// changed page should cost that page's blob and nothing more.
+    Fixed(usize),
+}
+
+/// File system metadata for an entry, when the source has some (a tar
+/// stream does); entries without it get the backup time, mode 0640 (0750
+/// for directories) and the backing-up user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Permission bits (`0o600`); the type comes from the entry kind.
+    pub permissions: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: DateTime<FixedOffset>,
+}
+
 /// The snapshot-level facts a source supplies when it finishes.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotInfo {
@@ -63,6 +87,7 @@ pub struct StreamArchive {
     chunker: Chunker,
     started: DateTime<FixedOffset>,
     files: Mutex<BTreeMap<String, Node>>,
+    dirs: Mutex<BTreeMap<String, EntryMeta>>,
     bytes_processed: AtomicU64,
 }
 
@@ -97,6 +122,7 @@ impl StreamArchive {
             chunker: Chunker::new(repo.config().chunker_seed(), params),
             started,
             files: Mutex::new(BTreeMap::new()),
+            dirs: Mutex::new(BTreeMap::new()),
             bytes_processed: AtomicU64::new(0),
         })
     }
@@ -113,7 +139,25 @@ impl StreamArchive {
         S: Stream<Item = std::result::Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let max = self.chunker.params().max;
+        self.add_stream_with(path, stream, None, Chunking::ContentDefined).await
+    }
+
+    /// [`add_stream`](Self::add_stream) with the entry's own metadata and a chunking choice.
+    pub async fn add_stream_with<S, E>(
+        &self,
+        path: &str,
+        stream: S,
+        meta: Option<EntryMeta>,
+        chunking: Chunking,
+    ) -> Result<StreamFile>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let max = match chunking {
+            Chunking::ContentDefined => self.chunker.params().max,
+            Chunking::Fixed(size) => size.max(1),
+        };
         let mut stream = std::pin::pin!(stream);
         let mut pending: Vec<u8> = Vec::with_capacity(2 * max);
         let mut replies: Vec<oneshot::Receiver<Result<SavedBlob>>> = Vec::new();
@@ -133,7 +177,10 @@ impl StreamArchive {
             // A cut is final only with `max` bytes in view, or at the end.
             let mut start = 0;
             while pending.len() - start >= max || (eof && start < pending.len()) {
-                let len = self.chunker.next_cut(&pending[start..]);
+                let len = match chunking {
+                    Chunking::ContentDefined => self.chunker.next_cut(&pending[start..]),
+                    Chunking::Fixed(size) => (pending.len() - start).min(size.max(1)),
+                };
                 replies.push(self.queue(pending[start..start + len].to_vec()).await?);
                 start += len;
             }
@@ -148,7 +195,7 @@ impl StreamArchive {
             content.push(saved.id);
         }
         self.bytes_processed.fetch_add(size, Ordering::Relaxed);
-        self.insert_file(path, size, content)?;
+        self.insert_file(path, size, content, meta)?;
         Ok(StreamFile { size, sha256: hasher.finalize().into(), lines })
     }
 
@@ -166,9 +213,20 @@ impl StreamArchive {
         RepoError::Pipeline(self.saver.failure().unwrap_or_else(|| "the write pipeline stopped".into()))
     }
 
-    fn insert_file(&self, path: &str, size: u64, content: Vec<Id>) -> Result<()> {
+    /// Records a directory (so empty ones exist in the snapshot) and its metadata.
+    pub fn add_dir(&self, path: &str, meta: EntryMeta) {
+        let path = path.trim_end_matches('/');
+        if !path.is_empty() {
+            self.dirs.lock().expect("dirs lock").insert(path.to_string(), meta);
+        }
+    }
+
+    fn insert_file(&self, path: &str, size: u64, content: Vec<Id>, meta: Option<EntryMeta>) -> Result<()> {
         let name = path.rsplit('/').next().unwrap_or(path);
-        let node = Node { size, content: Some(content), ..self.node(name, NodeType::File, 0o100640) };
+        let mut node = Node { size, content: Some(content), ..self.node(name, NodeType::File, 0o100640) };
+        if let Some(m) = meta {
+            apply_meta(&mut node, &m, 0o100000);
+        }
         let mut files = self.files.lock().expect("files lock");
         if files.insert(path.to_string(), node).is_some() {
             return Err(RepoError::Pipeline(format!("{path} was added to the snapshot twice")));
@@ -208,7 +266,8 @@ impl StreamArchive {
     /// snapshot pointing at missing data).
     pub async fn finish(self, info: SnapshotInfo) -> Result<(Id, Snapshot)> {
         let files = std::mem::take(&mut *self.files.lock().expect("files lock"));
-        let tree = self.save_dir(&files, "").await?;
+        let dirs = std::mem::take(&mut *self.dirs.lock().expect("dirs lock"));
+        let tree = self.save_dir(&files, &dirs, "").await?;
         let StreamArchive { repo, saver, bytes_processed, started, .. } = self;
         let saver = Arc::try_unwrap(saver)
             .map_err(|_| RepoError::Pipeline("blob saver still in use at the end of the backup".into()))?;
@@ -257,30 +316,49 @@ impl StreamArchive {
     fn save_dir<'a>(
         &'a self,
         files: &'a BTreeMap<String, Node>,
+        dirs: &'a BTreeMap<String, EntryMeta>,
         prefix: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<Id>> {
         Box::pin(async move {
             let mut tree = Tree::default();
-            let mut subdirs: Vec<&str> = Vec::new();
+            let mut subdirs: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
             let below = files.range(prefix.to_string()..).take_while(|(p, _)| p.starts_with(prefix));
             for (path, node) in below {
-                let rest = &path[prefix.len()..];
-                match rest.split_once('/') {
+                match path[prefix.len()..].split_once('/') {
                     None => tree.nodes.push(node.clone()),
-                    Some((dir, _)) if subdirs.last() != Some(&dir) => subdirs.push(dir),
-                    Some(_) => {}
+                    Some((dir, _)) => {
+                        subdirs.insert(dir);
+                    }
                 }
+            }
+            let dirs_below = dirs.range(prefix.to_string()..).take_while(|(p, _)| p.starts_with(prefix));
+            for (path, _) in dirs_below {
+                let rest = &path[prefix.len()..];
+                subdirs.insert(rest.split_once('/').map_or(rest, |(d, _)| d));
             }
             for dir in subdirs {
                 let sub_prefix = format!("{prefix}{dir}/");
-                let subtree = self.save_dir(files, &sub_prefix).await?;
-                tree.nodes.push(Node { subtree: Some(subtree), ..self.node(dir, NodeType::Dir, 0o040750) });
+                let subtree = self.save_dir(files, dirs, &sub_prefix).await?;
+                let mut node = Node { subtree: Some(subtree), ..self.node(dir, NodeType::Dir, 0o040750) };
+                if let Some(m) = dirs.get(&format!("{prefix}{dir}")) {
+                    apply_meta(&mut node, m, 0o040000);
+                }
+                tree.nodes.push(node);
             }
             tree.nodes.sort_by(|a, b| a.name.cmp(&b.name));
             let saved = self.saver.save_async(tree.to_blob(), BlobType::Tree).await?;
             Ok(saved.id)
         })
     }
+}
+
+fn apply_meta(node: &mut Node, m: &EntryMeta, type_bits: u32) {
+    node.mode = go_mode::from_unix(type_bits | (m.permissions & 0o7777));
+    node.uid = m.uid;
+    node.gid = m.gid;
+    node.mtime = m.mtime;
+    node.ctime = m.mtime;
+    node.atime = m.mtime;
 }
 
 fn memchr_count(needle: u8, haystack: &[u8]) -> u64 {

@@ -50,6 +50,10 @@ pub enum FileType {
     Pack,
     /// Lock files (`locks/`).
     Lock,
+    /// PostgreSQL WAL files (`cairn/wal/`), named by their WAL file name.
+    /// Not a restic type: restic ignores the `cairn/` prefix, and
+    /// [`FileType::ALL`] leaves it out so hash-named walks never meet it.
+    Wal,
 }
 
 impl FileType {
@@ -72,6 +76,7 @@ impl FileType {
             FileType::Index => "index",
             FileType::Pack => "data",
             FileType::Lock => "locks",
+            FileType::Wal => "cairn/wal",
         }
     }
 
@@ -84,6 +89,7 @@ impl FileType {
             FileType::Index => "index",
             FileType::Pack => "pack",
             FileType::Lock => "lock",
+            FileType::Wal => "WAL file",
         }
     }
 }

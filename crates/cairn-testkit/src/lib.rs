@@ -556,3 +556,157 @@ fn locate_postgres() -> Result<PgServer, String> {
         bin: PathBuf::from(value("bin")?),
     })
 }
+
+/// A private PostgreSQL cluster for one test (WAL archiving and recovery
+/// tests need their own `archive_command` and data directory). Started by
+/// [`PgCluster::start`], stopped (immediate mode) when dropped.
+#[derive(Debug)]
+pub struct PgCluster {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub bin: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Runs a command as the `postgres` OS user when we are root (initdb and
+/// postgres refuse to run as root), else as ourselves.
+pub fn as_postgres_user(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Whether the tests run as root (then clusters run as `postgres`, and
+/// files they must reach are handed to that user with [`give_to_postgres`]).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Hands `path` (recursively) to the `postgres` OS user when we are root,
+/// and opens its ancestors for traversal, so a cluster's
+/// `archive_command` can reach it.
+pub fn give_to_postgres(path: &Path) {
+    if !is_root() {
+        return;
+    }
+    let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().map(|s| s.success());
+    assert!(matches!(ok, Ok(true)), "chown -R postgres {} failed", path.display());
+    for dir in path.ancestors().skip(1) {
+        if dir == Path::new("/") {
+            break;
+        }
+        let _ = Command::new("chmod").arg("o+x").arg(dir).status();
+    }
+}
+
+impl PgCluster {
+    /// `initdb` into `data_dir` (which must not exist; its parent is handed
+    /// to the postgres user), append `extra_conf` to postgresql.conf, start
+    /// on a free loopback port.
+    ///
+    /// # Panics
+    /// If the server binaries are missing or the cluster does not start.
+    pub fn start(data_dir: &Path, extra_conf: &str) -> PgCluster {
+        let bin = postgres().bin;
+        let parent = data_dir.parent().expect("data dir has a parent");
+        std::fs::create_dir_all(parent).expect("creating the cluster's parent directory");
+        give_to_postgres(parent);
+        let out = as_postgres_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(data_dir)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+            .output()
+            .expect("running initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             fsync = off\nmax_wal_senders = 4\nwal_level = replica\n{extra_conf}\n",
+            data_dir.display()
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(data_dir.join("postgresql.conf")).unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        let log = parent.join(format!("postgres-{port}.log"));
+        let cluster = PgCluster { data_dir: data_dir.to_path_buf(), port, bin, log };
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    /// Starts the (stopped) cluster and waits until it accepts connections.
+    pub fn pg_ctl_start(&self) {
+        let out = as_postgres_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "120", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the cluster (fast shutdown: a clean checkpoint).
+    pub fn stop(&self) {
+        let _ = as_postgres_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "fast", "-w", "stop"])
+            .stdin(Stdio::null())
+            .output();
+    }
+
+    /// `postgresql://postgres@127.0.0.1:PORT/DATABASE`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Runs `psql -X -At -v ON_ERROR_STOP=1 -c SQL` against `database` and returns its output.
+    ///
+    /// # Panics
+    /// If psql fails.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-d", database, "-c", sql])
+            .output()
+            .expect("running psql");
+        assert!(out.status.success(), "psql -c {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    }
+
+    /// The server log so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = as_postgres_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (released before returning; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

@@ -78,6 +78,49 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// Copy the repository to replicas, or verify that they are complete.
     Replicate(ReplicateArgs),
+    /// Archive one PostgreSQL WAL file: archive_command = 'cairn wal-push %p'.
+    #[command(name = "wal-push")]
+    WalPush(WalPushArgs),
+    /// Fetch one archived WAL file: restore_command = 'cairn wal-fetch %f %p'.
+    #[command(name = "wal-fetch")]
+    WalFetch(WalFetchArgs),
+    /// Inspect the WAL archive.
+    Wal(WalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The WAL file to archive (PostgreSQL's %p).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file name wanted (PostgreSQL's %f).
+    pub name: String,
+    /// Where to write it (PostgreSQL's %p).
+    pub dest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalArgs {
+    #[command(subcommand)]
+    pub action: WalAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalAction {
+    /// Report the archived range of every timeline and any gap; exit 4 when the chain is broken.
+    Verify {
+        /// Also read every WAL object and verify it (authentication and SHA-256).
+        #[arg(long)]
+        read_data: bool,
+        /// The cluster's wal_segment_size in MiB.
+        #[arg(long, default_value_t = 16)]
+        segment_size_mib: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +207,11 @@ pub struct PostgresArgs {
     /// Host name recorded in the snapshot (default: this machine's).
     #[arg(long)]
     pub host: Option<String>,
+    /// A physical base backup of the whole cluster (pg_basebackup) instead of
+    /// logical dumps; with WAL archiving (`cairn wal-push`) it restores to any
+    /// point in time.
+    #[arg(long, conflicts_with_all = ["databases", "no_globals"])]
+    pub physical: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -239,8 +287,8 @@ pub struct RestoreArgs {
     pub snapshot: String,
     /// Directory to restore into, or for a PostgreSQL snapshot the database:
     /// postgresql://USER@HOST:PORT/NEWDB (created if missing).
-    #[arg(long = "to", short = 't')]
-    pub to: PathBuf,
+    #[arg(long = "to", short = 't', required_unless_present = "physical")]
+    pub to: Option<PathBuf>,
     /// Restore only these paths (inside the snapshot).
     pub paths: Vec<String>,
     /// What to do with files (or, for PostgreSQL, tables) that already exist
@@ -284,6 +332,40 @@ pub struct PgRestoreArgs {
     /// Directory with pg_restore/psql.
     #[arg(long, env = "CAIRN_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
+    /// Point-in-time restore of a physical base backup into --data-dir.
+    #[arg(long, requires = "data_dir", conflicts_with = "to")]
+    pub physical: bool,
+    /// The (empty or new) data directory for --physical.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Recover to this time (e.g. '2026-11-23 03:00:00+00'); with `latest`,
+    /// the newest base backup that ended before it is used.
+    #[arg(long, group = "recovery_target")]
+    pub to_time: Option<String>,
+    /// Recover to this WAL location (e.g. 0/3000060).
+    #[arg(long, group = "recovery_target")]
+    pub to_lsn: Option<String>,
+    /// Recover to (and including) this transaction id.
+    #[arg(long, group = "recovery_target")]
+    pub to_xid: Option<String>,
+    /// Recover to this named restore point (pg_create_restore_point).
+    #[arg(long, group = "recovery_target")]
+    pub to_name: Option<String>,
+    /// Start the restored server and wait until recovery has reached the target.
+    #[arg(long)]
+    pub start: bool,
+    /// Port for the restored server (must differ from a server running on this host).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// What the server does at the target: promote (default), pause or shutdown.
+    #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: String,
+    /// Keep the backed-up archive_command (by default a restored server does not archive).
+    #[arg(long)]
+    pub keep_archiving: bool,
+    /// Seconds recovery may take with --start.
+    #[arg(long, default_value_t = 3600)]
+    pub recovery_timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -98,6 +98,9 @@ pub struct SourceConfig {
     /// `postgres`: directory holding the client tools.
     #[serde(default)]
     pub pg_bin: Option<PathBuf>,
+    /// `postgres`: physical base backups instead of logical dumps.
+    #[serde(default)]
+    pub physical: bool,
 }
 
 /// Replaces `${NAME}` with the environment's value.

@@ -145,6 +145,18 @@ impl Context {
         bail!("no new password: set {env_var} or pass --new-password-file")
     }
 
+    /// The password file, when the password comes from one (a restored
+    /// PostgreSQL server's restore_command needs a path it can read).
+    pub fn password_file_path(&self) -> Option<PathBuf> {
+        if let Some(f) = &self.password_file {
+            return Some(f.clone());
+        }
+        if std::env::var("CAIRN_PASSWORD").is_ok() {
+            return None;
+        }
+        self.config.as_ref().and_then(|c| c.password_file.clone())
+    }
+
     pub async fn open(&self) -> Result<Repository> {
         let backend = self.backend().await?;
         let password = self.password()?;

@@ -22,6 +22,10 @@ pub const NO_REPOSITORY: u8 = 10;
 pub const LOCKED: u8 = 11;
 /// The password opens no key of the repository.
 pub const WRONG_PASSWORD: u8 = 12;
+/// `wal-fetch` could not deliver an archived WAL file that may exist (damage,
+/// unreachable repository): PostgreSQL stops recovery on exit codes above
+/// 125 instead of treating the file as missing and ending recovery early.
+pub const STOP_RECOVERY: u8 = 126;
 /// Interrupted by SIGINT (128 + 2).
 pub const INTERRUPTED: u8 = 130;
 /// Stopped by SIGTERM (128 + 15), e.g. a Kubernetes pod shutdown.
@@ -30,6 +34,9 @@ pub const TERMINATED: u8 = 143;
 /// Picks the exit code for an error chain.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        if cause.downcast_ref::<crate::commands::StopRecovery>().is_some() {
+            return STOP_RECOVERY;
+        }
         if let Some(e) = cause.downcast_ref::<RepoError>() {
             return repo_code(e);
         }

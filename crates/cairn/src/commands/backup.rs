@@ -43,6 +43,7 @@ pub async fn run(ctx: &Context, args: BackupArgs, stop: Arc<Stop>) -> Result<u8>
                         pg_bin: src.pg_bin.clone(),
                         tags: src.tags.clone(),
                         host: src.host.clone(),
+                        physical: src.physical,
                     };
                     let code = super::postgres::backup(ctx, p, password, Some(name), args.json, stop).await?;
                     return finish_with_replicas(ctx, code, args.no_replicate, args.json).await;

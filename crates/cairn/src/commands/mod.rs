@@ -15,6 +15,12 @@ use crate::context::Context;
 use crate::exit;
 use crate::output::init_logging;
 
+/// `wal-fetch` failed for a reason other than "not archived": recovery must
+/// stop (exit code 126) rather than end early at the wrong point.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}; recovery must stop here (exit 126), not end early")]
+pub struct StopRecovery(pub anyhow::Error);
+
 /// Damage found by `check` or `verify` (exit code 4).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -94,6 +100,9 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Key(args) => repo::key(&ctx, args).await,
         Command::Unlock(args) => repo::unlock(&ctx, args).await,
         Command::Replicate(args) => replicate::run(&ctx, args).await,
+        Command::WalPush(args) => postgres::wal_push(&ctx, args).await,
+        Command::WalFetch(args) => postgres::wal_fetch(&ctx, args).await,
+        Command::Wal(args) => postgres::wal(&ctx, args).await,
     };
     match result {
         Ok(code) => code,

@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use cairn_postgres::{DumpOptions, DumpProgress, PgTarget, RestoreOptions, RestoreProgress};
+use cairn_postgres::physical::{BaseBackupOptions, PitrOptions, RecoveryTarget};
+use cairn_postgres::wal::PushOutcome;
+use cairn_postgres::{DumpOptions, DumpProgress, PgError, PgTarget, RestoreOptions, RestoreProgress};
 use cairn_repo::lock::LockGuard;
 
-use super::{Stop, print_json};
-use crate::cli::{OverwriteArg, PostgresArgs, RestoreArgs};
+use super::{Stop, StopRecovery, print_json};
+use crate::cli::{OverwriteArg, PostgresArgs, RestoreArgs, WalAction, WalArgs, WalFetchArgs, WalPushArgs};
 use crate::context::Context;
 use crate::exit;
 use crate::output::{Ticker, bytes};
@@ -26,6 +28,9 @@ pub async fn backup(
         target = target.with_password(&pw);
     }
     let repo = ctx.open().await?;
+    if args.physical {
+        return physical_backup(ctx, &repo, args, target, source_name, json).await;
+    }
     let lock = LockGuard::acquire(&repo, false).await?;
     let progress = Arc::new(DumpProgress::default());
     {
@@ -185,4 +190,300 @@ pub async fn restore(ctx: &Context, url: &str, args: RestoreArgs, stop: Arc<Stop
         }
     }
     Ok(exit::SUCCESS)
+}
+
+/// `archive_command`: succeeds only once the file is durably archived.
+pub async fn wal_push(ctx: &Context, args: WalPushArgs) -> Result<u8> {
+    let repo = ctx.open().await?;
+    let started = std::time::Instant::now();
+    match cairn_postgres::wal::push(&repo, &args.path).await? {
+        PushOutcome::Stored { bytes, stored } => {
+            tracing::info!(file = %args.path.display(), bytes, stored, seconds = started.elapsed().as_secs_f64(), "WAL file archived");
+        }
+        PushOutcome::AlreadyArchived => {
+            tracing::info!(file = %args.path.display(), "WAL file was already archived with the same content");
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `restore_command`: exit 0 with the file in place; 1 when the archive
+/// does not have it (the normal end of recovery); 126 for anything else,
+/// which makes PostgreSQL stop recovery instead of ending it early.
+pub async fn wal_fetch(ctx: &Context, args: WalFetchArgs) -> Result<u8> {
+    let fetched = async {
+        let repo = ctx.open().await?;
+        Ok::<_, anyhow::Error>(cairn_postgres::wal::fetch(&repo, &args.name, &args.dest).await?)
+    }
+    .await;
+    match fetched {
+        Ok(bytes) => {
+            tracing::info!(file = %args.name, bytes, "WAL file restored");
+            Ok(exit::SUCCESS)
+        }
+        Err(e) if matches!(e.downcast_ref::<PgError>(), Some(PgError::WalNotFound { .. })) => {
+            // PostgreSQL asks for files past the end of the archive (and for
+            // history files that never existed) as a matter of course.
+            tracing::info!(file = %args.name, "not in the WAL archive");
+            Ok(exit::FAILURE)
+        }
+        Err(e) => Err(StopRecovery(e).into()),
+    }
+}
+
+pub async fn wal(ctx: &Context, args: WalArgs) -> Result<u8> {
+    let WalAction::Verify { read_data, segment_size_mib, json } = args.action;
+    let repo = ctx.open().await?;
+    let report = cairn_postgres::wal::verify(&repo, segment_size_mib << 20, read_data).await?;
+    if json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "WAL archive",
+            "healthy": report.is_healthy(),
+            "report": report,
+        }));
+    } else {
+        println!("{} WAL files, {} archived", report.files, bytes(report.bytes));
+        if report.timelines.is_empty() {
+            println!("no WAL segments archived yet");
+        }
+        for t in &report.timelines {
+            println!(
+                "timeline {}: {} .. {} ({} segments){}",
+                t.timeline,
+                t.first,
+                t.last,
+                t.segments,
+                if t.gaps.is_empty() { ", contiguous" } else { "" }
+            );
+            for (from, to) in &t.gaps {
+                println!("  GAP: {from} .. {to} missing: point-in-time recovery cannot cross it");
+            }
+            if !t.history_file {
+                println!("  note: no {:08X}.history in the archive", t.timeline);
+            }
+        }
+        for d in &report.damaged {
+            println!("DAMAGED: {d}");
+        }
+        for u in &report.unexpected {
+            println!("note: unexpected object cairn/wal/{u}");
+        }
+    }
+    if report.is_healthy() {
+        Ok(exit::SUCCESS)
+    } else {
+        Err(super::Damage(format!(
+            "the WAL archive is broken: {} gap(s), {} damaged file(s)",
+            report.timelines.iter().map(|t| t.gaps.len()).sum::<usize>(),
+            report.damaged.len()
+        ))
+        .into())
+    }
+}
+
+async fn physical_backup(
+    ctx: &Context,
+    repo: &cairn_repo::Repository,
+    args: PostgresArgs,
+    target: PgTarget,
+    source_name: Option<String>,
+    json: bool,
+) -> Result<u8> {
+    let lock = LockGuard::acquire(repo, false).await?;
+    let progress = Arc::new(DumpProgress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(ctx.progress, "base backup", move || {
+        (p.bytes_done.load(Ordering::Relaxed), 0, String::new())
+    });
+    let opts = BaseBackupOptions {
+        target,
+        pg_bin: args.pg_bin.clone(),
+        tags: args.tags.clone(),
+        hostname: args.host.clone(),
+        source_name,
+        saver: cairn_repo::SaverOptions::default(),
+    };
+    let result = cairn_postgres::physical::base_backup(repo, opts, progress).await;
+    ticker.finish();
+    lock.release().await?;
+    let (id, snapshot, manifest) = result?;
+    let s = snapshot.summary.clone().unwrap_or_default();
+    let warnings = snapshot.cairn.as_ref().map(|c| c.warnings.clone()).unwrap_or_default();
+    if json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "backup complete",
+            "kind": "postgres-physical",
+            "snapshot": id.to_hex(),
+            "start_lsn": manifest.start_lsn,
+            "end_lsn": manifest.end_lsn,
+            "timeline": manifest.timeline,
+            "files": manifest.files,
+            "bytes_processed": s.total_bytes_processed,
+            "data_added": s.data_added,
+            "data_added_packed": s.data_added_packed,
+            "warnings": warnings,
+        }));
+    } else {
+        eprintln!(
+            "Base backup of {} files, {} (WAL {} .. {}); added {} ({} stored)",
+            manifest.files,
+            bytes(manifest.bytes),
+            manifest.start_lsn,
+            manifest.end_lsn,
+            bytes(s.data_added),
+            bytes(s.data_added_packed)
+        );
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        println!("snapshot {} saved", id.short());
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `cairn restore SNAPSHOT --physical --data-dir DIR [--to-time T | ...] [--start]`.
+pub async fn restore_physical(ctx: &Context, args: RestoreArgs) -> Result<u8> {
+    let pg = &args.postgres;
+    let data_dir = pg.data_dir.clone().expect("clap requires --data-dir with --physical");
+    let target = match (&pg.to_time, &pg.to_lsn, &pg.to_xid, &pg.to_name) {
+        (Some(t), ..) => RecoveryTarget::Time(t.clone()),
+        (_, Some(l), ..) => RecoveryTarget::Lsn(l.clone()),
+        (_, _, Some(x), _) => RecoveryTarget::Xid(x.clone()),
+        (.., Some(n)) => RecoveryTarget::Name(n.clone()),
+        _ => RecoveryTarget::Latest,
+    };
+    let Some(password_file) = ctx.password_file_path() else {
+        anyhow::bail!(
+            "a physical restore needs the password in a file (CAIRN_PASSWORD_FILE or --password-file): the restored server runs `cairn wal-fetch` and must read it"
+        );
+    };
+    let password_file = std::path::absolute(&password_file)?;
+    let location = ctx.location()?;
+    let location = if location.contains("://") {
+        location
+    } else {
+        std::path::absolute(&location)?.display().to_string()
+    };
+    let exe = std::env::current_exe()?;
+    let shell_quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+    let restore_command = format!(
+        "CAIRN_REPOSITORY={} CAIRN_PASSWORD_FILE={} {} wal-fetch %f %p",
+        shell_quote(&location),
+        shell_quote(&password_file.display().to_string()),
+        shell_quote(&exe.display().to_string())
+    );
+    let repo = ctx.open().await?;
+    let (id, snapshot) = pick_base_backup(&repo, &args.snapshot, &target).await?;
+    let lock = LockGuard::acquire(&repo, false).await?;
+    let index = Arc::new(repo.load_index().await?);
+    let opts = PitrOptions {
+        data_dir: data_dir.clone(),
+        target: target.clone(),
+        restore_command,
+        target_action: pg.target_action.clone(),
+        port: pg.port,
+        keep_archiving: pg.keep_archiving,
+        start: pg.start,
+        pg_bin: pg.pg_bin.clone(),
+        timeout: std::time::Duration::from_secs(pg.recovery_timeout),
+    };
+    let result = cairn_postgres::physical::restore_physical(&repo, index, &snapshot, &opts).await;
+    lock.release().await?;
+    let report = result?;
+    if args.json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "physical restore complete",
+            "snapshot": id.to_hex(),
+            "target": format!("{target:?}"),
+            "report": report,
+        }));
+    } else {
+        println!(
+            "restored base backup {} ({} files, {}) into {}",
+            id.short(),
+            report.files,
+            bytes(report.bytes),
+            data_dir.display()
+        );
+        match &report.recovery_stop {
+            Some(line) => println!("recovery finished: {line}"),
+            None => println!(
+                "recovery is configured ({target:?}); start the server (pg_ctl -D {} start) to replay WAL",
+                data_dir.display()
+            ),
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `latest` means the newest base backup usable for the target: one that
+/// ended before the target time (or began before the target LSN).
+async fn pick_base_backup(
+    repo: &cairn_repo::Repository,
+    spec: &str,
+    target: &RecoveryTarget,
+) -> Result<(cairn_repo::Id, cairn_repo::Snapshot)> {
+    if spec != "latest" {
+        return Ok(repo.find_snapshot(spec).await?);
+    }
+    let target_time = match target {
+        RecoveryTarget::Time(t) => Some(parse_pg_time(t)?),
+        _ => None,
+    };
+    let target_lsn = match target {
+        RecoveryTarget::Lsn(l) => Some(parse_lsn(l)?),
+        _ => None,
+    };
+    let (all, _) = repo.snapshots().await?;
+    for (id, snap) in all.into_iter().rev() {
+        let Some(meta) = snap.cairn.as_ref().map(|c| &c.metadata) else { continue };
+        if meta.get("kind").and_then(|k| k.as_str()) != Some("physical") {
+            continue;
+        }
+        if let Some(t) = target_time {
+            let end = meta
+                .get("end_time")
+                .and_then(|v| v.as_str())
+                .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok());
+            if end.is_none_or(|end| end > t) {
+                continue;
+            }
+        }
+        if let Some(l) = target_lsn {
+            let end = meta.get("end_lsn").and_then(|v| v.as_str()).and_then(|v| parse_lsn(v).ok());
+            if end.is_none_or(|end| end > l) {
+                continue;
+            }
+        }
+        return Ok((id, snap));
+    }
+    anyhow::bail!(
+        "no physical base backup in this repository precedes the target; take one with `cairn backup postgres --physical`, or choose a later target"
+    )
+}
+
+fn parse_pg_time(t: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
+    let t = t.trim();
+    if let Ok(v) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(v);
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%d %H:%M:%S%#z",
+        "%Y-%m-%d %H:%M:%S%.f %#z",
+        "%Y-%m-%d %H:%M:%S %#z",
+    ] {
+        if let Ok(v) = chrono::DateTime::parse_from_str(t, fmt) {
+            return Ok(v);
+        }
+    }
+    anyhow::bail!(
+        "cannot read the time {t:?}: give it with a UTC offset, e.g. '2026-11-23 03:00:00+00' or 2026-11-23T03:00:00Z"
+    )
+}
+
+fn parse_lsn(l: &str) -> Result<u64> {
+    let (hi, lo) =
+        l.trim().split_once('/').ok_or_else(|| anyhow::anyhow!("{l:?} is not an LSN like 0/3000060"))?;
+    Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
 }

@@ -17,8 +17,11 @@ use crate::exit;
 use crate::output::{Ticker, bytes};
 
 pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Result<u8> {
-    if let Some(url) =
-        args.to.to_str().filter(|t| t.starts_with("postgres://") || t.starts_with("postgresql://"))
+    if args.postgres.physical {
+        return super::postgres::restore_physical(ctx, args).await;
+    }
+    let to = args.to.clone().unwrap_or_default();
+    if let Some(url) = to.to_str().filter(|t| t.starts_with("postgres://") || t.starts_with("postgresql://"))
     {
         let url = url.to_string();
         return super::postgres::restore(ctx, &url, args, stop).await;
@@ -28,7 +31,7 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Resul
     let lock = LockGuard::acquire(&repo, false).await?;
     let index = Arc::new(repo.load_index().await?);
     let opts = RestoreOptions {
-        target: args.to.clone(),
+        target: to.clone(),
         include: args.paths.clone(),
         overwrite: match args.overwrite {
             OverwriteArg::Never => Overwrite::Never,
@@ -65,7 +68,7 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Resul
         print_json(&serde_json::json!({
             "message": if summary.dry_run { "restore plan" } else { "restore complete" },
             "snapshot": id.to_hex(),
-            "target": args.to,
+            "target": to,
             "dry_run": summary.dry_run,
             "files": summary.files,
             "dirs": summary.dirs,
@@ -85,7 +88,7 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Resul
             summary.links,
             bytes(summary.bytes),
             id.short(),
-            args.to.display(),
+            to.display(),
             if summary.skipped > 0 {
                 format!("; {} unchanged files skipped", summary.skipped)
             } else {

@@ -1,0 +1,348 @@
+//! WAL archiving with a real PostgreSQL server: `cairn wal-push` as its
+//! `archive_command`, `cairn wal-fetch` and `cairn wal verify` on what it
+//! archived. Each test runs a private cluster (its own archive_command).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_testkit::{PgCluster, give_to_postgres};
+use common::*;
+
+/// A cluster archiving into `env`'s repository through the real binary.
+fn archiving_cluster(env: &Env) -> PgCluster {
+    env.init();
+    let password_file = env.path("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    give_to_postgres(env.dir.path());
+    let archive_command = format!(
+        "CAIRN_REPOSITORY='{}' CAIRN_PASSWORD_FILE='{}' '{}' wal-push %p",
+        env.repo.display(),
+        password_file.display(),
+        env!("CARGO_BIN_EXE_cairn")
+    );
+    PgCluster::start(
+        &env.path("pg/data"),
+        &format!(
+            "archive_mode = on\narchive_command = '{}'\nwal_keep_size = 256MB\n",
+            archive_command.replace('\'', "''")
+        ),
+    )
+}
+
+/// Switches WAL `n` times (with some writes between) and waits until the
+/// archiver has shipped everything; fails on any archiver failure.
+fn make_and_archive_wal(pg: &PgCluster, n: usize) -> u64 {
+    pg.psql("postgres", "CREATE TABLE IF NOT EXISTS t (i int, pad text)");
+    for _ in 0..n {
+        pg.psql("postgres", "INSERT INTO t SELECT i, repeat('x', 200) FROM generate_series(1, 2000) i");
+        pg.psql("postgres", "SELECT pg_switch_wal()");
+    }
+    let target: u64 =
+        pg.psql("postgres", "SELECT archived_count FROM pg_stat_archiver").parse::<u64>().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = pg.psql(
+            "postgres",
+            "SELECT archived_count, failed_count, coalesce(last_archived_wal, '') , \
+             pg_walfile_name(pg_current_wal_lsn()) FROM pg_stat_archiver",
+        );
+        let f: Vec<&str> = row.split('|').collect();
+        assert_eq!(f[1], "0", "the archiver failed; server log:\n{}", pg.log_text());
+        let archived: u64 = f[0].parse().unwrap();
+        // Everything before the current segment is archived.
+        if archived >= target && f[2] < f[3] && archived as usize >= n {
+            return archived;
+        }
+        assert!(Instant::now() < deadline, "archiving did not catch up: {row}\n{}", pg.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wal_objects(repo: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(dir) = std::fs::read_dir(repo.join("cairn/wal")) else { return Vec::new() };
+    let mut v: Vec<_> = dir.map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn archive_command_pushes_and_wal_fetch_returns_identical_segments() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    let archived = make_and_archive_wal(&pg, 3);
+    assert!(archived >= 3);
+
+    let objects = wal_objects(&env.repo);
+    assert!(objects.len() as u64 >= archived, "{objects:?}");
+    let report = env.cairn_json(&["wal", "verify", "--read-data", "--json"]);
+    assert_eq!(report["healthy"], true, "{report}");
+    let timeline = &report["report"]["timelines"][0];
+    assert_eq!(timeline["timeline"], 1);
+    assert!(timeline["segments"].as_u64().unwrap() >= 3, "{report}");
+
+    // Every archived segment still in pg_wal comes back byte for byte.
+    let mut compared = 0;
+    for obj in &objects {
+        let name = obj.file_name().unwrap().to_str().unwrap();
+        let original = pg.data_dir.join("pg_wal").join(name);
+        if name.len() != 24 || !original.exists() {
+            continue;
+        }
+        let dest = env.path(&format!("fetched-{name}"));
+        env.cairn_ok(&["wal-fetch", name, dest.to_str().unwrap()]);
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(&original).unwrap(), "{name} differs");
+        compared += 1;
+    }
+    assert!(compared >= 2, "too few segments left in pg_wal to compare ({compared})");
+    // Compressed and encrypted: a WAL segment of mostly repeated rows shrinks.
+    let stored: u64 = objects.iter().map(|o| std::fs::metadata(o).unwrap().len()).sum();
+    assert!(stored < archived * (16 << 20) / 2, "{stored} bytes stored for {archived} segments");
+}
+
+#[test]
+fn pushes_are_idempotent_conflicts_and_damage_are_loud() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    make_and_archive_wal(&pg, 2);
+    let first = wal_objects(&env.repo).into_iter().find(|p| p.file_name().unwrap().len() == 24).unwrap();
+    let name = first.file_name().unwrap().to_str().unwrap().to_string();
+
+    // The same segment again (PostgreSQL retries after a crash): success.
+    let copy_dir = env.path("again");
+    std::fs::create_dir_all(&copy_dir).unwrap();
+    let same = copy_dir.join(&name);
+    env.cairn_ok(&["wal-fetch", &name, same.to_str().unwrap()]);
+    env.cairn_ok(&["wal-push", same.to_str().unwrap()]);
+    // Different content under the same name: refused, archive unchanged.
+    let mut bytes = std::fs::read(&same).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&same, &bytes).unwrap();
+    let before = std::fs::read(&first).unwrap();
+    let out = env.cairn(&["wal-push", same.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different content"), "{}", describe(&out));
+    assert_eq!(std::fs::read(&first).unwrap(), before);
+
+    // Not archived: exit 1, the normal answer past the end of the archive.
+    let dest = env.path("missing");
+    let out = env.cairn(&["wal-fetch", "0000000100000000000000FF", dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(!dest.exists());
+    let out = env.cairn(&["wal-fetch", "../../etc/passwd", dest.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+
+    // A damaged object: wal-fetch exits 126 (PostgreSQL stops recovery
+    // instead of ending it there), nothing is written; verify names it.
+    flip_byte(&first, 200);
+    let out = env.cairn(&["wal-fetch", &name, dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(126), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"), "{}", describe(&out));
+    assert!(!dest.exists(), "no bytes of a damaged segment are handed out");
+    let out = env.cairn(&["wal", "verify", "--read-data"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&name), "{}", describe(&out));
+
+    // An unreachable repository is not "missing": 126 again; and wal-push fails fast.
+    let out = env
+        .cairn_cmd()
+        .env("CAIRN_REPOSITORY", env.path("nowhere"))
+        .args(["wal-fetch", &name, dest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", describe(&out));
+    let started = Instant::now();
+    let out = env
+        .cairn_cmd()
+        .env("CAIRN_REPOSITORY", env.path("nowhere"))
+        .args(["wal-push", same.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(10), "{}", describe(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn wal_verify_reports_a_gap_in_the_chain() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    make_and_archive_wal(&pg, 4);
+    let segments: Vec<_> =
+        wal_objects(&env.repo).into_iter().filter(|p| p.file_name().unwrap().len() == 24).collect();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let hole = &segments[1];
+    std::fs::remove_file(hole).unwrap();
+    let out = env.cairn(&["wal", "verify"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let missing = hole.file_name().unwrap().to_str().unwrap();
+    assert!(text.contains("GAP") && text.contains(missing), "{text}");
+}
+
+/// Waits until every WAL file up to the current one has been archived.
+fn archive_everything(pg: &PgCluster) {
+    let needed = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("postgres", "SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = pg.psql(
+            "postgres",
+            "SELECT failed_count, coalesce(last_archived_wal, ''), pg_walfile_name(pg_current_wal_lsn()) FROM pg_stat_archiver",
+        );
+        let f: Vec<&str> = row.split('|').collect();
+        assert_eq!(f[0], "0", "the archiver failed; server log:\n{}", pg.log_text());
+        if f[1] >= needed.as_str() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "archiving did not catch up: {row}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The DBA's scenario: rows are inserted, the time is noted, the rows are
+/// deleted; a physical restore to the noted time brings them back.
+#[test]
+fn point_in_time_restore_brings_deleted_rows_back() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    pg.psql("postgres", "CREATE TABLE orders (id int PRIMARY KEY, note text)");
+    pg.psql("postgres", "INSERT INTO orders SELECT i, 'before backup' FROM generate_series(1, 1000) i");
+    let base = env.cairn_json(&["backup", "--json", "postgres", "--physical", "--url", &pg.url("postgres")]);
+    assert_eq!(base["kind"], "postgres-physical", "{base}");
+    assert!(base["warnings"].as_array().unwrap().is_empty(), "archiving is configured: {base}");
+
+    pg.psql("postgres", "INSERT INTO orders SELECT i, 'after backup' FROM generate_series(1001, 1500) i");
+    std::thread::sleep(Duration::from_millis(1100));
+    let noted = pg.psql("postgres", "SELECT to_char(now(), 'YYYY-MM-DD HH24:MI:SS.US+00') FROM (SELECT set_config('timezone', 'UTC', false)) s");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("postgres", "DELETE FROM orders");
+    pg.psql("postgres", "INSERT INTO orders VALUES (9999, 'after the accident')");
+    archive_everything(&pg);
+
+    let restored = env.path("pg/restored");
+    let port = cairn_testkit::free_port().to_string();
+    let out = with_password_file(&env)
+        .args([
+            "restore",
+            "latest",
+            "--physical",
+            "--to-time",
+            &noted,
+            "--data-dir",
+            restored.to_str().unwrap(),
+            "--start",
+            "--port",
+            &port,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let stop = report["report"]["recovery_stop"].as_str().unwrap_or_default();
+    assert!(stop.contains("recovery stopping before"), "{report}");
+    let copy = RestoredServer { data_dir: restored.clone(), bin: pg.bin.clone() };
+    let psql = |sql: &str| {
+        let out = std::process::Command::new(pg.bin.join("psql"))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &port,
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(psql("SELECT count(*) FROM orders"), "1500", "rows as of the noted time");
+    assert_eq!(psql("SELECT count(*) FROM orders WHERE id = 9999"), "0");
+    assert_eq!(psql("SELECT pg_is_in_recovery()"), "f", "promoted at the target");
+    drop(copy);
+}
+
+/// cairn with the password in a file the restored server can read too.
+fn with_password_file(env: &Env) -> std::process::Command {
+    let mut c = env.cairn_cmd();
+    c.env_remove("CAIRN_PASSWORD").env("CAIRN_PASSWORD_FILE", env.path("password"));
+    c
+}
+
+/// Stops a restored server when the test ends.
+struct RestoredServer {
+    data_dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl Drop for RestoredServer {
+    fn drop(&mut self) {
+        let _ = cairn_testkit::as_postgres_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// A damaged WAL segment stops recovery with a clear error; it is never
+/// skipped (which would silently end recovery before the target).
+#[test]
+fn damaged_wal_stops_recovery_instead_of_skipping_it() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    pg.psql("postgres", "CREATE TABLE t2 (i int)");
+    env.cairn_ok(&["backup", "postgres", "--physical", "--url", &pg.url("postgres")]);
+    let before: Vec<_> = wal_objects(&env.repo);
+    for _ in 0..3 {
+        pg.psql("postgres", "INSERT INTO t2 SELECT generate_series(1, 5000)");
+        pg.psql("postgres", "SELECT pg_switch_wal()");
+    }
+    archive_everything(&pg);
+    let after: Vec<_> = wal_objects(&env.repo)
+        .into_iter()
+        .filter(|p| !before.contains(p) && p.file_name().unwrap().len() == 24)
+        .collect();
+    assert!(!after.is_empty());
+    // The newest segment: recovery to the end of the archive must read it.
+    let victim = after.last().unwrap().clone();
+    flip_byte(&victim, 300);
+
+    let restored = env.path("pg/restored");
+    let port = cairn_testkit::free_port().to_string();
+    let out = with_password_file(&env)
+        .args([
+            "restore",
+            "latest",
+            "--physical",
+            "--data-dir",
+            restored.to_str().unwrap(),
+            "--start",
+            "--port",
+            &port,
+            "--recovery-timeout",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    let _copy = RestoredServer { data_dir: restored.clone(), bin: pg.bin.clone() };
+    let log = std::fs::read_to_string(restored.join("log/cairn-recovery.log")).unwrap_or_default();
+    assert_ne!(out.status.code(), Some(0), "{}\nflipped {}\n{log}", describe(&out), victim.display());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let damaged = victim.file_name().unwrap().to_str().unwrap();
+    let log = std::fs::read_to_string(restored.join("log/cairn-recovery.log")).unwrap_or_default();
+    assert!(
+        log.contains(damaged) && log.contains("damaged"),
+        "the server log names the damaged segment:\n{log}\n{err}"
+    );
+    assert!(err.contains("recovery"), "{err}");
+}
