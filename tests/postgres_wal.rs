@@ -7,29 +7,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_testkit::{PgCluster, give_to_postgres};
+use cairn_testkit::PgCluster;
 use common::*;
-
-/// A cluster archiving into `env`'s repository through the real binary.
-fn archiving_cluster(env: &Env) -> PgCluster {
-    env.init();
-    let password_file = env.path("password");
-    std::fs::write(&password_file, PASSWORD).unwrap();
-    give_to_postgres(env.dir.path());
-    let archive_command = format!(
-        "CAIRN_REPOSITORY='{}' CAIRN_PASSWORD_FILE='{}' '{}' wal-push %p",
-        env.repo.display(),
-        password_file.display(),
-        env!("CARGO_BIN_EXE_cairn")
-    );
-    PgCluster::start(
-        &env.path("pg/data"),
-        &format!(
-            "archive_mode = on\narchive_command = '{}'\nwal_keep_size = 256MB\n",
-            archive_command.replace('\'', "''")
-        ),
-    )
-}
 
 /// Switches WAL `n` times (with some writes between) and waits until the
 /// archiver has shipped everything; fails on any archiver failure.
@@ -178,26 +157,6 @@ fn wal_verify_reports_a_gap_in_the_chain() {
     let text = String::from_utf8_lossy(&out.stdout);
     let missing = hole.file_name().unwrap().to_str().unwrap();
     assert!(text.contains("GAP") && text.contains(missing), "{text}");
-}
-
-/// Waits until every WAL file up to the current one has been archived.
-fn archive_everything(pg: &PgCluster) {
-    let needed = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-    pg.psql("postgres", "SELECT pg_switch_wal()");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = pg.psql(
-            "postgres",
-            "SELECT failed_count, coalesce(last_archived_wal, ''), pg_walfile_name(pg_current_wal_lsn()) FROM pg_stat_archiver",
-        );
-        let f: Vec<&str> = row.split('|').collect();
-        assert_eq!(f[0], "0", "the archiver failed; server log:\n{}", pg.log_text());
-        if f[1] >= needed.as_str() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "archiving did not catch up: {row}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The DBA's scenario: rows are inserted, the time is noted, the rows are

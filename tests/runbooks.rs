@@ -120,3 +120,74 @@ fn postgres_table_restore_runbook_works_as_written() {
     let gone = pg.psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{side}'"));
     assert_eq!(gone, "0", "the side database was dropped at the end");
 }
+
+#[test]
+fn postgres_wal_archiving_runbook_works_as_written() {
+    let env = Env::new();
+    env.init();
+    let password_file = env.path("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    cairn_testkit::give_to_postgres(env.dir.path());
+    let pg = cairn_testkit::PgCluster::start(&env.path("pg/data"), "");
+    let out = run_runbook(
+        "postgres-wal-archiving.md",
+        &[
+            ("/var/backups/cairn", env.repo.display().to_string()),
+            ("/etc/cairn/password", password_file.display().to_string()),
+            (
+                "postgresql://postgres@db.internal:5432",
+                format!("postgresql://postgres@127.0.0.1:{}", pg.port),
+            ),
+            ("/var/lib/postgresql/15/main", pg.data_dir.display().to_string()),
+            ("/usr/lib/postgresql/15/bin", pg.bin.display().to_string()),
+        ],
+    );
+    assert!(out.status.success(), "runbook failed: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("archiving is set up"), "{}", describe(&out));
+    let archived: u64 = pg.psql("postgres", "SELECT archived_count FROM pg_stat_archiver").parse().unwrap();
+    assert!(archived > 0, "{}", describe(&out));
+    assert_eq!(pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"), "0");
+    let snaps = env.cairn_json(&["snapshots", "--json"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "one base backup: {snaps}");
+}
+
+#[test]
+fn postgres_pitr_runbook_works_as_written() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    pg.psql(
+        "postgres",
+        "CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY);
+         INSERT INTO shop.orders SELECT generate_series(1, 1000)",
+    );
+    env.cairn_ok(&["backup", "postgres", "--physical", "--url", &pg.url("postgres")]);
+    pg.psql("postgres", "INSERT INTO shop.orders SELECT generate_series(1001, 1234)");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let target =
+        pg.psql("postgres", "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    pg.psql("postgres", "DROP TABLE shop.orders");
+    archive_everything(&pg);
+
+    let restore_dir = env.path("pg/restored");
+    let out = run_runbook(
+        "postgres-pitr.md",
+        &[
+            ("/var/backups/cairn", env.repo.display().to_string()),
+            ("/etc/cairn/password", env.path("password").display().to_string()),
+            ("/usr/lib/postgresql/15/bin", pg.bin.display().to_string()),
+            ("/srv/pg-restore", restore_dir.display().to_string()),
+            ("RESTORE_PORT=5433", format!("RESTORE_PORT={}", cairn_testkit::free_port())),
+            ("2026-11-23 02:59:00+00", target),
+        ],
+    );
+    assert!(out.status.success(), "runbook failed: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("recovery stopping before"), "{}", describe(&out));
+    assert!(
+        stdout.lines().any(|l| l.trim() == "1234"),
+        "the dropped table is back with its rows: {}",
+        describe(&out)
+    );
+    assert!(stdout.contains("point-in-time restore finished"), "{}", describe(&out));
+}

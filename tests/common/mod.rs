@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -231,4 +232,45 @@ pub fn repo_files(repo: &Path, dir: &str) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A cluster archiving into `env`'s repository through the real binary.
+pub fn archiving_cluster(env: &Env) -> cairn_testkit::PgCluster {
+    env.init();
+    let password_file = env.path("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    cairn_testkit::give_to_postgres(env.dir.path());
+    let archive_command = format!(
+        "CAIRN_REPOSITORY='{}' CAIRN_PASSWORD_FILE='{}' '{}' wal-push %p",
+        env.repo.display(),
+        password_file.display(),
+        env!("CARGO_BIN_EXE_cairn")
+    );
+    cairn_testkit::PgCluster::start(
+        &env.path("pg/data"),
+        &format!(
+            "archive_mode = on\narchive_command = '{}'\nwal_keep_size = 256MB\n",
+            archive_command.replace('\'', "''")
+        ),
+    )
+}
+
+/// Waits until every WAL file up to the current one has been archived.
+pub fn archive_everything(pg: &cairn_testkit::PgCluster) {
+    let needed = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("postgres", "SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = pg.psql(
+            "postgres",
+            "SELECT failed_count, coalesce(last_archived_wal, ''), pg_walfile_name(pg_current_wal_lsn()) FROM pg_stat_archiver",
+        );
+        let f: Vec<&str> = row.split('|').collect();
+        assert_eq!(f[0], "0", "the archiver failed; server log:\n{}", pg.log_text());
+        if f[1] >= needed.as_str() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "archiving did not catch up: {row}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
