@@ -128,8 +128,13 @@ pub async fn base_backup(
         text
     });
     let parsed = store_tar(&archive, BufReader::with_capacity(1 << 20, stdout), &progress).await;
+    if parsed.is_err() {
+        // Our failure comes first: pg_basebackup only saw its pipe close.
+        let _ = child.kill().await;
+    }
     let status = child.wait().await.map_err(PgError::io("waiting for pg_basebackup"))?;
     let stderr = stderr_task.await.unwrap_or_default();
+    let parsed = parsed?;
     if !status.success() {
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         return Err(PgError::ToolFailed {
@@ -138,7 +143,7 @@ pub async fn base_backup(
             stderr: tail[tail.len().saturating_sub(3)..].join(" | "),
         });
     }
-    let (files, bytes, label) = parsed?;
+    let (files, bytes, label) = parsed;
     let field = |key: &str| {
         label.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
     };
@@ -268,6 +273,9 @@ async fn store_tar<R: AsyncRead + Unpin>(
             Err(e) => return Err(io(e)),
         }
         if header.iter().all(|b| *b == 0) {
+            // End of archive. Drain what follows (the second zero block,
+            // record padding): closing the pipe early would kill the writer.
+            tokio::io::copy(&mut reader, &mut tokio::io::sink()).await.map_err(io)?;
             break;
         }
         let mut entry = parse_header(&header);
