@@ -25,8 +25,10 @@ pub async fn backup(
     if let Some(pw) = password {
         target = target.with_password(&pw);
     }
+    let upload_age = crate::context::abandoned_upload_age()?;
     let repo = ctx.open().await?;
     let lock = LockGuard::acquire(&repo, false).await?;
+    super::backup::clean_abandoned_uploads(&repo, upload_age).await;
     let progress = Arc::new(DumpProgress::default());
     {
         let p = progress.clone();
