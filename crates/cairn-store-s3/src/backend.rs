@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -408,6 +408,67 @@ impl S3Backend {
         Ok(out)
     }
 
+    /// Aborts the multipart uploads under this repository's prefix that
+    /// were initiated before `now - older_than`; returns how many.
+    ///
+    /// A multipart upload that was neither completed nor aborted (the
+    /// process was killed mid-upload, or its abort failed) leaves parts the
+    /// bucket keeps and bills for, invisible to object listings. Uploads
+    /// younger than `older_than` may belong to a backup still running
+    /// elsewhere, so they are left alone; S3 reports when each began.
+    pub async fn abort_abandoned_uploads(&self, older_than: Duration) -> Result<usize, S3Error> {
+        let prefix = self.under_prefix("");
+        let cutoff = SystemTime::now().checked_sub(older_than).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut aborted = 0;
+        let (mut key_marker, mut upload_id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.config.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.fail("ListMultipartUploads", &prefix, e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else { continue };
+                // Without a start time its age is unknown: keep it.
+                let Some(initiated) = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok()) else {
+                    continue;
+                };
+                if initiated > cutoff {
+                    continue;
+                }
+                match abort_upload(&self.client, &self.config.bucket, key, upload_id).await {
+                    Ok(()) => {
+                        aborted += 1;
+                        tracing::info!(object = %self.url(key), upload_id, "aborted an abandoned multipart upload");
+                    }
+                    // Completed or aborted meanwhile by someone else: gone either way.
+                    Err(f) if matches!(f.class, Class::NotFound) => {}
+                    Err(f) => {
+                        return Err(f.into_error(
+                            "AbortMultipartUpload",
+                            &self.url(key),
+                            &self.config.bucket,
+                        ));
+                    }
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && upload_id_marker.is_none() {
+                // A truncated page without markers cannot be continued.
+                return Ok(aborted);
+            }
+        }
+    }
+
     async fn ensure_bucket(&self) -> Result<(), S3Error> {
         let bucket = &self.config.bucket;
         let url = format!("s3://{bucket}");
@@ -583,6 +644,10 @@ impl Backend for S3Backend {
             FileType::Pack => Ok(self.list_keys("data/", true).await?),
             kind => Ok(self.list_keys(&format!("{}/", kind.dir()), false).await?),
         }
+    }
+
+    async fn clean_abandoned_uploads(&self, older_than: Duration) -> Result<usize, StoreError> {
+        Ok(self.abort_abandoned_uploads(older_than).await?)
     }
 
     async fn delete(&self, handle: &Handle) -> Result<(), StoreError> {

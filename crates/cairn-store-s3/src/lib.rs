@@ -41,6 +41,10 @@
 //! * **No retries here**: the SDK's retries are off. Failures are classified
 //!   ([`cairn_store::StoreError::is_transient`]) and retried once, for every
 //!   backend alike, by [`cairn_store::RetryBackend`]. Wrap this backend in it.
+//! * **No forgotten parts**: a failed multipart upload is aborted; one whose
+//!   process was killed is aborted later, by age
+//!   ([`S3Backend::abort_abandoned_uploads`], called through
+//!   [`cairn_store::Backend::clean_abandoned_uploads`] when a backup starts).
 //!
 //! Stores that ignore `If-None-Match` (Garage, `rclone serve s3`) or do not
 //! apply it atomically cannot hold locks safely; use AWS, MinIO or Ceph RGW.

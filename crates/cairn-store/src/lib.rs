@@ -196,6 +196,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// Removes what interrupted writes left behind that the store keeps (and
+    /// bills for) but no listing of the repository shows: for S3, multipart
+    /// uploads under the repository's prefix that were started more than
+    /// `older_than` ago and never completed or aborted (a `kill -9` during a
+    /// large upload). Younger ones are left alone, since they may belong to
+    /// a run still under way. Returns how many were removed; stores without
+    /// such leftovers have nothing to do.
+    async fn clean_abandoned_uploads(&self, _older_than: std::time::Duration) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     /// Whether the object exists.
     async fn exists(&self, handle: &Handle) -> Result<bool, StoreError> {
         match self.stat(handle).await {

@@ -237,6 +237,14 @@ impl<B: Backend> Backend for RetryBackend<B> {
     async fn stored_sha256(&self, handle: &Handle) -> Result<Option<[u8; 32]>, StoreError> {
         self.retry("checksum", handle, || self.inner.stored_sha256(handle)).await
     }
+
+    async fn clean_abandoned_uploads(&self, older_than: Duration) -> Result<usize, StoreError> {
+        // Each attempt lists afresh: what an earlier, failed attempt aborted
+        // is simply gone (and not counted again).
+        let location = self.inner.location();
+        self.retry("abort abandoned uploads", &location, || self.inner.clean_abandoned_uploads(older_than))
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@
 //! println!("{} {} {} {bucket}", s3.endpoint, s3.region, s3.access_key);
 //! ```
 
+pub mod proxy;
+pub use proxy::{Fault, FaultCounts, FaultKind, FaultPolicy, FaultProxy, FaultRule};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

@@ -144,17 +144,18 @@ pub struct ReplicateArgs {
     pub json: bool,
 }
 
-/// Parses `90s`, `15m`, `26h`, `2d` (a bare number is seconds).
+/// Parses `500ms`, `90s`, `15m`, `26h`, `2d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 90m, 26h or 2d"))?;
     let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
     };
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -438,6 +439,7 @@ mod tests {
         assert_eq!(super::parse_duration("90m").unwrap().as_secs(), 5400);
         assert_eq!(super::parse_duration("2d").unwrap().as_secs(), 172_800);
         assert_eq!(super::parse_duration("45").unwrap().as_secs(), 45);
+        assert_eq!(super::parse_duration("250ms").unwrap(), std::time::Duration::from_millis(250));
         assert!(super::parse_duration("5w").is_err());
         assert!(super::parse_duration("h").is_err());
     }

@@ -78,9 +78,36 @@ pub async fn backend_for(location: &str) -> Result<Arc<dyn Backend>> {
         let location = location.to_string();
         if location.starts_with("s3://") {
             let s3 = cairn_store_s3::S3Backend::from_url(&location).await.map_err(StoreError::from)?;
-            return Ok(Arc::new(RetryBackend::new(s3, RetryPolicy::default())));
+            return Ok(Arc::new(RetryBackend::new(s3, s3_retry_policy()?)));
         }
         Ok(cairn_store::open_location(&location)?)
+    }
+}
+
+/// The retry policy for S3 requests: the default, with every wait capped at
+/// `CAIRN_S3_RETRY_MAX_DELAY` when set (`500ms`, `2s`, …). Lower it where
+/// waiting out a long outage is pointless (tests that inject faults, or a
+/// run that is better retried whole); the number of attempts stays.
+fn s3_retry_policy() -> Result<RetryPolicy> {
+    let mut policy = RetryPolicy::default();
+    if let Some(value) = std::env::var("CAIRN_S3_RETRY_MAX_DELAY").ok().filter(|v| !v.is_empty()) {
+        let max = crate::cli::parse_duration(&value)
+            .map_err(|e| anyhow::anyhow!("CAIRN_S3_RETRY_MAX_DELAY: {e}"))?;
+        policy.max_backoff = max;
+        policy.initial_backoff = policy.initial_backoff.min(max);
+    }
+    Ok(policy)
+}
+
+/// How old an unfinished S3 multipart upload must be before a backup aborts
+/// it as abandoned: `CAIRN_S3_ABANDONED_UPLOAD_AGE` (`24h` unless set). Far
+/// longer than any single upload takes, so a concurrent run's uploads are
+/// never touched.
+pub fn abandoned_upload_age() -> Result<std::time::Duration> {
+    match std::env::var("CAIRN_S3_ABANDONED_UPLOAD_AGE").ok().filter(|v| !v.is_empty()) {
+        Some(value) => crate::cli::parse_duration(&value)
+            .map_err(|e| anyhow::anyhow!("CAIRN_S3_ABANDONED_UPLOAD_AGE: {e}")),
+        None => Ok(std::time::Duration::from_secs(24 * 3600)),
     }
 }
 

@@ -91,6 +91,20 @@ async fn finish_with_replicas(ctx: &Context, code: u8, no_replicate: bool, json:
     Ok(code)
 }
 
+/// Aborts multipart uploads that an earlier, interrupted run left in the
+/// repository, started more than `age` ago (they cost storage and no listing
+/// shows them). A failure does not fail the backup: the next run tries again.
+pub(super) async fn clean_abandoned_uploads(repo: &cairn_repo::Repository, age: std::time::Duration) {
+    match repo.backend().clean_abandoned_uploads(age).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(aborted = n, "aborted multipart uploads abandoned by earlier runs"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not abort abandoned multipart uploads; the next backup tries again"
+        ),
+    }
+}
+
 async fn volume_backup(
     ctx: &Context,
     args: VolumeArgs,
@@ -99,6 +113,7 @@ async fn volume_backup(
     stop: Arc<Stop>,
 ) -> Result<u8> {
     let excludes = Excludes::new(&args.exclude, &args.exclude_file)?;
+    let upload_age = crate::context::abandoned_upload_age()?;
     let repo = ctx.open().await?;
     let parent = match (args.force, &args.parent) {
         (true, _) => ParentChoice::None,
@@ -106,6 +121,7 @@ async fn volume_backup(
         (false, None) => ParentChoice::Auto,
     };
     let lock = LockGuard::acquire(&repo, false).await?;
+    clean_abandoned_uploads(&repo, upload_age).await;
     let progress = Arc::new(BackupProgress::default());
     {
         let p = progress.clone();

@@ -27,11 +27,13 @@ pub async fn backup(
     if let Some(pw) = password {
         target = target.with_password(&pw);
     }
+    let upload_age = crate::context::abandoned_upload_age()?;
     let repo = ctx.open().await?;
     if args.physical {
         return physical_backup(ctx, &repo, args, target, source_name, json).await;
     }
     let lock = LockGuard::acquire(&repo, false).await?;
+    super::backup::clean_abandoned_uploads(&repo, upload_age).await;
     let progress = Arc::new(DumpProgress::default());
     {
         let p = progress.clone();
