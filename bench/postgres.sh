@@ -12,9 +12,10 @@
 #   restore: cairn logical into a new database vs pg_restore -j 2;
 #            cairn physical vs pgBackRest restore (both lay down a data
 #            directory; neither replays WAL)
-# Bytes: cairn = data_added_packed of the snapshot (new, compressed, what
-# went to the repository); pgBackRest = growth of its repository's backup
-# directory; pg_dump = the dump file. Times include process start and key
+# Bytes: cairn = growth of its repository (packs, index, snapshot: all it
+# uploaded); pgBackRest = growth of its repository's backup directory (its
+# WAL archive aside); pg_dump = the dump file. For cairn the table also
+# gives the new bytes before compression as a share of the bytes read. Times include process start and key
 # derivation. Medians over rounds; a Markdown table goes to stdout and
 # $BENCH_DIR/results.md, raw rows to $BENCH_DIR/results.csv.
 #
@@ -111,11 +112,14 @@ EOF
   "$CAIRN" init --repo "$BENCH_DIR/cairn-repo" >/dev/null
 }
 
-cairn_backup() {   # cairn_backup NAME ARGS...: timed cairn backup, records its stored bytes
-  local name=$1
+cairn_backup() {   # cairn_backup NAME ARGS...: timed cairn backup, records the repository's growth
+  local name=$1 before
   shift
+  before=$(dir_bytes "$BENCH_DIR/cairn-repo")
   timed "$name" "$CAIRN" --repo "$BENCH_DIR/cairn-repo" backup --json postgres --url "$URL/bench" "$@"
-  bytes "$name" "$(json_field data_added_packed "$BENCH_DIR/logs/$name.r$ROUND.log")"
+  bytes "$name" $(( $(dir_bytes "$BENCH_DIR/cairn-repo") - before ))
+  echo "$name,$ROUND,raw,$(json_field data_added "$BENCH_DIR/logs/$name.r$ROUND.log")" >>"$CSV"
+  echo "$name,$ROUND,processed,$(json_field bytes_processed "$BENCH_DIR/logs/$name.r$ROUND.log")" >>"$CSV"
   json_field snapshot "$BENCH_DIR/logs/$name.r$ROUND.log" >"$BENCH_DIR/logs/$name.r$ROUND.snapshot"
 }
 
@@ -181,8 +185,8 @@ def med(name, kind):
 mib = lambda b: f"{b / 2**20:.1f}"
 db = med("database", "bytes")
 print(f"pgbench scale {scale} ({mib(db)} MiB database); nights: -t {tx1} and -t {tx2}; medians of {rounds} round(s)\n")
-print("| step | tool | time (s) | stored (MiB) | stored / full |")
-print("|---|---|---:|---:|---:|")
+print("| step | tool | time (s) | stored (MiB) | stored / full | new before compression / read |")
+print("|---|---|---:|---:|---:|---:|")
 full = {"cairn logical": "cairn-logical-full", "cairn physical": "cairn-physical-full", "pgBackRest": "pgbackrest-full"}
 rows = [
     ("full", "cairn logical", "cairn-logical-full"),
@@ -207,7 +211,9 @@ for step, tool, key in rows:
         if tool.startswith(k):
             ref = med(fk, "bytes")
     ratio = f"{100 * b / ref:.1f}%" if (b is not None and ref and step.startswith("night")) else ""
-    print(f"| {step} | {tool} | {t:.2f} | {mib(b) if b is not None else ''} | {ratio} |")
+    raw, read = med(key, "raw"), med(key, "processed")
+    rawpct = f"{100 * raw / read:.1f}%" if (raw is not None and read) else ""
+    print(f"| {step} | {tool} | {t:.2f} | {mib(b) if b is not None else ''} | {ratio} | {rawpct} |")
 r = lambda a, b: med(a, "time") / med(b, "time")
 print()
 print(f"cairn logical full / pg_dump -Fc time: {r('cairn-logical-full', 'pg_dump-full'):.2f} (target <= 0.8)")
