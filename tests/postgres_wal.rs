@@ -78,6 +78,32 @@ fn archive_command_pushes_and_wal_fetch_returns_identical_segments() {
     // Compressed and encrypted: a WAL segment of mostly repeated rows shrinks.
     let stored: u64 = objects.iter().map(|o| std::fs::metadata(o).unwrap().len()).sum();
     assert!(stored < archived * (16 << 20) / 2, "{stored} bytes stored for {archived} segments");
+
+    // The WAL archive is replicated with the rest, and verified by SHA-256.
+    let replica = env.path("replica");
+    let replica_s = replica.to_str().unwrap();
+    env.cairn_ok(&["replicate", "--to", replica_s]);
+    let verified = env.cairn_json(&["replicate", "--verify", "--json", "--to", replica_s]);
+    assert_eq!(verified["complete"], true, "{verified}");
+    let name =
+        objects.iter().map(|o| o.file_name().unwrap().to_str().unwrap()).find(|n| n.len() == 24).unwrap();
+    let from_replica = env.path("from-replica");
+    let out = env
+        .cairn_cmd()
+        .env("CAIRN_REPOSITORY", &replica)
+        .args(["wal-fetch", name, from_replica.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let primary_copy = env.path("from-primary");
+    env.cairn_ok(&["wal-fetch", name, primary_copy.to_str().unwrap()]);
+    assert!(std::fs::read(&from_replica).unwrap() == std::fs::read(&primary_copy).unwrap());
+    flip_byte(&replica.join("cairn/wal").join(name), 100);
+    let out = env.cairn(&["replicate", "--verify", "--to", replica_s]);
+    assert_eq!(out.status.code(), Some(4), "a damaged WAL copy on the replica is found: {}", describe(&out));
+    env.cairn_ok(&["replicate", "--verify", "--repair", "--to", replica_s]);
+    let verified = env.cairn_json(&["replicate", "--verify", "--json", "--to", replica_s]);
+    assert_eq!(verified["complete"], true, "{verified}");
 }
 
 #[test]

@@ -76,8 +76,10 @@ impl VerificationReport {
     }
 }
 
-const COPY_ORDER: [FileType; 5] =
-    [FileType::Key, FileType::Config, FileType::Pack, FileType::Index, FileType::Snapshot];
+/// WAL files (`cairn/wal/`, PostgreSQL point-in-time recovery) go before
+/// snapshots: a replica's base backups are only as recoverable as its WAL.
+const COPY_ORDER: [FileType; 6] =
+    [FileType::Key, FileType::Config, FileType::Pack, FileType::Index, FileType::Wal, FileType::Snapshot];
 
 async fn names_and_sizes(backend: &dyn Backend, kind: FileType) -> Result<HashMap<String, u64>> {
     Ok(backend.list(kind).await?.into_iter().map(|o| (o.name, o.size)).collect())
@@ -127,8 +129,8 @@ pub async fn replicate(
         let mut copied = (0u64, 0u64);
         let mut results = futures::stream::iter(todo)
             .map(|(name, _)| {
-                let (source, replica) = (source.clone(), replica.clone());
-                async move { copy_object(source.as_ref(), replica.as_ref(), kind, &name).await }
+                let (source, replica, key) = (source.clone(), replica.clone(), primary.key().clone());
+                async move { copy_object(source.as_ref(), replica.as_ref(), key.as_ref(), kind, &name).await }
             })
             .buffer_unordered(concurrency.max(1));
         while let Some(r) = results.next().await {
@@ -156,11 +158,32 @@ pub async fn replicate(
 }
 
 /// Copies one object, checking it against its name on the way.
-async fn copy_object(source: &dyn Backend, replica: &dyn Backend, kind: FileType, name: &str) -> Result<u64> {
+async fn copy_object(
+    source: &dyn Backend,
+    replica: &dyn Backend,
+    key: &cairn_crypto::Key,
+    kind: FileType,
+    name: &str,
+) -> Result<u64> {
     let handle = handle_for(kind, name);
     let data: Bytes = source.get(&handle, None).await?;
     let mut opts = PutOptions::default();
-    if kind != FileType::Config {
+    if kind == FileType::Wal {
+        // Named by WAL file name, not by hash: authenticate it instead.
+        let (checked, hash) = tokio::task::spawn_blocking({
+            let (data, key) = (data.clone(), key.clone());
+            move || (key.open(&data).map(|_| ()), Id::hash(&data))
+        })
+        .await
+        .expect("checking panicked");
+        if checked.is_err() {
+            return Err(RepoError::damaged(
+                handle.path(),
+                "fails authentication on the primary; not replicated (run `cairn wal verify --read-data`)",
+            ));
+        }
+        opts.sha256 = Some(hash.0);
+    } else if kind != FileType::Config {
         let hash = tokio::task::spawn_blocking({
             let data = data.clone();
             move || Id::hash(&data)
@@ -214,19 +237,16 @@ pub async fn verify_replica(
         }
         let mut checks = futures::stream::iter(present)
             .map(|name| {
-                let replica = replica.clone();
+                let (replica, source) = (replica.clone(), source.clone());
                 async move {
                     let h = handle_for(kind, &name);
-                    let (hash, by_store) = match replica.stored_sha256(&h).await? {
-                        Some(sum) => (Id(sum), true),
-                        None => {
-                            let data = replica.get(&h, None).await?;
-                            let id =
-                                tokio::task::spawn_blocking(move || Id::hash(&data)).await.expect("hashing");
-                            (id, false)
-                        }
+                    let (hash, by_store) = object_sha256(replica.as_ref(), &h).await?;
+                    let same = if kind == FileType::Wal {
+                        // Not named by hash: compare with the primary's copy.
+                        object_sha256(source.as_ref(), &h).await?.0 == hash
+                    } else {
+                        hash.to_hex() == name
                     };
-                    let same = hash.to_hex() == name;
                     Ok::<_, RepoError>((ObjectRef { kind, name }, same, by_store))
                 }
             })
@@ -255,8 +275,19 @@ pub async fn verify_replica(
     Ok(report)
 }
 
+/// An object's SHA-256: the store's own checksum when it keeps one (true), else read and hashed.
+async fn object_sha256(backend: &dyn Backend, handle: &Handle) -> Result<(Id, bool)> {
+    Ok(match backend.stored_sha256(handle).await? {
+        Some(sum) => (Id(sum), true),
+        None => {
+            let data = backend.get(handle, None).await?;
+            (tokio::task::spawn_blocking(move || Id::hash(&data)).await.expect("hashing"), false)
+        }
+    })
+}
+
 /// Copies again what a verification found missing or different, in the
-/// safe order (keys, config, packs, indexes, snapshots).
+/// safe order (keys, config, packs, indexes, WAL, snapshots).
 pub async fn repair_replica(
     primary: &Repository,
     replica: Arc<dyn Backend>,
@@ -268,7 +299,7 @@ pub async fn repair_replica(
     todo.sort_by_key(|o| COPY_ORDER.iter().position(|k| *k == o.kind));
     let mut repaired = 0;
     for object in todo {
-        copy_object(source.as_ref(), replica.as_ref(), object.kind, &object.name).await?;
+        copy_object(source.as_ref(), replica.as_ref(), primary.key(), object.kind, &object.name).await?;
         repaired += 1;
     }
     Ok(repaired)
