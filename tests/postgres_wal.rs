@@ -331,3 +331,76 @@ fn damaged_wal_stops_recovery_instead_of_skipping_it() {
     );
     assert!(err.contains("recovery"), "{err}");
 }
+
+/// Restore after an earlier failover: the archive holds timeline 1 and,
+/// from a promoted copy, timeline 2 with its history file; recovery from
+/// the old base backup follows the history onto timeline 2.
+#[test]
+fn recovery_follows_a_timeline_switch_in_the_archive() {
+    let env = Env::new();
+    let old_primary = archiving_cluster(&env);
+    old_primary.psql("postgres", "CREATE TABLE events (id int, phase text)");
+    old_primary.psql("postgres", "INSERT INTO events SELECT i, 'timeline 1' FROM generate_series(1, 100) i");
+    env.cairn_ok(&["backup", "postgres", "--physical", "--url", &old_primary.url("postgres")]);
+    old_primary.psql(
+        "postgres",
+        "INSERT INTO events SELECT i, 'timeline 1 after backup' FROM generate_series(101, 150) i",
+    );
+    archive_everything(&old_primary);
+
+    // Failover: a copy recovered from the archive is promoted (timeline 2)
+    // and keeps archiving into the same repository; the old primary is gone.
+    let promoted_dir = env.path("pg/promoted");
+    let port = cairn_testkit::free_port();
+    let out = with_password_file(&env)
+        .args(["restore", "latest", "--physical", "--data-dir", promoted_dir.to_str().unwrap()])
+        .args(["--start", "--keep-archiving", "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    drop(old_primary);
+    let promoted = cairn_testkit::PgCluster {
+        data_dir: promoted_dir.clone(),
+        port,
+        bin: cairn_testkit::postgres().bin,
+        log: promoted_dir.join("log/cairn-recovery.log"),
+    };
+    assert_eq!(promoted.psql("postgres", "SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    promoted.psql("postgres", "INSERT INTO events SELECT i, 'timeline 2' FROM generate_series(151, 175) i");
+    archive_everything(&promoted);
+    let report = env.cairn_json(&["wal", "verify", "--json"]);
+    let timelines: Vec<u64> = report["report"]["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeline"].as_u64().unwrap())
+        .collect();
+    assert!(timelines.contains(&1) && timelines.contains(&2), "{report}");
+    assert!(env.repo.join("cairn/wal/00000002.history").exists(), "the history file is archived");
+    drop(promoted);
+
+    // The old base backup (timeline 1) recovers onto timeline 2's end.
+    let restored = env.path("pg/restored");
+    let port = cairn_testkit::free_port().to_string();
+    let out = with_password_file(&env)
+        .args([
+            "restore",
+            "latest",
+            "--physical",
+            "--data-dir",
+            restored.to_str().unwrap(),
+            "--start",
+            "--port",
+            &port,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let copy = RestoredServer { data_dir: restored.clone(), bin: cairn_testkit::postgres().bin };
+    let out = std::process::Command::new(copy.bin.join("psql"))
+        .args(["-X", "-At", "-h", "127.0.0.1", "-U", "postgres", "-p", &port, "-d", "postgres"])
+        .args(["-c", "SELECT count(*), count(*) FILTER (WHERE phase = 'timeline 2') FROM events"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "175|25", "{}", describe(&out));
+}
