@@ -100,6 +100,16 @@ fn logical_round_trip_keeps_every_row_and_object() {
     assert_eq!(fk, "1");
     let idx = pg.psql(&copy, "SELECT count(*) FROM pg_indexes WHERE indexname = 'orders_customer'");
     assert_eq!(idx, "1");
+    // A drill's check: the restored database against the snapshot's manifest.
+    let check = env.cairn_json(&["verify", &snapshot, "--against", &url, "--json"]);
+    assert_eq!(check["ok"], true, "{check}");
+    pg.psql(&copy, "UPDATE shop.customers SET name = 'changed' WHERE id = 7; DELETE FROM pgbench_history");
+    pg.psql(&copy, "DELETE FROM pgbench_tellers WHERE tid = 3");
+    let out = env.cairn(&["verify", &snapshot, "--against", &url]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("shop.customers") && text.contains("CONTENT DIFFERS"), "{text}");
+    assert!(text.contains("ROWS 9, expected 10"), "{text}");
     // The manifest's row counts were taken in the dump's snapshot.
     let manifest = env.cairn_ok(&["ls", "--json", &snapshot]);
     assert!(manifest.contains("/databases/") && manifest.contains("schema.dump"), "{manifest}");

@@ -51,6 +51,7 @@ pub use dump::{DUMP_CHUNKS, DumpOptions, DumpProgress, DumpResult, dump};
 pub use error::PgError;
 pub use manifest::{DatabaseManifest, Manifest, TableManifest};
 pub use restore::{
-    PlannedTable, RestoreOptions, RestorePlan, RestoreProgress, RestoreReport, load_manifest, restore,
+    PlannedTable, RestoreOptions, RestorePlan, RestoreProgress, RestoreReport, TableCheck, compare_database,
+    load_manifest, restore,
 };
 pub use tools::PgTools;

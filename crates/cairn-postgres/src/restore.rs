@@ -816,6 +816,92 @@ async fn load_tables(
     Ok(totals.into_inner().expect("totals"))
 }
 
+/// One table of a database compared with a logical snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableCheck {
+    pub table: String,
+    pub expected_rows: u64,
+    /// `None` when the table is missing.
+    pub rows: Option<u64>,
+    /// The content (COPY text, in physical order) hashes to the snapshot's SHA-256.
+    pub content_matches: bool,
+}
+
+impl TableCheck {
+    pub fn ok(&self) -> bool {
+        self.rows == Some(self.expected_rows) && self.content_matches
+    }
+}
+
+/// Compares a live database (a restore, a drill's scratch copy) with one
+/// database of a logical snapshot: every table's row count and content hash.
+/// Content hashes match for a database loaded from the snapshot and not
+/// changed since (row order is physical order); row counts are the stable
+/// check for anything else.
+pub async fn compare_database(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    target: &PgTarget,
+    database: Option<&str>,
+) -> Result<Vec<TableCheck>, PgError> {
+    let manifest = load_manifest(repo, index, snapshot).await?;
+    let db = pick_database(&manifest, database)?;
+    let client = target.connect().await?;
+    client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL synchronize_seqscans = off",
+        )
+        .await
+        .map_err(PgError::query("preparing verification"))?;
+    let mut checks = Vec::with_capacity(db.tables.len());
+    for table in &db.tables {
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.sql_name()])
+            .await
+            .map_err(PgError::query("looking up a table"))?
+            .get(0);
+        let (rows, content_matches) = if exists {
+            let (rows, digest) = read_table(&client, table).await?;
+            (Some(rows), digest == table.sha256)
+        } else {
+            (None, false)
+        };
+        checks.push(TableCheck {
+            table: table.qualified(),
+            expected_rows: table.rows,
+            rows,
+            content_matches,
+        });
+    }
+    Ok(checks)
+}
+
+/// COPY a table out: its row count and the SHA-256 of the COPY text.
+async fn read_table(
+    client: &tokio_postgres::Client,
+    table: &TableManifest,
+) -> Result<(u64, String), PgError> {
+    let sql = if table.columns.is_empty() {
+        format!("COPY {} TO STDOUT", table.sql_name())
+    } else {
+        format!("COPY {} ({}) TO STDOUT", table.sql_name(), table.sql_columns())
+    };
+    let stream = client
+        .copy_out(sql.as_str())
+        .await
+        .map_err(PgError::query(format!("re-reading {}", table.qualified())))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut hasher = Sha256::new();
+    let mut rows = 0u64;
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(PgError::query(format!("re-reading {}", table.qualified())))?;
+        rows += piece.iter().filter(|&&b| b == b'\n').count() as u64;
+        hasher.update(&piece);
+    }
+    Ok((rows, hex::encode(hasher.finalize())))
+}
+
 /// Re-reads every restored table and compares row count and SHA-256 with the manifest.
 async fn verify_tables(target: &PgTarget, tables: &[TableManifest]) -> Result<usize, PgError> {
     let client = target.connect().await?;
@@ -824,23 +910,7 @@ async fn verify_tables(target: &PgTarget, tables: &[TableManifest]) -> Result<us
         .await
         .map_err(PgError::query("preparing verification"))?;
     for table in tables {
-        let sql = if table.columns.is_empty() {
-            format!("COPY {} TO STDOUT", table.sql_name())
-        } else {
-            format!("COPY {} ({}) TO STDOUT", table.sql_name(), table.sql_columns())
-        };
-        let stream = client
-            .copy_out(sql.as_str())
-            .await
-            .map_err(PgError::query(format!("re-reading {}", table.qualified())))?;
-        let mut stream = std::pin::pin!(stream);
-        let mut hasher = Sha256::new();
-        let mut rows = 0u64;
-        while let Some(piece) = stream.next().await {
-            let piece = piece.map_err(PgError::query(format!("re-reading {}", table.qualified())))?;
-            rows += piece.iter().filter(|&&b| b == b'\n').count() as u64;
-            hasher.update(&piece);
-        }
+        let (rows, got) = read_table(&client, table).await?;
         if rows != table.rows {
             return Err(PgError::RowCountMismatch {
                 table: table.qualified(),
@@ -848,7 +918,6 @@ async fn verify_tables(target: &PgTarget, tables: &[TableManifest]) -> Result<us
                 expected: table.rows,
             });
         }
-        let got = hex::encode(hasher.finalize());
         if got != table.sha256 {
             return Err(PgError::ContentMismatch {
                 table: table.qualified(),

@@ -385,6 +385,14 @@ pub struct CheckArgs {
 pub struct VerifyArgs {
     /// Snapshot id, unique prefix, or `latest`.
     pub snapshot: String,
+    /// For a PostgreSQL logical snapshot: instead of reading the snapshot
+    /// back, compare this database (postgresql://…/DB, e.g. a restore) with
+    /// it: every table's row count and content hash.
+    #[arg(long, value_name = "URL")]
+    pub against: Option<String>,
+    /// With --against: which database of the snapshot (when it holds several).
+    #[arg(long, requires = "against")]
+    pub database: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

@@ -489,3 +489,56 @@ fn parse_lsn(l: &str) -> Result<u64> {
         l.trim().split_once('/').ok_or_else(|| anyhow::anyhow!("{l:?} is not an LSN like 0/3000060"))?;
     Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
 }
+
+/// `cairn verify SNAPSHOT --against postgresql://…/DB`.
+pub async fn verify_against(
+    ctx: &Context,
+    repo: &cairn_repo::Repository,
+    index: &cairn_repo::Index,
+    id: cairn_repo::Id,
+    snapshot: &cairn_repo::Snapshot,
+    url: &str,
+    args: &crate::cli::VerifyArgs,
+) -> Result<u8> {
+    let target = PgTarget::parse(url)?;
+    let checks =
+        cairn_postgres::compare_database(repo, index, snapshot, &target, args.database.as_deref()).await?;
+    let bad: Vec<_> = checks.iter().filter(|c| !c.ok()).collect();
+    if args.json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "database compared with snapshot",
+            "snapshot": id.to_hex(),
+            "target": target.display(),
+            "ok": bad.is_empty(),
+            "tables": checks,
+        }));
+    } else {
+        for c in &checks {
+            let state = match (c.rows, c.ok()) {
+                (None, _) => "MISSING".to_string(),
+                (_, true) => "ok".to_string(),
+                (Some(r), false) if r != c.expected_rows => format!("ROWS {r}, expected {}", c.expected_rows),
+                (Some(_), false) => "CONTENT DIFFERS (same row count)".to_string(),
+            };
+            println!("{:<50} {:>12} rows  {state}", c.table, c.expected_rows);
+        }
+        println!(
+            "{} of {} tables match snapshot {} in {}",
+            checks.len() - bad.len(),
+            checks.len(),
+            id.short(),
+            target.display()
+        );
+    }
+    if bad.is_empty() {
+        Ok(exit::SUCCESS)
+    } else {
+        Err(super::Damage(format!(
+            "{} table(s) of {} differ from snapshot {}",
+            bad.len(),
+            target.display(),
+            id.short()
+        ))
+        .into())
+    }
+}

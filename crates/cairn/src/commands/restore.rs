@@ -205,6 +205,9 @@ pub async fn verify(ctx: &Context, args: VerifyArgs) -> Result<u8> {
     let repo = ctx.open().await?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot).await?;
     let index = repo.load_index().await?;
+    if let Some(url) = &args.against {
+        return super::postgres::verify_against(ctx, &repo, &index, id, &snapshot, url, &args).await;
+    }
     let progress = Arc::new(VerifyProgress::default());
     let p = progress.clone();
     let ticker = Ticker::start(ctx.progress, "verify", move || {
