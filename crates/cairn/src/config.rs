@@ -199,4 +199,38 @@ mod tests {
         std::fs::write(&f, "s3cret\n").unwrap();
         assert_eq!(read_secret_file(&f).unwrap(), "s3cret");
     }
+
+    /// The manifests in k8s/ embed cairn.yaml files: they must stay valid.
+    #[test]
+    fn kubernetes_manifests_embed_valid_configs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../k8s");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let Some(start) = text.find("cairn.yaml: |") else { continue };
+            let block: Vec<&str> = text[start..]
+                .lines()
+                .skip(1)
+                .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+                .map(|l| l.get(4..).unwrap_or(""))
+                .collect();
+            let cfg: Config = serde_yaml::from_str(&block.join("\n"))
+                .unwrap_or_else(|e| panic!("{}: embedded cairn.yaml: {e}", path.display()));
+            assert!(!cfg.sources.is_empty(), "{}", path.display());
+            for src in &cfg.sources {
+                assert!(
+                    ["volume", "postgres"].contains(&src.kind.as_str()),
+                    "{}: kind {}",
+                    path.display(),
+                    src.kind
+                );
+                if src.kind == "postgres" {
+                    assert!(src.url.is_some(), "{}: {} has no url", path.display(), src.name);
+                }
+            }
+            seen += 1;
+        }
+        assert!(seen >= 2, "expected the volume and postgres manifests in {}", dir.display());
+    }
 }
