@@ -18,6 +18,9 @@
 #   BENCH_QUICK=1 bench/volume.sh            # ~130 MiB tree: smoke-test the harness in well under a minute
 #   BENCH_TOOLS="restic" bench/volume.sh     # select tools (space-separated: cairn restic borg)
 #   BENCH_BORG=1 bench/volume.sh             # also borg, if installed (apt-get install borgbackup)
+#   BENCH_STORE=s3 bench/volume.sh           # repositories in S3 (the Ceph RGW of scripts/test-servers.sh,
+#                                            # on loopback); adds "cairn-local" (cairn, local repository) so
+#                                            # S3 and local restores are compared in the same run
 #
 # Environment: BENCH_DIR (default /tmp/cairn-bench), ROUNDS (default 3), BENCH_TOOLS
 # (default "cairn restic"), BENCH_BORG, BENCH_QUICK, BENCH_SEED, BENCH_VOLUME_SCALE
@@ -61,10 +64,16 @@ if [ "${BENCH_BORG:-0}" = 1 ] && [[ " ${TOOLS[*]} " != *" borg "* ]]; then
     log "BENCH_BORG=1 but borg is not installed (apt-get install borgbackup): skipping borg"
   fi
 fi
+BENCH_STORE=${BENCH_STORE:-local}
+case "$BENCH_STORE" in
+  local) ;;
+  s3) [[ " ${TOOLS[*]} " == *" cairn-local "* ]] || TOOLS+=(cairn-local) ;;
+  *) die "BENCH_STORE must be local or s3 (got '$BENCH_STORE')" ;;
+esac
 [ ${#TOOLS[@]} -gt 0 ] || die "no tools selected (BENCH_TOOLS is empty)"
 for t in "${TOOLS[@]}"; do
   case "$t" in
-    cairn) ;;
+    cairn | cairn-local) ;;
     restic) command -v restic >/dev/null 2>&1 || die "restic is not installed (run scripts/install-test-deps.sh, or apt-get install restic)" ;;
     borg) command -v borg >/dev/null 2>&1 || die "borg is not installed (apt-get install borgbackup)" ;;
     *) die "unknown tool '$t' in BENCH_TOOLS (known: cairn restic borg)" ;;
@@ -74,7 +83,7 @@ done
 command -v python3 >/dev/null 2>&1 || die "python3 is required (data generator and report)"
 
 CAIRN=""
-if [[ " ${TOOLS[*]} " == *" cairn "* ]]; then
+if [[ " ${TOOLS[*]} " == *" cairn"* ]]; then
   [ -n "${CAIRN_BIN:-}" ] || log "building cairn (cargo build --release -p cairn)"
   CAIRN=$(cairn_build)
   log "cairn binary: $CAIRN"
@@ -99,6 +108,47 @@ mkdir -p "$BENCH_DIR"
 rm -rf "$REPOS" "$CACHES" "$RESTORE" "$LOGS"
 mkdir -p "$REPOS" "$CACHES" "$LOGS"
 PASSWORD=$(head -c 24 /dev/urandom | base64)
+
+# S3 mode: one fresh bucket per tool and round on the RGW test server; sizes
+# and clean-up through boto3 from the test virtualenv.
+if [ "$BENCH_STORE" = s3 ]; then
+  S3_ENV=$("$CAIRN_ROOT/scripts/test-servers.sh" ensure rgw) || die "cannot start the Ceph RGW test server (scripts/install-test-deps.sh first)"
+  S3_ENDPOINT=$(sed -n 's/^endpoint=//p' <<<"$S3_ENV")
+  export AWS_ACCESS_KEY_ID=$(sed -n 's/^access_key=//p' <<<"$S3_ENV")
+  export AWS_SECRET_ACCESS_KEY=$(sed -n 's/^secret_key=//p' <<<"$S3_ENV")
+  export AWS_DEFAULT_REGION=$(sed -n 's/^region=//p' <<<"$S3_ENV") AWS_EC2_METADATA_DISABLED=true
+  BOTO=$CAIRN_ROOT/.test-env/venv/bin/python
+  [ -x "$BOTO" ] || die "boto3 virtualenv missing: run scripts/install-test-deps.sh"
+fi
+BUCKET_SUFFIX=$(date +%s)
+bucket_of() { echo "bench-$1-$2-$BUCKET_SUFFIX"; }   # bucket_of TOOL ROUND
+s3_py() {   # s3_py size|delete BUCKET
+  "$BOTO" - "$S3_ENDPOINT" "$1" "$2" <<'PY'
+import sys, boto3
+endpoint, action, bucket = sys.argv[1:]
+s3 = boto3.resource("s3", endpoint_url=endpoint)
+b = s3.Bucket(bucket)
+try:
+    objs = list(b.objects.all())
+except Exception:
+    objs = []
+if action == "size":
+    print(sum(o.size for o in objs))
+else:
+    for i in range(0, len(objs), 1000):
+        b.delete_objects(Delete={"Objects": [{"Key": o.key} for o in objs[i:i + 1000]]})
+    try:
+        b.delete()
+    except Exception:
+        pass
+PY
+}
+repo_bytes() {   # repo_bytes TOOL ROUND
+  case "$BENCH_STORE:$1" in
+    s3:cairn | s3:restic) s3_py size "$(bucket_of "$1" "$2")" ;;
+    *) du -sb "$REPOS/$1" | cut -f1 ;;
+  esac
+}
 
 # (%.0f, not %d: mawk's %d saturates at 2^31 - 1)
 file_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'; }
@@ -132,12 +182,18 @@ MUTATED_BYTES=$(file_bytes "$VOL"); MUTATED_FILES=$(file_count "$VOL")
 tool_cmd() {   # tool_cmd TOOL ACTION: set CMD to the command line (ACTION: init backup-NAME restore)
   local t=$1 a=$2
   case "$t" in
-    cairn) CMD=(env "CAIRN_REPOSITORY=$REPOS/cairn" "CAIRN_PASSWORD=$PASSWORD" "XDG_CACHE_HOME=$CACHES/cairn-xdg") ;;
-    restic) CMD=(env "RESTIC_REPOSITORY=$REPOS/restic" "RESTIC_PASSWORD=$PASSWORD" "RESTIC_CACHE_DIR=$CACHES/restic"
+    cairn | cairn-local)
+      local repo=$REPOS/$t
+      [ "$BENCH_STORE:$t" = s3:cairn ] && repo="s3://$(bucket_of cairn "$ROUND")/repo?endpoint=$S3_ENDPOINT&region=$AWS_DEFAULT_REGION"
+      CMD=(env "CAIRN_REPOSITORY=$repo" "CAIRN_PASSWORD=$PASSWORD" "XDG_CACHE_HOME=$CACHES/$t-xdg") ;;
+    restic)
+      local repo=$REPOS/restic
+      [ "$BENCH_STORE" = s3 ] && repo="s3:$S3_ENDPOINT/$(bucket_of restic "$ROUND")/repo"
+      CMD=(env "RESTIC_REPOSITORY=$repo" "RESTIC_PASSWORD=$PASSWORD" "RESTIC_CACHE_DIR=$CACHES/restic"
                  "XDG_CACHE_HOME=$CACHES/restic-xdg") ;;
     borg) CMD=(env "BORG_PASSPHRASE=$PASSWORD" "BORG_BASE_DIR=$CACHES/borg" "XDG_CACHE_HOME=$CACHES/borg-xdg") ;;
   esac
-  case "$t:$a" in
+  case "${t%-local}:$a" in
     cairn:init) CMD+=("$CAIRN" init) ;;
     cairn:backup-*) CMD+=("$CAIRN" backup volume "$VOL") ;;
     cairn:restore) CMD+=("$CAIRN" restore latest --to "$RESTORE") ;;
@@ -154,7 +210,7 @@ tool_cmd() {   # tool_cmd TOOL ACTION: set CMD to the command line (ACTION: init
 
 tool_version() {
   case "$1" in
-    cairn) "$CAIRN" --version 2>/dev/null </dev/null | head -1 || echo "cairn (version unknown)" ;;
+    cairn | cairn-local) "$CAIRN" --version 2>/dev/null </dev/null | head -1 || echo "cairn (version unknown)" ;;
     restic) restic version 2>/dev/null | head -1 ;;
     borg) borg --version 2>/dev/null | head -1 ;;
   esac
@@ -180,13 +236,14 @@ timed() {   # timed TOOL ROUND POSITION STEP ACTION SRC_BYTES
   t1=$(date +%s%N)
   read -r rss usr sys < <(tail -1 "$tf")
   wall=$(((t1 - t0) / 1000000000)).$(printf '%03d' $((((t1 - t0) / 1000000) % 1000)))
-  repo=$(du -sb "$REPOS/$t" | cut -f1)
+  repo=$(repo_bytes "$t" "$round")
   echo "$t,$round,$pos,$step,$wall,$usr,$sys,$rss,$src,$repo" >>"$CSV"
   log "  $t $step: ${wall}s, peak RSS $((rss / 1024)) MiB, repository $((repo >> 20)) MiB"
 }
 
 bench_tool() {   # bench_tool TOOL ROUND POSITION
   local t=$1 round=$2 pos=$3 root got
+  ROUND=$round
   log "round $round/$ROUNDS: $t"
   rm -rf "${REPOS:?}/$t" "${CACHES:?}/$t" "$CACHES/$t-xdg" "$RESTORE"
   mkdir -p "$CACHES/$t" "$CACHES/$t-xdg"
@@ -206,6 +263,7 @@ bench_tool() {   # bench_tool TOOL ROUND POSITION
     die "$t round $round: the restored tree ($root) differs from the mutated source (hash $got, want $MUTATED_HASH); left in place for inspection"
   log "  $t restore verified: identical to the mutated tree"
   rm -rf "$RESTORE" "${REPOS:?}/$t"
+  if [ "$BENCH_STORE" = s3 ] && [ "$t" != cairn-local ]; then s3_py delete "$(bucket_of "$t" "$round")"; fi
 }
 
 # ------------------------------------------------------------------ run
@@ -222,6 +280,7 @@ echo "tool,round,position,step,wall_s,user_s,sys_s,max_rss_kib,src_bytes,repo_by
   printf 'fstype\t%s\n' "$(df -PT "$BENCH_DIR" | awk 'NR == 2 {print $2}')"
   printf 'tree\t%s\n' "$VOL: $PRISTINE_FILES files, $((PRISTINE_BYTES >> 20)) MiB pristine; $MUTATED_FILES files, $((MUTATED_BYTES >> 20)) MiB after mutation (seed $BENCH_SEED, scale 1/$BENCH_VOLUME_SCALE)"
   printf 'rounds\t%s\n' "$ROUNDS"
+  printf 'store\t%s\n' "$BENCH_STORE${S3_ENDPOINT:+ (Ceph RGW at $S3_ENDPOINT; cairn-local: local directory)}"
   printf 'tools\t%s\n' "${TOOLS[*]}"
   for t in "${TOOLS[@]}"; do printf 'version_%s\t%s\n' "$t" "$(tool_version "$t")"; done
   rev=$(git -C "$CAIRN_ROOT" rev-parse --short HEAD 2>/dev/null || true)

@@ -36,6 +36,44 @@ pub struct Repository {
     key: Arc<Key>,
     key_id: Id,
     config: RepoConfig,
+    tree_packs: Arc<std::sync::Mutex<TreePackCache>>,
+    /// Held while a tree pack is fetched, so concurrent readers of the same
+    /// pack wait for one download instead of each starting their own.
+    tree_fetch: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Whole tree packs, kept after their first tree was read. Walking a
+/// snapshot reads thousands of small tree blobs that sit together in a few
+/// packs: one request per pack instead of one per tree is what makes
+/// change detection and restore planning fast on object stores (each
+/// request there costs tens of milliseconds). Blobs are still verified on
+/// every read.
+#[derive(Default)]
+struct TreePackCache {
+    packs: std::collections::HashMap<Id, bytes::Bytes>,
+    order: std::collections::VecDeque<Id>,
+    bytes: usize,
+}
+
+impl TreePackCache {
+    /// At most this much pack data is kept.
+    const LIMIT: usize = 96 << 20;
+
+    fn insert(&mut self, id: Id, data: bytes::Bytes) {
+        if self.packs.contains_key(&id) {
+            return;
+        }
+        self.bytes += data.len();
+        self.packs.insert(id, data);
+        self.order.push_back(id);
+        while self.bytes > Self::LIMIT && self.order.len() > 1 {
+            if let Some(old) = self.order.pop_front()
+                && let Some(d) = self.packs.remove(&old)
+            {
+                self.bytes -= d.len();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Repository {
@@ -104,7 +142,14 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Repository { backend, key: Arc::new(master), key_id, config })
+        Ok(Repository {
+            backend,
+            key: Arc::new(master),
+            key_id,
+            config,
+            tree_packs: Default::default(),
+            tree_fetch: Default::default(),
+        })
     }
 
     /// Opens an existing repository with `password`.
@@ -149,7 +194,14 @@ impl Repository {
             if config.version != 1 && config.version != 2 {
                 return Err(RepoError::UnsupportedVersion(config.version));
             }
-            return Ok(Repository { backend, key: Arc::new(master), key_id, config });
+            return Ok(Repository {
+                backend,
+                key: Arc::new(master),
+                key_id,
+                config,
+                tree_packs: Default::default(),
+                tree_fetch: Default::default(),
+            });
         }
         if let Some(path) = damaged.first() {
             return Err(RepoError::damaged(
@@ -352,6 +404,30 @@ impl Repository {
         let loc = index.get(id, kind).ok_or(RepoError::BlobNotFound { kind: kind.as_str(), id: *id })?;
         let handle = Handle::new(FileType::Pack, loc.pack.to_hex());
         let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
+        if kind == BlobType::Tree {
+            let cached = || self.tree_packs.lock().expect("tree cache").packs.get(&loc.pack).cloned();
+            let pack = match cached() {
+                Some(p) => p,
+                None => {
+                    let _fetching = self.tree_fetch.lock().await;
+                    match cached() {
+                        Some(p) => p,
+                        None => {
+                            let p = self.backend.get(&handle, None).await?;
+                            self.tree_packs.lock().expect("tree cache").insert(loc.pack, p.clone());
+                            p
+                        }
+                    }
+                }
+            };
+            let Some(sealed) = pack.get(range.start as usize..range.end as usize) else {
+                return Err(RepoError::damaged(
+                    handle.path(),
+                    format!("pack is too short to hold tree {id}"),
+                ));
+            };
+            return decode_blob(&self.key, sealed, id, &loc);
+        }
         let sealed = self.backend.get(&handle, Some(range)).await?;
         decode_blob(&self.key, &sealed, id, &loc)
     }
