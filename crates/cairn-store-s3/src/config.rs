@@ -1,9 +1,110 @@
 //! Where an S3 repository lives and how to talk to it: [`S3Config`], and
 //! parsing it from an `s3://bucket/prefix?…` location.
+//!
+//! # Options per object kind
+//!
+//! Besides where the bucket is, the location can say how objects are stored:
+//!
+//! * `storage_class=CLASS`: the storage class of the repository's content
+//!   (packs, index files, snapshots, PostgreSQL WAL), e.g. `STANDARD_IA`;
+//!   `pack_storage_class=CLASS` overrides it for packs (`data/`) alone, e.g.
+//!   `GLACIER_IR`. Lock files, `config` and key files always stay in
+//!   `STANDARD` (no header is sent): locks live for minutes and are rewritten
+//!   every five (an infrequent-access class would bill each one for 30 days),
+//!   and `config` and the keys are read by every command. `GLACIER` and
+//!   `DEEP_ARCHIVE` are refused: their objects cannot be read without a
+//!   restore request, and every backup reads index files and every restore
+//!   and `check --read-data` reads packs (`GLACIER_IR` reads instantly).
+//! * `sse=AES256` (SSE-S3) or `sse=aws:kms` with an optional
+//!   `sse_kms_key_id=ID` (SSE-KMS; without a key id S3 uses the account's
+//!   `aws/s3` key): server-side encryption of every object, locks included.
+//!   The data is encrypted by cairn already; this is for policies that want
+//!   encryption at rest under the provider's keys too.
+//! * `object_lock=MODE:DURATION`, MODE `GOVERNANCE` or `COMPLIANCE`,
+//!   DURATION a whole number of hours, days, weeks or years (`36h`, `30d`,
+//!   `4w`, `1y`): every immutable object — packs, index files, snapshots,
+//!   key files, `config` and WAL files — is written with S3 Object Lock
+//!   retention until *now + DURATION*, so neither ransomware holding the
+//!   credentials nor a mistaken prune can delete it before then. Lock files
+//!   never are: they are deleted at the end of every run and by `cairn
+//!   unlock`. The bucket must have Object Lock enabled (`cairn init`
+//!   creates it so). See [`S3Config::retention_for`] and
+//!   [`S3Config::storage_class_for`] for the rules in code.
+//!
+//! Values are checked when the location is parsed, and a bad one is refused
+//! with a one-line reason, before any request is made.
 
 use std::fmt;
+use std::time::Duration;
+
+use cairn_store::FileType;
 
 use crate::error::S3Error;
+
+/// Storage classes cairn accepts (AWS's names; S3-compatible stores know a
+/// subset, Ceph RGW only `STANDARD` unless its zone defines more).
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "EXPRESS_ONEZONE",
+];
+
+/// Server-side encryption requested for every object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3 (`AES256`): S3-managed keys.
+    S3,
+    /// SSE-KMS (`aws:kms`), with the key's id or ARN, or S3's default
+    /// `aws/s3` key when `None`.
+    Kms { key_id: Option<String> },
+}
+
+impl Sse {
+    /// The `x-amz-server-side-encryption` value.
+    pub fn header_value(&self) -> &'static str {
+        match self {
+            Sse::S3 => "AES256",
+            Sse::Kms { .. } => "aws:kms",
+        }
+    }
+}
+
+/// S3 Object Lock retention mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` may still delete (or
+    /// shorten) it; everyone else may not.
+    Governance,
+    /// Nobody, the account's root user included, can delete it or shorten
+    /// its retention until it expires.
+    Compliance,
+}
+
+impl LockMode {
+    /// The `x-amz-object-lock-mode` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// Object Lock retention for the repository's immutable objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    /// Each object is retained until its upload time plus this.
+    pub retention: Duration,
+}
+
+/// The longest retention accepted: S3 refuses dates much further out, and a
+/// typo like `30y` for `30d` is better caught than honoured for decades.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// S3 refuses parts smaller than this (except the last).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -46,6 +147,17 @@ pub struct S3Config {
     /// tests and tools; deployments should use the chain: environment,
     /// profile, web identity/IRSA, container or instance metadata).
     pub credentials: Option<S3Credentials>,
+    /// Storage class of content objects (packs, index, snapshots, WAL);
+    /// `None`: the bucket's default (`STANDARD`). Never applied to locks,
+    /// `config` or keys. One of [`STORAGE_CLASSES`].
+    pub storage_class: Option<String>,
+    /// Storage class of packs, overriding `storage_class` for them.
+    pub pack_storage_class: Option<String>,
+    /// Server-side encryption of every object; `None`: the bucket's default.
+    pub sse: Option<Sse>,
+    /// Object Lock retention of immutable objects (never locks); `None`:
+    /// none is requested (a bucket default retention still applies).
+    pub object_lock: Option<ObjectLock>,
 }
 
 impl S3Config {
@@ -65,10 +177,43 @@ impl S3Config {
             part_size: Self::DEFAULT_PART_SIZE,
             max_concurrency: Self::DEFAULT_MAX_CONCURRENCY,
             credentials: None,
+            storage_class: None,
+            pack_storage_class: None,
+            sse: None,
+            object_lock: None,
         }
     }
 
-    /// Parses `s3://bucket[/prefix][?region=R&endpoint=URL&path_style=true|false]`.
+    /// The storage class to request for objects of `kind`: packs get
+    /// `pack_storage_class`, else `storage_class`; index files, snapshots
+    /// and WAL get `storage_class`; locks, `config` and keys none (they stay
+    /// in `STANDARD`, see the module docs).
+    pub fn storage_class_for(&self, kind: FileType) -> Option<&str> {
+        match kind {
+            FileType::Pack => self.pack_storage_class.as_deref().or(self.storage_class.as_deref()),
+            FileType::Index | FileType::Snapshot | FileType::Wal => self.storage_class.as_deref(),
+            FileType::Lock | FileType::Config | FileType::Key => None,
+        }
+    }
+
+    /// The Object Lock retention to request for objects of `kind`: every
+    /// kind but locks, which are deleted at the end of each run (and by
+    /// `cairn unlock`) and must stay deletable.
+    pub fn retention_for(&self, kind: FileType) -> Option<ObjectLock> {
+        match kind {
+            FileType::Lock => None,
+            FileType::Config
+            | FileType::Key
+            | FileType::Snapshot
+            | FileType::Index
+            | FileType::Pack
+            | FileType::Wal => self.object_lock,
+        }
+    }
+
+    /// Parses `s3://bucket[/prefix][?region=R&endpoint=URL&path_style=true|false]`,
+    /// plus the per-object options of the module docs (`storage_class`,
+    /// `pack_storage_class`, `sse`, `sse_kms_key_id`, `object_lock`).
     ///
     /// Credentials are never part of the location (it is printed and
     /// logged); they come from the standard AWS provider chain.
@@ -95,6 +240,7 @@ impl S3Config {
             return Err(bad("the prefix must not contain empty, '.' or '..' components"));
         }
         let mut config = S3Config::new(bucket, prefix);
+        let (mut sse, mut kms_key_id) = (None::<&str>, None::<String>);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value =
@@ -114,14 +260,41 @@ impl S3Config {
                         _ => return Err(bad("path_style must be true or false")),
                     })
                 }
-                "region" | "endpoint" => return Err(bad(&format!("{key} needs a value"))),
+                "storage_class" | "pack_storage_class" if !value.is_empty() => {
+                    let class = parse_storage_class(&value).map_err(|r| bad(&format!("{key}: {r}")))?;
+                    if key == "storage_class" {
+                        config.storage_class = Some(class);
+                    } else {
+                        config.pack_storage_class = Some(class);
+                    }
+                }
+                "sse" if !value.is_empty() => {
+                    sse = Some(match value.as_str() {
+                        "AES256" | "aes256" => "AES256",
+                        "aws:kms" => "aws:kms",
+                        _ => return Err(bad(&format!("sse must be AES256 or aws:kms, not {value:?}"))),
+                    })
+                }
+                "sse_kms_key_id" if !value.is_empty() => kms_key_id = Some(value),
+                "object_lock" if !value.is_empty() => {
+                    config.object_lock = Some(parse_object_lock(&value).map_err(|r| bad(&r))?);
+                }
+                "region" | "endpoint" | "storage_class" | "pack_storage_class" | "sse" | "sse_kms_key_id"
+                | "object_lock" => return Err(bad(&format!("{key} needs a value"))),
                 _ => {
                     return Err(bad(&format!(
-                        "unknown parameter {key:?} (known: region, endpoint, path_style)"
+                        "unknown parameter {key:?} (known: {})",
+                        QUERY_PARAMETERS.join(", ")
                     )));
                 }
             }
         }
+        config.sse = match (sse, kms_key_id) {
+            (None, None) => None,
+            (Some("aws:kms"), key_id) => Some(Sse::Kms { key_id }),
+            (Some(_), None) => Some(Sse::S3),
+            (_, Some(_)) => return Err(bad("sse_kms_key_id needs sse=aws:kms")),
+        };
         Ok(config)
     }
 
@@ -171,6 +344,10 @@ impl fmt::Debug for S3Config {
             .field("part_size", &self.part_size)
             .field("max_concurrency", &self.max_concurrency)
             .field("credentials", &self.credentials)
+            .field("storage_class", &self.storage_class)
+            .field("pack_storage_class", &self.pack_storage_class)
+            .field("sse", &self.sse)
+            .field("object_lock", &self.object_lock)
             .finish()
     }
 }
@@ -201,6 +378,72 @@ impl fmt::Debug for S3Credentials {
             .field("session_token", &self.session_token.as_ref().map(|_| "** redacted **"))
             .finish()
     }
+}
+
+/// The query parameters [`S3Config::from_url`] knows.
+const QUERY_PARAMETERS: &[&str] = &[
+    "region",
+    "endpoint",
+    "path_style",
+    "storage_class",
+    "pack_storage_class",
+    "sse",
+    "sse_kms_key_id",
+    "object_lock",
+];
+
+fn parse_storage_class(value: &str) -> Result<String, String> {
+    let class = value.to_ascii_uppercase();
+    if STORAGE_CLASSES.contains(&class.as_str()) {
+        return Ok(class);
+    }
+    if class == "GLACIER" || class == "DEEP_ARCHIVE" {
+        return Err(format!(
+            "{class} objects cannot be read without a restore request, and cairn reads index files \
+             on every backup and packs on restore and check; use GLACIER_IR"
+        ));
+    }
+    Err(format!("unknown storage class {value:?} (known: {})", STORAGE_CLASSES.join(", ")))
+}
+
+/// `GOVERNANCE:30d` → governance mode, 30 days.
+fn parse_object_lock(value: &str) -> Result<ObjectLock, String> {
+    const FORMAT: &str =
+        "object_lock must be GOVERNANCE:<duration> or COMPLIANCE:<duration>, e.g. GOVERNANCE:30d";
+    let (mode, duration) = value.split_once(':').ok_or_else(|| FORMAT.to_string())?;
+    let mode = match mode.to_ascii_uppercase().as_str() {
+        "GOVERNANCE" => LockMode::Governance,
+        "COMPLIANCE" => LockMode::Compliance,
+        _ => return Err(format!("{FORMAT} (unknown mode {mode:?})")),
+    };
+    let retention = parse_retention(duration).ok_or_else(|| {
+        format!(
+            "object_lock: bad duration {duration:?}; use a whole number of hours, days, weeks or years \
+             (36h, 30d, 4w, 1y)"
+        )
+    })?;
+    if retention > MAX_RETENTION {
+        return Err(format!("object_lock: a retention of {duration} exceeds 100 years"));
+    }
+    Ok(ObjectLock { mode, retention })
+}
+
+/// `36h`, `30d`, `4w`, `1y` (365 days); at least one hour.
+fn parse_retention(s: &str) -> Option<Duration> {
+    let unit = s.chars().last()?;
+    let seconds: u64 = match unit {
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        'y' => 365 * 86_400,
+        _ => return None,
+    };
+    let number = &s[..s.len() - 1];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = number.parse().ok().filter(|&n| n > 0)?;
+    n.checked_mul(seconds).map(Duration::from_secs)
 }
 
 fn normalize_prefix(prefix: &str) -> String {
@@ -288,11 +531,63 @@ mod tests {
             ("s3://b?endpoint=127.0.0.1:9000", "http://"),
             ("s3://b?path_style=maybe", "path_style"),
             ("s3://b?region=", "needs a value"),
+            ("s3://b?storage_class=STANDARD-IA", "unknown storage class \"STANDARD-IA\""),
+            ("s3://b?pack_storage_class=GLACIER", "restore request"),
+            ("s3://b?storage_class=DEEP_ARCHIVE", "GLACIER_IR"),
+            ("s3://b?storage_class=", "needs a value"),
+            ("s3://b?sse=KMS", "sse must be AES256 or aws:kms"),
+            ("s3://b?sse=AES256&sse_kms_key_id=k", "sse_kms_key_id needs sse=aws:kms"),
+            ("s3://b?sse_kms_key_id=k", "sse_kms_key_id needs sse=aws:kms"),
+            ("s3://b?object_lock=30d", "GOVERNANCE:<duration>"),
+            ("s3://b?object_lock=LEGAL:30d", "unknown mode"),
+            ("s3://b?object_lock=GOVERNANCE:30", "bad duration"),
+            ("s3://b?object_lock=GOVERNANCE:0d", "bad duration"),
+            ("s3://b?object_lock=GOVERNANCE:-1d", "bad duration"),
+            ("s3://b?object_lock=GOVERNANCE:30m", "bad duration"),
+            ("s3://b?object_lock=COMPLIANCE:101y", "100 years"),
+            ("s3://b?object_lock=COMPLIANCE:99999999999999999999d", "bad duration"),
+            ("s3://b?object_locks=GOVERNANCE:1d", "known: region, endpoint, path_style, storage_class"),
         ] {
             let err = S3Config::from_url(url).unwrap_err().to_string();
             assert!(err.contains(why), "{url}: {err}");
             assert!(!err.contains("secret"), "{url}: the message leaks a secret: {err}");
         }
+    }
+
+    #[test]
+    fn per_object_options() {
+        let c = S3Config::from_url(
+            "s3://b/p?storage_class=standard_ia&pack_storage_class=GLACIER_IR&sse=aws:kms\
+             &sse_kms_key_id=arn%3Aaws%3Akms%3Aeu-west-1%3A1%3Akey%2Fk&object_lock=compliance:4w",
+        )
+        .unwrap();
+        assert_eq!(c.storage_class.as_deref(), Some("STANDARD_IA"));
+        assert_eq!(c.sse, Some(Sse::Kms { key_id: Some("arn:aws:kms:eu-west-1:1:key/k".into()) }));
+        let lock = ObjectLock { mode: LockMode::Compliance, retention: Duration::from_secs(28 * 86_400) };
+        assert_eq!(c.object_lock, Some(lock));
+
+        // Which kind gets what.
+        use FileType::*;
+        let classes: Vec<_> =
+            [Pack, Index, Snapshot, Wal, Lock, Config, Key].iter().map(|&k| c.storage_class_for(k)).collect();
+        let ia = Some("STANDARD_IA");
+        assert_eq!(classes, [Some("GLACIER_IR"), ia, ia, ia, None, None, None]);
+        for kind in [Pack, Index, Snapshot, Wal, Config, Key] {
+            assert_eq!(c.retention_for(kind), Some(lock), "{kind:?}");
+        }
+        assert_eq!(c.retention_for(Lock), None, "lock files are never retained");
+
+        let c =
+            S3Config::from_url("s3://b?pack_storage_class=ONEZONE_IA&sse=AES256&object_lock=GOVERNANCE:36h")
+                .unwrap();
+        assert_eq!((c.storage_class_for(Pack), c.storage_class_for(Index)), (Some("ONEZONE_IA"), None));
+        assert_eq!(c.sse, Some(Sse::S3));
+        assert_eq!(c.object_lock.unwrap().retention, Duration::from_secs(36 * 3600));
+        assert_eq!(S3Config::from_url("s3://b?sse=aws:kms").unwrap().sse, Some(Sse::Kms { key_id: None }));
+
+        let plain = S3Config::from_url("s3://b").unwrap();
+        assert!([Pack, Lock].iter().all(|&k| plain.storage_class_for(k).is_none()));
+        assert_eq!((plain.sse.as_ref(), plain.retention_for(Pack)), (None, None));
     }
 
     #[test]

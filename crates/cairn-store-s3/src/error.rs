@@ -49,6 +49,20 @@ pub enum S3Error {
     #[error("{path}: object is {actual} bytes, the read asked for bytes {start}..{end}")]
     ShortRead { path: String, start: u64, end: u64, actual: u64 },
 
+    /// A delete refused because the object is under S3 Object Lock retention.
+    #[error(
+        "{path} is protected by S3 Object Lock ({mode} mode) until {until}; it can be deleted after that"
+    )]
+    Retained { path: String, mode: String, until: String },
+
+    /// `object_lock=…` was asked for, but the bucket has no Object Lock.
+    #[error(
+        "bucket {bucket} does not have S3 Object Lock enabled, which object_lock=… needs; let `cairn init` \
+         create a new bucket (it enables Object Lock), or enable it on this one \
+         (aws s3api put-object-lock-configuration)"
+    )]
+    ObjectLockUnavailable { bucket: String },
+
     /// Worth retrying: throttling, server errors, timeouts, broken connections.
     #[error("{operation} on {path}: {message}")]
     Transient { path: String, operation: &'static str, message: String },
@@ -83,6 +97,13 @@ impl From<S3Error> for StoreError {
             S3Error::ShortRead { path, start, end, actual } => {
                 StoreError::ShortRead { path, start, end, actual }
             }
+            // Not a credentials problem: the message must say so, and when.
+            S3Error::Retained { ref path, .. } => {
+                StoreError::PermissionDenied { path: format!("{path} ({})", e.hint()) }
+            }
+            S3Error::ObjectLockUnavailable { ref bucket } => {
+                StoreError::UnsupportedLocation { location: format!("s3://{bucket}"), hint: e.hint() }
+            }
             S3Error::Transient { path, operation, message } => {
                 StoreError::Transient { path, message: format!("{operation}: {message}") }
             }
@@ -112,6 +133,13 @@ impl S3Error {
                 "no usable AWS credentials: {message}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY \
                  or AWS_PROFILE, or run with an IAM role"
             ),
+            S3Error::Retained { mode, until, .. } => format!(
+                "protected by S3 Object Lock ({mode} mode) until {until}; it can be deleted after that"
+            ),
+            S3Error::ObjectLockUnavailable { .. } => "the bucket does not have S3 Object Lock enabled, \
+                 which object_lock=… needs; let `cairn init` create a new bucket (it enables Object Lock), \
+                 or enable it on this one (aws s3api put-object-lock-configuration)"
+                .to_string(),
             other => other.to_string(),
         }
     }
@@ -389,6 +417,19 @@ mod tests {
         assert!(!e.is_transient());
         let msg = e.to_string();
         assert!(msg.contains("s3://b/p/config") && msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
+
+        let e: StoreError = S3Error::Retained {
+            path: "s3://b/p/data/ab/abcd".into(),
+            mode: "GOVERNANCE".into(),
+            until: "2030-01-02T03:04:05Z".into(),
+        }
+        .into();
+        assert!(matches!(e, StoreError::PermissionDenied { .. }) && !e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "permission denied on s3://b/p/data/ab/abcd (protected by S3 Object Lock (GOVERNANCE mode) \
+             until 2030-01-02T03:04:05Z; it can be deleted after that)"
+        );
 
         let e: StoreError = S3Error::NoSuchBucket { bucket: "b".into() }.into();
         assert!(e.is_not_found());

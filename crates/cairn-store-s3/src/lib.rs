@@ -46,6 +46,31 @@
 //!   ([`S3Backend::abort_abandoned_uploads`], called through
 //!   [`cairn_store::Backend::clean_abandoned_uploads`] when a backup starts).
 //!
+//! # Storage class, encryption and Object Lock
+//!
+//! The location's query string can ask for a storage class (for all content,
+//! or packs alone), SSE-S3 or SSE-KMS, and S3 Object Lock retention; the
+//! rules per object kind are [`S3Config::storage_class_for`] and
+//! [`S3Config::retention_for`]. Every PUT and CreateMultipartUpload carries them. In short: locks,
+//! `config` and keys stay in `STANDARD`; everything but lock files is
+//! retained until *upload time + retention*. Three consequences of Object
+//! Lock shape the code:
+//!
+//! * Object Lock buckets are versioned, and there a plain DeleteObject just
+//!   adds a delete marker and succeeds while every version stays. With
+//!   `object_lock=…` a delete therefore removes the key's versions one by
+//!   one: lock files really go, and deleting a retained object fails with
+//!   [`S3Error::Retained`] ("protected by S3 Object Lock … until …"), not a
+//!   generic 403, and never with governance bypass.
+//! * Ceph RGW 16 ignores the Object Lock headers of CreateMultipartUpload;
+//!   after completing a multipart upload the backend checks the new version
+//!   and sets the retention with PutObjectRetention where it is missing.
+//! * `create` (`cairn init`) creates the bucket with Object Lock enabled, and
+//!   refuses an existing bucket without it ([`S3Error::ObjectLockUnavailable`]).
+//!
+//! A future prune must leave retained objects alone: see `docs/DESIGN.md`,
+//! section 7.
+//!
 //! Stores that ignore `If-None-Match` (Garage, `rclone serve s3`) or do not
 //! apply it atomically cannot hold locks safely; use AWS, MinIO or Ceph RGW.
 
@@ -54,5 +79,8 @@ mod config;
 mod error;
 
 pub use backend::S3Backend;
-pub use config::{MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, S3Config, S3Credentials};
+pub use config::{
+    LockMode, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, ObjectLock, S3Config, S3Credentials, STORAGE_CLASSES,
+    Sse,
+};
 pub use error::S3Error;
