@@ -4,6 +4,8 @@
 //! repository: /var/backups/cairn          # or ${CAIRN_REPOSITORY}
 //! password_file: /etc/cairn/password      # or password: ${CAIRN_PASSWORD}
 //! log_format: json
+//! lock_table: cairn-leases                # optional DynamoDB leases (see docs/DESIGN.md)
+//! lock_wait: 10m
 //! replicas:                               # copied to after every backup
 //!   - s3://backups-eu-west-1/site?region=eu-west-1
 //! sources:
@@ -57,6 +59,15 @@ pub struct Config {
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
     pub log_format: Option<String>,
+    /// DynamoDB table for repository leases (many CronJobs, one bucket).
+    #[serde(default)]
+    pub lock_table: Option<String>,
+    /// How long a backup waits for a lease another run holds (e.g. `10m`).
+    #[serde(default)]
+    pub lock_wait: Option<String>,
+    /// Lease length without a heartbeat (default 60s).
+    #[serde(default)]
+    pub lock_lease: Option<String>,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
     #[serde(skip)]

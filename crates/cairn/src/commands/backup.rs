@@ -120,9 +120,13 @@ async fn volume_backup(
         (false, Some(spec)) => ParentChoice::Snapshot(repo.find_snapshot(spec).await?.0),
         (false, None) => ParentChoice::Auto,
     };
+    let progress = Arc::new(BackupProgress::default());
+    let lease = {
+        let p = progress.clone();
+        super::acquire_lease(ctx, move || p.cancel.store(true, Ordering::Relaxed)).await?
+    };
     let lock = LockGuard::acquire(&repo, false).await?;
     clean_abandoned_uploads(&repo, upload_age).await;
-    let progress = Arc::new(BackupProgress::default());
     {
         let p = progress.clone();
         stop.on_stop(move || p.cancel.store(true, Ordering::Relaxed));
@@ -148,6 +152,7 @@ async fn volume_backup(
     let result = cairn_volume::backup(&repo, opts, progress.clone()).await;
     ticker.finish();
     lock.release().await?;
+    super::finish_lease(lease).await?;
     let result = result?;
     let s = result.snapshot.summary.clone().unwrap_or_default();
     let seconds = (s.backup_end - s.backup_start).num_milliseconds() as f64 / 1000.0;

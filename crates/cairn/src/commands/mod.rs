@@ -21,6 +21,65 @@ use crate::output::init_logging;
 #[error("{0:#}; recovery must stop here (exit 126), not end early")]
 pub struct StopRecovery(pub anyhow::Error);
 
+/// The DynamoDB lease on the repository, when `lock_table` is configured
+/// (`CAIRN_LOCK_TABLE` or cairn.yaml): taken before the repository lock,
+/// held by a heartbeat for the whole run. When it is lost (another run took
+/// over after this one stalled past its lease), `cancel` is set so the run
+/// stops before it writes a snapshot.
+pub async fn acquire_lease(
+    ctx: &Context,
+    cancel: impl Fn() + Send + 'static,
+) -> anyhow::Result<Option<cairn_lock_dynamodb::Lease>> {
+    let cfg = ctx.config.as_ref();
+    let Some(table) = std::env::var("CAIRN_LOCK_TABLE")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| cfg.and_then(|c| c.lock_table.clone()))
+    else {
+        return Ok(None);
+    };
+    let duration =
+        |env: &str, from_cfg: Option<String>, default: std::time::Duration| match std::env::var(env)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or(from_cfg)
+        {
+            Some(v) => crate::cli::parse_duration(&v).map_err(|e| anyhow::anyhow!("{env}: {e}")),
+            None => Ok(default),
+        };
+    let config = cairn_lock_dynamodb::LeaseConfig {
+        wait: duration("CAIRN_LOCK_WAIT", cfg.and_then(|c| c.lock_wait.clone()), std::time::Duration::ZERO)?,
+        lease: duration(
+            "CAIRN_LOCK_LEASE",
+            cfg.and_then(|c| c.lock_lease.clone()),
+            std::time::Duration::from_secs(60),
+        )?,
+        ..cairn_lock_dynamodb::LeaseConfig::new(table)
+    };
+    let (host, user) = cairn_repo::host_and_user();
+    let owner = format!("{user}@{host}/{}", std::process::id());
+    let lease = cairn_lock_dynamodb::Lease::acquire(&config, &ctx.location()?, &owner).await?;
+    let lost = lease.lost_flag();
+    tokio::spawn(async move {
+        while !lost.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        cancel();
+    });
+    Ok(Some(lease))
+}
+
+/// After a run under a lease: a lost lease fails the run (exit 11), else it is released.
+pub async fn finish_lease(lease: Option<cairn_lock_dynamodb::Lease>) -> anyhow::Result<()> {
+    if let Some(lease) = lease {
+        if lease.is_lost() {
+            lease.check().await?;
+        }
+        lease.release().await?;
+    }
+    Ok(())
+}
+
 /// Damage found by `check` or `verify` (exit code 4).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

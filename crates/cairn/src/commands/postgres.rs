@@ -32,9 +32,13 @@ pub async fn backup(
     if args.physical {
         return physical_backup(ctx, &repo, args, target, source_name, json).await;
     }
+    let progress = Arc::new(DumpProgress::default());
+    let lease = {
+        let p = progress.clone();
+        super::acquire_lease(ctx, move || p.cancel.store(true, Ordering::Relaxed)).await?
+    };
     let lock = LockGuard::acquire(&repo, false).await?;
     super::backup::clean_abandoned_uploads(&repo, upload_age).await;
-    let progress = Arc::new(DumpProgress::default());
     {
         let p = progress.clone();
         stop.on_stop(move || p.cancel.store(true, Ordering::Relaxed));
@@ -65,6 +69,7 @@ pub async fn backup(
     let result = cairn_postgres::dump(&repo, opts, progress).await;
     ticker.finish();
     lock.release().await?;
+    super::finish_lease(lease).await?;
     let result = result?;
     let s = result.snapshot.summary.clone().unwrap_or_default();
     let seconds = (s.backup_end - s.backup_start).num_milliseconds() as f64 / 1000.0;
@@ -291,8 +296,12 @@ async fn physical_backup(
     source_name: Option<String>,
     json: bool,
 ) -> Result<u8> {
-    let lock = LockGuard::acquire(repo, false).await?;
     let progress = Arc::new(DumpProgress::default());
+    let lease = {
+        let p = progress.clone();
+        super::acquire_lease(ctx, move || p.cancel.store(true, Ordering::Relaxed)).await?
+    };
+    let lock = LockGuard::acquire(repo, false).await?;
     let p = progress.clone();
     let ticker = Ticker::start(ctx.progress, "base backup", move || {
         (p.bytes_done.load(Ordering::Relaxed), 0, String::new())
@@ -308,6 +317,7 @@ async fn physical_backup(
     let result = cairn_postgres::physical::base_backup(repo, opts, progress).await;
     ticker.finish();
     lock.release().await?;
+    super::finish_lease(lease).await?;
     let (id, snapshot, manifest) = result?;
     let s = snapshot.summary.clone().unwrap_or_default();
     let warnings = snapshot.cairn.as_ref().map(|c| c.warnings.clone()).unwrap_or_default();

@@ -1,0 +1,417 @@
+//! Repository leases in a DynamoDB table, for teams that run many
+//! CronJobs against one bucket.
+//!
+//! Repository lock files (restic's format) stay the lock every tool
+//! understands; this lease is an extra gate in front of them with three
+//! properties lock files on S3 cannot give cheaply:
+//!
+//! * **Atomic acquisition**: a conditional `PutItem` succeeds for exactly one
+//!   contender — when no lease exists or the existing one has expired.
+//! * **A lease, kept alive by a heartbeat**: the holder extends `expires_at`
+//!   every third of the lease with a conditional `UpdateItem` (only while it
+//!   is still the owner with its token). A killed pod stops renewing, and
+//!   the next run takes over once the lease has expired: no hand-cleaning.
+//! * **Fencing tokens**: every acquisition takes the next number from a
+//!   per-resource counter item (`ADD`, atomic). A holder that stalled past
+//!   its lease has an older token; [`Lease::check`] (and the heartbeat) tell
+//!   it so, and it must stop before committing anything.
+//!
+//! Table layout (created on first use, on-demand billing): partition key
+//! `pk` (string). The lease item is `pk = "lease#<resource>"` with `owner`,
+//! `token`, `expires_at` (Unix milliseconds) and `acquired_at`; the counter
+//! item is `pk = "fence#<resource>"` with `token`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::Region;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType,
+};
+
+/// Where the table is and how leases behave.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub table: String,
+    /// `None`: the standard AWS chain (`AWS_REGION`, profile, metadata).
+    pub region: Option<String>,
+    /// A DynamoDB-compatible endpoint (local testing); `None`: AWS.
+    pub endpoint: Option<String>,
+    /// How long a lease lives without a heartbeat.
+    pub lease: Duration,
+    /// How long to wait for a held lease before giving up.
+    pub wait: Duration,
+}
+
+impl LeaseConfig {
+    pub fn new(table: impl Into<String>) -> LeaseConfig {
+        LeaseConfig {
+            table: table.into(),
+            region: None,
+            endpoint: None,
+            lease: Duration::from_secs(60),
+            wait: Duration::from_secs(0),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(
+        "{resource} is leased by {owner} (token {token}) until {expires_in_s}s from now (DynamoDB table {table}); wait, or let the lease expire if that run is dead"
+    )]
+    Held { resource: String, owner: String, token: u64, expires_in_s: u64, table: String },
+
+    #[error(
+        "the lease on {resource} was lost (fencing token {token} is no longer current): another run took over; stopping before anything is committed"
+    )]
+    Lost { resource: String, token: u64 },
+
+    #[error("DynamoDB table {table}: {message}")]
+    Dynamo { table: String, message: String },
+}
+
+/// A held lease. Drop or [`Lease::release`] it when done.
+#[derive(Debug)]
+pub struct Lease {
+    client: Client,
+    table: String,
+    resource: String,
+    owner: String,
+    token: u64,
+    lost: Arc<AtomicBool>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn dynamo_err<E>(table: &str, e: SdkError<E>) -> LeaseError
+where
+    E: std::fmt::Debug + aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    let message = match &e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or("no message"))
+        }
+        other => format!("{other:?}").chars().take(300).collect(),
+    };
+    LeaseError::Dynamo { table: table.into(), message }
+}
+
+fn is_condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+    matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
+}
+
+/// A DynamoDB client for `config`.
+pub async fn client(config: &LeaseConfig) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &config.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    Client::new(&loader.load().await)
+}
+
+/// Creates the table if it does not exist, and waits until it is usable.
+async fn ensure_table(client: &Client, table: &str) -> Result<(), LeaseError> {
+    match client.describe_table().table_name(table).send().await {
+        Ok(_) => return Ok(()),
+        Err(SdkError::ServiceError(se)) if se.err().is_resource_not_found_exception() => {}
+        Err(e) => return Err(dynamo_err(table, e)),
+    }
+    let created = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("complete attribute definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("complete key"),
+        )
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        // Another run created it meanwhile.
+        Err(SdkError::ServiceError(se)) if se.err().is_resource_in_use_exception() => {}
+        Err(e) => return Err(dynamo_err(table, e)),
+    }
+    for _ in 0..120 {
+        let d = client.describe_table().table_name(table).send().await.map_err(|e| dynamo_err(table, e))?;
+        if d.table().and_then(|t| t.table_status()).is_some_and(|st| st.as_str() == "ACTIVE") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(LeaseError::Dynamo { table: table.into(), message: "table did not become ACTIVE within 60 s".into() })
+}
+
+impl Lease {
+    /// Takes the lease on `resource` (e.g. the repository URL) for `owner`,
+    /// waiting up to `config.wait` while someone else holds it, and starts
+    /// the heartbeat.
+    pub async fn acquire(config: &LeaseConfig, resource: &str, owner: &str) -> Result<Lease, LeaseError> {
+        let client = client(config).await;
+        Self::acquire_with(client, config, resource, owner, true).await
+    }
+
+    /// [`Lease::acquire`] with a given client; `heartbeat: false` is for
+    /// tests that need a holder which stops renewing.
+    pub async fn acquire_with(
+        client: Client,
+        config: &LeaseConfig,
+        resource: &str,
+        owner: &str,
+        heartbeat: bool,
+    ) -> Result<Lease, LeaseError> {
+        let table = config.table.clone();
+        ensure_table(&client, &table).await?;
+        let deadline = std::time::Instant::now() + config.wait;
+        loop {
+            let token = next_token(&client, &table, resource).await?;
+            let now = now_ms();
+            let put = client
+                .put_item()
+                .table_name(&table)
+                .item("pk", s(format!("lease#{resource}")))
+                .item("owner", s(owner))
+                .item("token", n(token))
+                .item("acquired_at", n(now))
+                .item("expires_at", n(now + config.lease.as_millis() as i64))
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            match put {
+                Ok(_) => {
+                    tracing::info!(resource, owner, token, table = %table, "DynamoDB lease acquired");
+                    let lost = Arc::new(AtomicBool::new(false));
+                    let mut lease = Lease {
+                        client: client.clone(),
+                        table: table.clone(),
+                        resource: resource.into(),
+                        owner: owner.into(),
+                        token,
+                        lost: lost.clone(),
+                        heartbeat: None,
+                    };
+                    if heartbeat {
+                        lease.heartbeat = Some(tokio::spawn(heartbeat_loop(
+                            client,
+                            table,
+                            resource.to_string(),
+                            owner.to_string(),
+                            token,
+                            config.lease,
+                            lost,
+                        )));
+                    }
+                    return Ok(lease);
+                }
+                Err(e) if is_condition_failed(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(held_error(&client, &table, resource).await);
+                    }
+                    // Jittered, so a crowd of waiters does not retry in step.
+                    let pause = 500 + rand::random::<u64>() % 1000;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Err(e) => return Err(dynamo_err(&table, e)),
+            }
+        }
+    }
+
+    /// The fencing token of this lease: larger than every earlier holder's.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Proves the lease is still ours and current (a strongly consistent
+    /// read). Call before committing anything; an error means stop.
+    pub async fn check(&self) -> Result<(), LeaseError> {
+        if self.lost.load(Ordering::Relaxed) {
+            return Err(self.lost_error());
+        }
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("lease#{}", self.resource)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| dynamo_err(&self.table, e))?;
+        let ours = item.item().is_some_and(|it| {
+            it.get("owner").and_then(|v| v.as_s().ok()) == Some(&self.owner)
+                && number(it, "token") == Some(self.token as i64)
+                && number(it, "expires_at").is_some_and(|t| t > now_ms())
+        });
+        if ours {
+            Ok(())
+        } else {
+            self.lost.store(true, Ordering::Relaxed);
+            Err(self.lost_error())
+        }
+    }
+
+    /// Whether the heartbeat has found the lease gone.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Shares the lost flag (e.g. to stop a long-running operation).
+    pub fn lost_flag(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
+    fn lost_error(&self) -> LeaseError {
+        LeaseError::Lost { resource: self.resource.clone(), token: self.token }
+    }
+
+    /// Gives the lease up (only if it is still ours).
+    pub async fn release(mut self) -> Result<(), LeaseError> {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("lease#{}", self.resource)))
+            .condition_expression("#o = :owner AND #t = :token")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#t", "token")
+            .expression_attribute_values(":owner", s(&self.owner))
+            .expression_attribute_values(":token", n(self.token))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Err(self.lost_error()),
+            Err(e) => Err(dynamo_err(&self.table, e)),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+}
+
+fn number(item: &HashMap<String, AttributeValue>, key: &str) -> Option<i64> {
+    item.get(key).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+/// The next fencing token for `resource` (an atomic counter).
+async fn next_token(client: &Client, table: &str, resource: &str) -> Result<u64, LeaseError> {
+    let out = client
+        .update_item()
+        .table_name(table)
+        .key("pk", s(format!("fence#{resource}")))
+        .update_expression("ADD #t :one")
+        .expression_attribute_names("#t", "token")
+        .expression_attribute_values(":one", n(1))
+        .return_values(ReturnValue::UpdatedNew)
+        .send()
+        .await
+        .map_err(|e| dynamo_err(table, e))?;
+    out.attributes().and_then(|a| number(a, "token")).map(|t| t as u64).ok_or_else(|| LeaseError::Dynamo {
+        table: table.into(),
+        message: "the fencing counter returned no token".into(),
+    })
+}
+
+async fn held_error(client: &Client, table: &str, resource: &str) -> LeaseError {
+    let item = client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(format!("lease#{resource}")))
+        .consistent_read(true)
+        .send()
+        .await;
+    let (owner, token, expires) = match item.ok().and_then(|o| o.item().cloned()) {
+        Some(it) => (
+            it.get("owner").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+            number(&it, "token").unwrap_or(0) as u64,
+            number(&it, "expires_at").unwrap_or(0),
+        ),
+        None => (String::from("(released meanwhile)"), 0, now_ms()),
+    };
+    LeaseError::Held {
+        resource: resource.into(),
+        owner,
+        token,
+        expires_in_s: ((expires - now_ms()).max(0) / 1000) as u64,
+        table: table.into(),
+    }
+}
+
+async fn heartbeat_loop(
+    client: Client,
+    table: String,
+    resource: String,
+    owner: String,
+    token: u64,
+    lease: Duration,
+    lost: Arc<AtomicBool>,
+) {
+    let period = (lease / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(period).await;
+        let renewed = client
+            .update_item()
+            .table_name(&table)
+            .key("pk", s(format!("lease#{resource}")))
+            .update_expression("SET expires_at = :until")
+            .condition_expression("#o = :owner AND #t = :token")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#t", "token")
+            .expression_attribute_values(":owner", s(&owner))
+            .expression_attribute_values(":token", n(token))
+            .expression_attribute_values(":until", n(now_ms() + lease.as_millis() as i64))
+            .send()
+            .await;
+        match renewed {
+            Ok(_) => {}
+            Err(e) if is_condition_failed(&e) => {
+                tracing::error!(resource, token, "DynamoDB lease lost: another run holds it now");
+                lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            // A transient failure: try again next period; the lease is still
+            // valid until it expires.
+            Err(e) => tracing::warn!(error = %dynamo_err(&table, e), "could not renew the DynamoDB lease"),
+        }
+    }
+}
