@@ -86,6 +86,23 @@ pub enum Command {
     WalFetch(WalFetchArgs),
     /// Inspect the WAL archive.
     Wal(WalArgs),
+    /// Manage the DynamoDB snapshot catalog (catalog_table / CAIRN_CATALOG_TABLE).
+    Catalog(CatalogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    #[command(subcommand)]
+    pub action: CatalogAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogAction {
+    /// Recreate the repository's snapshot items from the repository (the source of truth).
+    Rebuild {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +276,10 @@ pub struct SnapshotsArgs {
     /// Only snapshots from this host.
     #[arg(long)]
     pub host: Option<String>,
+    /// Read the list from the DynamoDB catalog instead of the repository
+    /// (fast for large repositories; `cairn catalog rebuild` if it drifted).
+    #[arg(long)]
+    pub from_catalog: bool,
 }
 
 #[derive(Debug, Args)]

@@ -68,6 +68,9 @@ pub struct Config {
     /// Lease length without a heartbeat (default 60s).
     #[serde(default)]
     pub lock_lease: Option<String>,
+    /// DynamoDB table cataloguing snapshots and verification results.
+    #[serde(default)]
+    pub catalog_table: Option<String>,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
     #[serde(skip)]

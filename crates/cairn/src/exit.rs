@@ -37,11 +37,8 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<crate::commands::StopRecovery>().is_some() {
             return STOP_RECOVERY;
         }
-        if cause.downcast_ref::<cairn_lock_dynamodb::LeaseError>().is_some_and(|e| {
-            matches!(
-                e,
-                cairn_lock_dynamodb::LeaseError::Held { .. } | cairn_lock_dynamodb::LeaseError::Lost { .. }
-            )
+        if cause.downcast_ref::<cairn_dynamodb::LeaseError>().is_some_and(|e| {
+            matches!(e, cairn_dynamodb::LeaseError::Held { .. } | cairn_dynamodb::LeaseError::Lost { .. })
         }) {
             return LOCKED;
         }

@@ -154,6 +154,7 @@ async fn volume_backup(
     lock.release().await?;
     super::finish_lease(lease).await?;
     let result = result?;
+    super::record_snapshot(ctx, &result.snapshot_id, &result.snapshot).await;
     let s = result.snapshot.summary.clone().unwrap_or_default();
     let seconds = (s.backup_end - s.backup_start).num_milliseconds() as f64 / 1000.0;
     if json || ctx.json_logs() {

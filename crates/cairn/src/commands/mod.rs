@@ -29,7 +29,7 @@ pub struct StopRecovery(pub anyhow::Error);
 pub async fn acquire_lease(
     ctx: &Context,
     cancel: impl Fn() + Send + 'static,
-) -> anyhow::Result<Option<cairn_lock_dynamodb::Lease>> {
+) -> anyhow::Result<Option<cairn_dynamodb::Lease>> {
     let cfg = ctx.config.as_ref();
     let Some(table) = std::env::var("CAIRN_LOCK_TABLE")
         .ok()
@@ -47,18 +47,18 @@ pub async fn acquire_lease(
             Some(v) => crate::cli::parse_duration(&v).map_err(|e| anyhow::anyhow!("{env}: {e}")),
             None => Ok(default),
         };
-    let config = cairn_lock_dynamodb::LeaseConfig {
+    let config = cairn_dynamodb::LeaseConfig {
         wait: duration("CAIRN_LOCK_WAIT", cfg.and_then(|c| c.lock_wait.clone()), std::time::Duration::ZERO)?,
         lease: duration(
             "CAIRN_LOCK_LEASE",
             cfg.and_then(|c| c.lock_lease.clone()),
             std::time::Duration::from_secs(60),
         )?,
-        ..cairn_lock_dynamodb::LeaseConfig::new(table)
+        ..cairn_dynamodb::LeaseConfig::new(table)
     };
     let (host, user) = cairn_repo::host_and_user();
     let owner = format!("{user}@{host}/{}", std::process::id());
-    let lease = cairn_lock_dynamodb::Lease::acquire(&config, &ctx.location()?, &owner).await?;
+    let lease = cairn_dynamodb::Lease::acquire(&config, &ctx.location()?, &owner).await?;
     let lost = lease.lost_flag();
     tokio::spawn(async move {
         while !lost.load(Ordering::Relaxed) {
@@ -70,7 +70,7 @@ pub async fn acquire_lease(
 }
 
 /// After a run under a lease: a lost lease fails the run (exit 11), else it is released.
-pub async fn finish_lease(lease: Option<cairn_lock_dynamodb::Lease>) -> anyhow::Result<()> {
+pub async fn finish_lease(lease: Option<cairn_dynamodb::Lease>) -> anyhow::Result<()> {
     if let Some(lease) = lease {
         if lease.is_lost() {
             lease.check().await?;
@@ -78,6 +78,83 @@ pub async fn finish_lease(lease: Option<cairn_lock_dynamodb::Lease>) -> anyhow::
         lease.release().await?;
     }
     Ok(())
+}
+
+/// The snapshot catalog, when `catalog_table` (or `CAIRN_CATALOG_TABLE`) is set.
+pub async fn catalog(ctx: &Context) -> anyhow::Result<Option<cairn_dynamodb::Catalog>> {
+    let Some(table) = std::env::var("CAIRN_CATALOG_TABLE")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| ctx.config.as_ref().and_then(|c| c.catalog_table.clone()))
+    else {
+        return Ok(None);
+    };
+    let client = cairn_dynamodb::client(None, None).await;
+    Ok(Some(cairn_dynamodb::Catalog::open(client, &table).await?))
+}
+
+/// The catalog's view of a snapshot.
+pub fn catalog_entry(
+    location: &str,
+    id: &cairn_repo::Id,
+    snap: &cairn_repo::Snapshot,
+) -> cairn_dynamodb::CatalogEntry {
+    let meta = snap.cairn.as_ref();
+    let summary = snap.summary.clone().unwrap_or_default();
+    cairn_dynamodb::CatalogEntry {
+        repository: location.to_string(),
+        snapshot: id.to_hex(),
+        time: snap.time.to_rfc3339(),
+        hostname: snap.hostname.clone(),
+        source_kind: meta.map(|m| m.source_kind.clone()).unwrap_or_else(|| "restic".into()),
+        source_name: meta.and_then(|m| m.source_name.clone()).unwrap_or_default(),
+        paths: snap.paths.clone(),
+        tags: snap.tags.clone(),
+        size: summary.total_bytes_processed,
+        added: summary.data_added_packed,
+        status: if meta.is_some_and(|m| !m.warnings.is_empty()) {
+            "partial".into()
+        } else {
+            "complete".into()
+        },
+    }
+}
+
+/// After a snapshot landed: records it in the catalog, if there is one. The
+/// repository is the truth, so a failure here is a warning, not a failed backup.
+pub async fn record_snapshot(ctx: &Context, id: &cairn_repo::Id, snap: &cairn_repo::Snapshot) {
+    let recorded = async {
+        if let Some(catalog) = catalog(ctx).await? {
+            catalog.put_snapshot(&catalog_entry(&ctx.location()?, id, snap)).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %format!("{e:#}"), "snapshot saved, but the catalog could not record it; run `cairn catalog rebuild`");
+    }
+}
+
+/// Records a verification result in the catalog, if there is one (warning on failure).
+pub async fn record_verification(ctx: &Context, id: &cairn_repo::Id, kind: &str, ok: bool, detail: &str) {
+    let recorded = async {
+        if let Some(catalog) = catalog(ctx).await? {
+            let v = cairn_dynamodb::Verification {
+                repository: ctx.location()?,
+                snapshot: id.to_hex(),
+                time: chrono::Utc::now().to_rfc3339(),
+                kind: kind.into(),
+                ok,
+                detail: detail.into(),
+            };
+            catalog.put_verification(&v).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %format!("{e:#}"), "the catalog could not record the verification result");
+    }
 }
 
 /// Damage found by `check` or `verify` (exit code 4).
@@ -162,6 +239,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::WalPush(args) => postgres::wal_push(&ctx, args).await,
         Command::WalFetch(args) => postgres::wal_fetch(&ctx, args).await,
         Command::Wal(args) => postgres::wal(&ctx, args).await,
+        Command::Catalog(args) => repo::catalog(&ctx, args).await,
     };
     match result {
         Ok(code) => code,

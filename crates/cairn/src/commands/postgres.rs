@@ -71,6 +71,7 @@ pub async fn backup(
     lock.release().await?;
     super::finish_lease(lease).await?;
     let result = result?;
+    super::record_snapshot(ctx, &result.snapshot_id, &result.snapshot).await;
     let s = result.snapshot.summary.clone().unwrap_or_default();
     let seconds = (s.backup_end - s.backup_start).num_milliseconds() as f64 / 1000.0;
     let tables: usize = result.manifest.databases.iter().map(|d| d.tables.len()).sum();
@@ -319,6 +320,7 @@ async fn physical_backup(
     lock.release().await?;
     super::finish_lease(lease).await?;
     let (id, snapshot, manifest) = result?;
+    super::record_snapshot(ctx, &id, &snapshot).await;
     let s = snapshot.summary.clone().unwrap_or_default();
     let warnings = snapshot.cairn.as_ref().map(|c| c.warnings.clone()).unwrap_or_default();
     if json || ctx.json_logs() {
@@ -540,6 +542,9 @@ pub async fn verify_against(
             target.display()
         );
     }
+    let detail =
+        format!("{} of {} tables match in {}", checks.len() - bad.len(), checks.len(), target.display());
+    super::record_verification(ctx, &id, "verify-against", bad.is_empty(), &detail).await;
     if bad.is_empty() {
         Ok(exit::SUCCESS)
     } else {

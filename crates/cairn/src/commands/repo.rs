@@ -40,6 +40,38 @@ pub async fn init(ctx: &Context) -> Result<u8> {
 }
 
 pub async fn snapshots(ctx: &Context, args: SnapshotsArgs) -> Result<u8> {
+    if args.from_catalog {
+        let Some(catalog) = super::catalog(ctx).await? else {
+            anyhow::bail!(
+                "--from-catalog needs a catalog: set catalog_table in cairn.yaml or CAIRN_CATALOG_TABLE"
+            );
+        };
+        let entries: Vec<_> = catalog
+            .snapshots(&ctx.location()?)
+            .await?
+            .into_iter()
+            .filter(|e| args.tag.as_ref().is_none_or(|t| e.tags.contains(t)))
+            .filter(|e| args.host.as_ref().is_none_or(|h| &e.hostname == h))
+            .collect();
+        if args.json || ctx.json_logs() {
+            print_json(&serde_json::to_value(&entries)?);
+        } else {
+            for e in &entries {
+                println!(
+                    "{}  {}  {:<12} {:<8} {:>12}  {}  {}",
+                    &e.snapshot[..8.min(e.snapshot.len())],
+                    e.time,
+                    e.hostname,
+                    e.source_kind,
+                    crate::output::bytes(e.size),
+                    e.status,
+                    e.paths.join(" ")
+                );
+            }
+            println!("{} snapshots (from the catalog)", entries.len());
+        }
+        return Ok(exit::SUCCESS);
+    }
     let repo = ctx.open().await?;
     let (all, damaged) = repo.snapshots().await?;
     for e in &damaged {
@@ -305,5 +337,34 @@ pub async fn unlock(ctx: &Context, args: UnlockArgs) -> Result<u8> {
     let repo = ctx.open().await?;
     let n = remove_locks(&repo, args.remove_all).await?;
     println!("removed {n} {}lock(s)", if args.remove_all { "" } else { "stale " });
+    Ok(exit::SUCCESS)
+}
+
+/// `cairn catalog rebuild`: the catalog's snapshot items, recreated from the repository.
+pub async fn catalog(ctx: &Context, args: crate::cli::CatalogArgs) -> Result<u8> {
+    let crate::cli::CatalogAction::Rebuild { json } = args.action;
+    let Some(catalog) = super::catalog(ctx).await? else {
+        anyhow::bail!("no catalog configured: set catalog_table in cairn.yaml or CAIRN_CATALOG_TABLE");
+    };
+    let repo = ctx.open().await?;
+    let location = ctx.location()?;
+    let (all, damaged) = repo.snapshots().await?;
+    let removed = catalog.clear_snapshots(&location).await?;
+    for (id, snap) in &all {
+        catalog.put_snapshot(&super::catalog_entry(&location, id, snap)).await?;
+    }
+    if json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "catalog rebuilt",
+            "removed": removed,
+            "written": all.len(),
+            "unreadable_snapshots": damaged.len(),
+        }));
+    } else {
+        println!("catalog rebuilt: {} snapshot items written ({removed} old ones removed)", all.len());
+        for e in &damaged {
+            eprintln!("warning: not catalogued: {e}");
+        }
+    }
     Ok(exit::SUCCESS)
 }

@@ -215,6 +215,8 @@ pub async fn verify(ctx: &Context, args: VerifyArgs) -> Result<u8> {
     });
     let report = verify_snapshot(&repo, &index, &snapshot, progress).await?;
     ticker.finish();
+    let detail = format!("{} blobs read; {} problems", report.blobs_read, report.problems.len());
+    super::record_verification(ctx, &id, "verify", report.problems.is_empty(), &detail).await;
     if args.json || ctx.json_logs() {
         print_json(&serde_json::json!({
             "message": "verify complete",

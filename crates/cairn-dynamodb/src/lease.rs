@@ -26,14 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::Region;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeyType, ReturnValue};
 
 /// Where the table is and how leases behave.
 #[derive(Debug, Clone)]
@@ -105,73 +100,18 @@ fn dynamo_err<E>(table: &str, e: SdkError<E>) -> LeaseError
 where
     E: std::fmt::Debug + aws_sdk_dynamodb::error::ProvideErrorMetadata,
 {
-    let message = match &e {
-        SdkError::ServiceError(se) => {
-            let err = se.err();
-            format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or("no message"))
-        }
-        other => format!("{other:?}").chars().take(300).collect(),
-    };
-    LeaseError::Dynamo { table: table.into(), message }
+    LeaseError::Dynamo { table: table.into(), message: crate::error_text(&e) }
 }
 
 fn is_condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
     matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
 }
 
-/// A DynamoDB client for `config`.
-pub async fn client(config: &LeaseConfig) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = &config.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(endpoint) = &config.endpoint {
-        loader = loader.endpoint_url(endpoint);
-    }
-    Client::new(&loader.load().await)
-}
-
 /// Creates the table if it does not exist, and waits until it is usable.
 async fn ensure_table(client: &Client, table: &str) -> Result<(), LeaseError> {
-    match client.describe_table().table_name(table).send().await {
-        Ok(_) => return Ok(()),
-        Err(SdkError::ServiceError(se)) if se.err().is_resource_not_found_exception() => {}
-        Err(e) => return Err(dynamo_err(table, e)),
-    }
-    let created = client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("complete attribute definition"),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .expect("complete key"),
-        )
-        .send()
-        .await;
-    match created {
-        Ok(_) => {}
-        // Another run created it meanwhile.
-        Err(SdkError::ServiceError(se)) if se.err().is_resource_in_use_exception() => {}
-        Err(e) => return Err(dynamo_err(table, e)),
-    }
-    for _ in 0..120 {
-        let d = client.describe_table().table_name(table).send().await.map_err(|e| dynamo_err(table, e))?;
-        if d.table().and_then(|t| t.table_status()).is_some_and(|st| st.as_str() == "ACTIVE") {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(LeaseError::Dynamo { table: table.into(), message: "table did not become ACTIVE within 60 s".into() })
+    crate::ensure_table(client, table, &[("pk", KeyType::Hash)])
+        .await
+        .map_err(|message| LeaseError::Dynamo { table: table.into(), message })
 }
 
 impl Lease {
@@ -179,7 +119,7 @@ impl Lease {
     /// waiting up to `config.wait` while someone else holds it, and starts
     /// the heartbeat.
     pub async fn acquire(config: &LeaseConfig, resource: &str, owner: &str) -> Result<Lease, LeaseError> {
-        let client = client(config).await;
+        let client = crate::client(config.region.as_deref(), config.endpoint.as_deref()).await;
         Self::acquire_with(client, config, resource, owner, true).await
     }
 

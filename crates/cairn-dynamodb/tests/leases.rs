@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cairn_lock_dynamodb::{Lease, LeaseConfig, LeaseError};
+use cairn_dynamodb::{Lease, LeaseConfig, LeaseError};
 
 fn config() -> LeaseConfig {
     let moto = cairn_testkit::moto();
