@@ -70,6 +70,12 @@ impl fmt::Debug for S3Backend {
 }
 
 impl S3Backend {
+    /// The service this backend talks to: server-side copies happen only
+    /// between backends with the same endpoint and region.
+    fn service_id(&self) -> String {
+        format!("{}|{}", self.config.endpoint.as_deref().unwrap_or("aws"), self.region)
+    }
+
     /// Opens `s3://bucket/prefix?…` (see [`S3Config::from_url`]) with default
     /// settings and credentials from the standard AWS provider chain.
     pub async fn from_url(url: &str) -> Result<Self, S3Error> {
@@ -849,6 +855,60 @@ impl Backend for S3Backend {
             self.put_multipart(&key, handle.kind, data, opts.mode).await?;
         }
         Ok(())
+    }
+
+    fn copy_source(&self, handle: &Handle) -> Option<cairn_store::CopySource> {
+        Some(cairn_store::CopySource {
+            service: self.service_id(),
+            bucket: self.config.bucket.clone(),
+            key: self.key(handle),
+        })
+    }
+
+    async fn copy_from(
+        &self,
+        source: &cairn_store::CopySource,
+        handle: &Handle,
+    ) -> Result<Option<Option<[u8; 32]>>, StoreError> {
+        if source.service != self.service_id() {
+            return Ok(None);
+        }
+        let key = self.key(handle);
+        let options = self.object_options(handle.kind);
+        // The copy source is `bucket/key`, URL-encoded (keys are hex and slashes here).
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.config.bucket)
+            .key(&key)
+            .copy_source(format!("{}/{}", source.bucket, source.key))
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+            .set_storage_class(options.storage_class.clone())
+            .set_server_side_encryption(options.sse.clone())
+            .set_ssekms_key_id(options.kms_key_id.clone())
+            .set_object_lock_mode(options.lock_mode.clone())
+            .set_object_lock_retain_until_date(options.retain_until)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(Some(
+                out.copy_object_result()
+                    .and_then(|r| r.checksum_sha256())
+                    .filter(|c| !c.contains('-'))
+                    .and_then(|c| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok())
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()),
+            )),
+            Err(e) => {
+                let err = StoreError::from(self.fail("CopyObject", &key, e));
+                if err.is_transient() {
+                    Err(err)
+                } else {
+                    // No read access to the source, or no CopyObject: stream instead.
+                    tracing::debug!(object = %key, error = %err, "server-side copy refused; copying through this host");
+                    Ok(None)
+                }
+            }
+        }
     }
 
     async fn stored_sha256(&self, handle: &Handle) -> Result<Option<[u8; 32]>, StoreError> {

@@ -157,6 +157,15 @@ impl PutOptions {
     }
 }
 
+/// An object's place for a server-side copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySource {
+    /// Which service (endpoint and region): copies only happen within one.
+    pub service: String,
+    pub bucket: String,
+    pub key: String,
+}
+
 /// One listed object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -188,6 +197,25 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Removes an object. Removing an absent object is not an error.
     async fn delete(&self, handle: &Handle) -> Result<(), StoreError>;
+
+    /// Where `handle` lives, for a server-side copy into another location of
+    /// the same service. `None` for stores that cannot copy server-side.
+    fn copy_source(&self, _handle: &Handle) -> Option<CopySource> {
+        None
+    }
+
+    /// Copies the object `source` (from [`Backend::copy_source`] of another
+    /// backend) to `handle` here without moving its bytes through this host.
+    /// `Ok(None)`: this store cannot copy from that source (another service,
+    /// no permission) and the caller streams instead. `Ok(Some(sum))`: copied;
+    /// `sum` is the SHA-256 the store computed for the copy, when it reports one.
+    async fn copy_from(
+        &self,
+        _source: &CopySource,
+        _handle: &Handle,
+    ) -> Result<Option<Option<[u8; 32]>>, StoreError> {
+        Ok(None)
+    }
 
     /// The SHA-256 of a stored object as the store itself recorded it (an S3
     /// additional checksum, say), without downloading the object. `None`

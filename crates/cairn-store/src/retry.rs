@@ -234,6 +234,18 @@ impl<B: Backend> Backend for RetryBackend<B> {
         self.retry("stat", handle, || self.inner.exists(handle)).await
     }
 
+    fn copy_source(&self, handle: &Handle) -> Option<crate::CopySource> {
+        self.inner.copy_source(handle)
+    }
+
+    async fn copy_from(
+        &self,
+        source: &crate::CopySource,
+        handle: &Handle,
+    ) -> Result<Option<Option<[u8; 32]>>, StoreError> {
+        self.retry("copy", handle, || self.inner.copy_from(source, handle)).await
+    }
+
     async fn stored_sha256(&self, handle: &Handle) -> Result<Option<[u8; 32]>, StoreError> {
         self.retry("checksum", handle, || self.inner.stored_sha256(handle)).await
     }

@@ -39,7 +39,10 @@ pub async fn copy_to(
 ) -> Result<()> {
     let replica = backend_for(target).await?;
     let started = std::time::Instant::now();
+    let copies_before = cairn_repo::replicate::SERVER_SIDE_COPIES.load(std::sync::atomic::Ordering::Relaxed);
     let report = replicate(repo, replica, concurrency).await?;
+    let server_side =
+        cairn_repo::replicate::SERVER_SIDE_COPIES.load(std::sync::atomic::Ordering::Relaxed) - copies_before;
     let (objects, total): (u64, u64) = report.copied.iter().fold((0, 0), |a, (_, n, b)| (a.0 + n, a.1 + b));
     if json || ctx.json_logs() {
         print_json(&serde_json::json!({
@@ -48,6 +51,7 @@ pub async fn copy_to(
             "objects_copied": objects,
             "bytes_copied": total,
             "already_present": report.already_present,
+            "server_side_copies": server_side,
             "seconds": started.elapsed().as_secs_f64(),
         }));
     } else {
