@@ -152,9 +152,18 @@ impl PgTarget {
         parts.join(" ")
     }
 
-    /// Environment for the client tools: the password, and nothing from the
-    /// caller's environment that could point them somewhere else.
-    pub fn tool_env(&self) -> Vec<(String, String)> {
+    /// Points a client tool at this target: the password in its environment,
+    /// nothing from the caller's libpq environment that could send it
+    /// elsewhere, and no stdin.
+    pub fn prepare_tool(&self, cmd: &mut tokio::process::Command) {
+        for var in ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGOPTIONS"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(self.tool_env()).stdin(std::process::Stdio::null());
+    }
+
+    /// Environment for the client tools: the password and a connect timeout.
+    fn tool_env(&self) -> Vec<(String, String)> {
         let mut env = vec![("PGCONNECT_TIMEOUT".to_string(), "15".to_string())];
         if let Some(pw) = self.config.get_password() {
             env.push(("PGPASSWORD".into(), String::from_utf8_lossy(pw).into_owned()));

@@ -356,11 +356,7 @@ async fn copy_tables(
             }
             let Some(i) = queue.lock().expect("queue").pop_front() else { break };
             let table = &tables[i];
-            let sql = if table.columns.is_empty() {
-                format!("COPY {} TO STDOUT", table.sql_name())
-            } else {
-                format!("COPY {} ({}) TO STDOUT", table.sql_name(), table.sql_columns())
-            };
+            let sql = table.copy_sql("TO STDOUT");
             let stream = client
                 .copy_out(sql.as_str())
                 .await
@@ -433,10 +429,8 @@ pub(crate) async fn run_tool(
     tool: &str,
     target: &PgTarget,
 ) -> Result<Vec<u8>, PgError> {
-    for var in ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGOPTIONS"] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(target.tool_env()).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    target.prepare_tool(&mut cmd);
+    cmd.kill_on_drop(true);
     let out = cmd.output().await.map_err(PgError::io(format!("running {tool}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);

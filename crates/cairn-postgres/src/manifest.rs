@@ -86,6 +86,16 @@ impl TableManifest {
     pub fn sql_columns(&self) -> String {
         self.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
     }
+
+    /// `COPY "s"."t" (cols) <direction>` (`TO STDOUT`, `FROM STDIN`); a
+    /// table without columns takes no column list.
+    pub fn copy_sql(&self, direction: &str) -> String {
+        if self.columns.is_empty() {
+            format!("COPY {} {direction}", self.sql_name())
+        } else {
+            format!("COPY {} ({}) {direction}", self.sql_name(), self.sql_columns())
+        }
+    }
 }
 
 impl Manifest {

@@ -115,14 +115,8 @@ pub async fn base_backup(
     cmd.args(["-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint=fast", "--no-manifest", "-v"])
         .arg("--label=cairn base backup")
         .arg(format!("--dbname={}", admin.conninfo()));
-    for var in ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGOPTIONS"] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(admin.tool_env())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    admin.prepare_tool(&mut cmd);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(PgError::io("running pg_basebackup"))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
@@ -417,12 +411,7 @@ pub async fn load_physical_manifest(
     if kind != Some("physical") {
         return Err(PgError::NotPostgres { snapshot: snapshot.tree.short(), kind: "non-physical".into() });
     }
-    let node = crate::restore::find_file(repo, index, &snapshot.tree, MANIFEST_FILE).await?;
-    let mut data = Vec::new();
-    let mut stream = std::pin::pin!(crate::restore::file_stream(repo, index, &node, 4));
-    while let Some(piece) = futures::StreamExt::next(&mut stream).await {
-        data.extend_from_slice(&piece?);
-    }
+    let data = crate::restore::read_file(repo, index, &snapshot.tree, MANIFEST_FILE).await?;
     serde_json::from_slice(&data)
         .map_err(|e| PgError::BadSnapshot { path: MANIFEST_FILE.into(), message: e.to_string() })
 }

@@ -127,12 +127,7 @@ pub async fn load_manifest(
     if kind != "postgres" {
         return Err(PgError::NotPostgres { snapshot: snapshot.tree.short(), kind: kind.into() });
     }
-    let node = find_file(repo, index, &snapshot.tree, "manifest.json").await?;
-    let mut data = Vec::new();
-    let mut stream = std::pin::pin!(file_stream(repo, index, &node, 4));
-    while let Some(piece) = stream.next().await {
-        data.extend_from_slice(&piece?);
-    }
+    let data = read_file(repo, index, &snapshot.tree, "manifest.json").await?;
     let manifest: Manifest = serde_json::from_slice(&data)
         .map_err(|e| PgError::BadSnapshot { path: "manifest.json".into(), message: e.to_string() })?;
     if manifest.version > MANIFEST_VERSION {
@@ -615,10 +610,7 @@ async fn restore_globals(psql: &Path, file: &Path, admin: &PgTarget) -> Result<V
     let mut cmd = tokio::process::Command::new(psql);
     cmd.arg("-X").arg("-q").arg("-v").arg("ON_ERROR_STOP=0").arg("-f").arg(file);
     cmd.arg(format!("--dbname={}", admin.conninfo()));
-    for var in ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGOPTIONS"] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(admin.tool_env()).stdin(std::process::Stdio::null());
+    admin.prepare_tool(&mut cmd);
     let out = cmd.output().await.map_err(PgError::io("running psql for the globals"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     Ok(stderr
@@ -776,11 +768,7 @@ async fn load_tables(
             }
             let Some(table) = queue.lock().expect("queue").next() else { break };
             let node = find_file(repo, index, root, &table.file).await?;
-            let sql = if table.columns.is_empty() {
-                format!("COPY {} FROM STDIN", table.sql_name())
-            } else {
-                format!("COPY {} ({}) FROM STDIN", table.sql_name(), table.sql_columns())
-            };
+            let sql = table.copy_sql("FROM STDIN");
             let sink = client
                 .copy_in::<_, Bytes>(sql.as_str())
                 .await
@@ -882,11 +870,7 @@ async fn read_table(
     client: &tokio_postgres::Client,
     table: &TableManifest,
 ) -> Result<(u64, String), PgError> {
-    let sql = if table.columns.is_empty() {
-        format!("COPY {} TO STDOUT", table.sql_name())
-    } else {
-        format!("COPY {} ({}) TO STDOUT", table.sql_name(), table.sql_columns())
-    };
+    let sql = table.copy_sql("TO STDOUT");
     let stream = client
         .copy_out(sql.as_str())
         .await
@@ -957,6 +941,22 @@ pub(crate) async fn find_file(
         })?;
     }
     Err(PgError::BadSnapshot { path: path.into(), message: "empty path".into() })
+}
+
+/// A small file of the snapshot (a manifest), whole and verified.
+pub(crate) async fn read_file(
+    repo: &Repository,
+    index: &Index,
+    root: &Id,
+    path: &str,
+) -> Result<Vec<u8>, PgError> {
+    let node = find_file(repo, index, root, path).await?;
+    let mut data = Vec::with_capacity(node.size as usize);
+    let mut stream = std::pin::pin!(file_stream(repo, index, &node, 4));
+    while let Some(piece) = stream.next().await {
+        data.extend_from_slice(&piece?);
+    }
+    Ok(data)
 }
 
 /// A file's content, blob by blob, each verified against its SHA-256 before

@@ -69,6 +69,16 @@ impl fmt::Debug for S3Backend {
     }
 }
 
+/// A base64 `x-amz-checksum-sha256` as bytes, when it is of the whole
+/// object: multipart objects report a checksum of part checksums ("…-N").
+fn whole_object_sha256(checksum: &str) -> Option<[u8; 32]> {
+    if checksum.contains('-') {
+        return None;
+    }
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, checksum).ok()?;
+    <[u8; 32]>::try_from(bytes).ok()
+}
+
 impl S3Backend {
     /// The service this backend talks to: server-side copies happen only
     /// between backends with the same endpoint and region.
@@ -892,11 +902,7 @@ impl Backend for S3Backend {
             .await;
         match out {
             Ok(out) => Ok(Some(
-                out.copy_object_result()
-                    .and_then(|r| r.checksum_sha256())
-                    .filter(|c| !c.contains('-'))
-                    .and_then(|c| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok())
-                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()),
+                out.copy_object_result().and_then(|r| r.checksum_sha256()).and_then(whole_object_sha256),
             )),
             Err(e) => {
                 let err = StoreError::from(self.fail("CopyObject", &key, e));
@@ -922,13 +928,7 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(|e| StoreError::from(self.fail("HeadObject", &key, e)))?;
-        // Multipart objects report a checksum of part checksums ("…-N"), not
-        // of the object; only a whole-object SHA-256 answers the question.
-        Ok(out
-            .checksum_sha256()
-            .filter(|c| !c.contains('-'))
-            .and_then(|c| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok())
-            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()))
+        Ok(out.checksum_sha256().and_then(whole_object_sha256))
     }
 
     async fn stat(&self, handle: &Handle) -> Result<ObjectInfo, StoreError> {
