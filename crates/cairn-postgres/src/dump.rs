@@ -1,13 +1,13 @@
 //! `cairn backup postgres`: consistent, deduplicating logical backups.
 //! The crate documentation describes the approach and the snapshot layout.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_repo::archive::{SnapshotInfo, StreamArchive};
+use cairn_repo::archive::{SnapshotInfo, StreamArchive, StreamFile};
 use cairn_repo::chunker::ChunkerParams;
 use cairn_repo::{Id, Repository, SaverOptions, Snapshot};
 use futures::TryStreamExt;
@@ -15,7 +15,8 @@ use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
 use crate::manifest::{
-    DatabaseManifest, Extension, MANIFEST_VERSION, Manifest, TableManifest, file_component, quote_ident,
+    DatabaseManifest, DumpChunking, Extension, MANIFEST_VERSION, Manifest, TableManifest, TablePart,
+    file_component,
 };
 use crate::{PgError, PgTarget, PgTools};
 
@@ -26,6 +27,25 @@ use crate::{PgError, PgTarget, PgTools};
 /// file sizes (1 MiB average) 1000 updates spread over a 500 MB table change
 /// nearly every chunk; at 16 KiB they change about 3% of it.
 pub const DUMP_CHUNKS: ChunkerParams = ChunkerParams { min: 4 << 10, avg: 16 << 10, max: 64 << 10 };
+
+/// Tables larger than this many heap blocks (32 MiB at PostgreSQL's
+/// default 8 KiB blocks) are copied as block ranges spread over the dump's
+/// connections. One big table is otherwise one serial stream: one server
+/// process producing it and one task cutting it, while the other
+/// connections sit idle. Ranges are this size, or larger for tables of more
+/// than 256 of them (see [`part_blocks`]). Small ranges keep the connections
+/// busy until the end: with 128 MiB ranges one connection still had a
+/// range to go when the others ran out of work. Needs PostgreSQL 14 (TID
+/// range scans); older servers copy every table whole.
+pub const PART_BLOCKS: u64 = 4096;
+
+/// The range size for a table of `blocks` blocks: [`PART_BLOCKS`], or the
+/// power of two that keeps the table to about 256 parts. Powers of two keep
+/// the boundaries where they were while a table grows, so unchanged ranges
+/// deduplicate night over night.
+pub fn part_blocks(blocks: u64) -> u64 {
+    (blocks / 256).next_power_of_two().max(PART_BLOCKS)
+}
 
 /// What to dump and how.
 #[derive(Debug, Clone)]
@@ -81,11 +101,13 @@ pub struct DumpResult {
     pub manifest: Manifest,
 }
 
-struct Ctx<'a> {
-    archive: &'a StreamArchive,
+struct Ctx {
+    archive: Arc<StreamArchive>,
     pg_dump: PathBuf,
     jobs: usize,
     progress: Arc<DumpProgress>,
+    /// Copy big tables in block ranges (the server can scan TID ranges).
+    split_tables: bool,
 }
 
 /// Dumps the chosen databases into one snapshot.
@@ -139,7 +161,7 @@ pub async fn dump(
         databases.push(d.clone());
     }
 
-    let archive = StreamArchive::start(repo, opts.chunks, opts.saver.clone()).await?;
+    let archive = Arc::new(StreamArchive::start(repo, opts.chunks, opts.saver.clone()).await?);
     let globals = if opts.globals {
         let pg_dumpall = tools.find("pg_dumpall", true).await?;
         let sql = dump_globals(&pg_dumpall, &admin).await?;
@@ -148,7 +170,13 @@ pub async fn dump(
     } else {
         None
     };
-    let ctx = Ctx { archive: &archive, pg_dump, jobs: opts.jobs.max(1), progress: progress.clone() };
+    let ctx = Ctx {
+        archive: archive.clone(),
+        pg_dump,
+        jobs: opts.jobs.max(1),
+        progress: progress.clone(),
+        split_tables: server_version_num >= 140_000,
+    };
     let mut manifests = Vec::new();
     for (name, encoding, collate, ctype) in databases {
         let target = opts.target.with_database(&name);
@@ -173,8 +201,11 @@ pub async fn dump(
         server_version_num,
         pg_dump_version,
         globals,
+        chunking: Some(DumpChunking { min: opts.chunks.min, avg: opts.chunks.avg, max: opts.chunks.max }),
         databases: manifests,
     };
+    drop(ctx);
+    let archive = Arc::into_inner(archive).expect("no copy task outlives its database");
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     archive.add_bytes("manifest.json", json).await?;
     let summary = serde_json::json!({
@@ -204,7 +235,8 @@ pub async fn dump(
 /// The ordinary tables cairn copies itself: user tables, not temporary, not
 /// owned by an extension (those stay in pg_dump's archive, as pg_dump decides).
 const TABLES_SQL: &str = "\
-SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+SELECT c.oid, n.nspname, c.relname, \
+  pg_relation_size(c.oid) / current_setting('block_size')::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
 WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
@@ -224,7 +256,7 @@ UNION ALL SELECT d.refobjid, d.objid FROM pg_depend d JOIN pg_class s ON s.oid =
   WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
     AND d.refobjid = ANY($1) AND d.deptype IN ('a', 'i') AND s.relkind = 'S'";
 
-async fn dump_database(ctx: &Ctx<'_>, target: &PgTarget, db: &mut DatabaseManifest) -> Result<(), PgError> {
+async fn dump_database(ctx: &Ctx, target: &PgTarget, db: &mut DatabaseManifest) -> Result<(), PgError> {
     let coord = target.connect().await?;
     coord
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -249,7 +281,8 @@ async fn dump_database(ctx: &Ctx<'_>, target: &PgTarget, db: &mut DatabaseManife
         .map(|r| Extension { name: r.get(0), version: r.get(1) })
         .collect();
     let dir = format!("databases/{}", file_component(&db.name));
-    db.tables = list_tables(&coord, &dir).await?;
+    let (tables, blocks) = list_tables(&coord, &dir, ctx.split_tables).await?;
+    db.tables = tables;
     // Hold every table against DROP/ALTER until the copies are done, as pg_dump does.
     for batch in db.tables.chunks(500) {
         let names: Vec<String> = batch.iter().map(|t| t.sql_name()).collect();
@@ -261,14 +294,10 @@ async fn dump_database(ctx: &Ctx<'_>, target: &PgTarget, db: &mut DatabaseManife
     ctx.progress.tables_total.fetch_add(db.tables.len() as u64, Ordering::Relaxed);
 
     db.schema_file = format!("{dir}/schema.dump");
-    let schema = dump_schema(ctx, target, &snapshot, &db.tables, &db.schema_file);
-    let data = copy_tables(ctx, target, &snapshot, &db.tables);
-    let ((), results) = futures::future::try_join(schema, data).await?;
-    for (table, (rows, bytes, sha)) in db.tables.iter_mut().zip(results) {
-        table.rows = rows;
-        table.bytes = bytes;
-        table.sha256 = sha;
-    }
+    let copied: Vec<String> = db.tables.iter().map(|t| t.sql_name()).collect();
+    let schema = dump_schema(ctx, target, &snapshot, &copied, &db.schema_file);
+    let data = copy_tables(ctx, target, &snapshot, &mut db.tables, &blocks);
+    futures::future::try_join(schema, data).await?;
     coord.batch_execute("COMMIT").await.map_err(PgError::query("ending the dump transaction"))?;
     tracing::info!(
         database = %db.name,
@@ -279,14 +308,26 @@ async fn dump_database(ctx: &Ctx<'_>, target: &PgTarget, db: &mut DatabaseManife
     Ok(())
 }
 
-async fn list_tables(coord: &Client, dir: &str) -> Result<Vec<TableManifest>, PgError> {
+/// The tables to copy and each one's size in heap blocks (at listing time:
+/// the last part of a split table is open-ended, so growth is not lost).
+/// With `split`, tables over [`PART_BLOCKS`] get their parts.
+async fn list_tables(
+    coord: &Client,
+    dir: &str,
+    split: bool,
+) -> Result<(Vec<TableManifest>, Vec<u64>), PgError> {
     let rows = coord.query(TABLES_SQL, &[]).await.map_err(PgError::query("listing tables"))?;
+    let blocks: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(3).max(0) as u64).collect();
     let mut tables: Vec<TableManifest> = rows
         .iter()
-        .map(|r| {
+        .zip(&blocks)
+        .map(|(r, &blocks)| {
             let (schema, name): (String, String) = (r.get(1), r.get(2));
+            let stem = format!("{dir}/tables/{}.{}", file_component(&schema), file_component(&name));
+            let parts = if split { table_parts(&stem, blocks) } else { Vec::new() };
             TableManifest {
-                file: format!("{dir}/tables/{}.{}.copy", file_component(&schema), file_component(&name)),
+                file: if parts.is_empty() { format!("{stem}.copy") } else { String::new() },
+                parts,
                 schema,
                 name,
                 oid: r.get(0),
@@ -294,6 +335,7 @@ async fn list_tables(coord: &Client, dir: &str) -> Result<Vec<TableManifest>, Pg
                 rows: 0,
                 bytes: 0,
                 sha256: String::new(),
+                digest: String::new(),
                 dependents: Vec::new(),
                 foreign_keys: Vec::new(),
             }
@@ -327,62 +369,184 @@ async fn list_tables(coord: &Client, dir: &str) -> Result<Vec<TableManifest>, Pg
     for r in fks {
         tables[by_oid[&r.get::<_, u32>(0)]].foreign_keys.push((r.get(1), r.get(2)));
     }
-    Ok(tables)
+    Ok((tables, blocks))
+}
+
+/// Block ranges of [`part_blocks`] for a table of `blocks` blocks; none
+/// for a table that fits in one. The boundaries depend only on block
+/// numbers, so a table that changed a little cuts the same way the next
+/// night and its unchanged parts deduplicate whole.
+fn table_parts(stem: &str, blocks: u64) -> Vec<TablePart> {
+    let size = part_blocks(blocks);
+    if blocks <= size {
+        return Vec::new();
+    }
+    let count = blocks.div_ceil(size);
+    (0..count)
+        .map(|k| TablePart {
+            file: format!("{stem}.part{:04}.copy", k + 1),
+            first_block: (k * size) as u32,
+            end_block: (k + 1 < count).then(|| ((k + 1) * size) as u32),
+            rows: 0,
+            bytes: 0,
+            digest: String::new(),
+        })
+        .collect()
+}
+
+/// One COPY a dump worker runs: a whole table, or one block range of it.
+struct CopyJob {
+    table: usize,
+    part: Option<usize>,
+    sql: String,
+    file: String,
+    /// The table, and the part if any, for messages.
+    what: String,
 }
 
 /// Copies every table on `ctx.jobs` connections that share the exported
-/// snapshot, largest tables first. Returns (rows, bytes, sha256) per table,
-/// in the order of `tables`.
+/// snapshot, big tables' parts and the largest tables first. Each
+/// connection runs as its own task, so the streams are cut, hashed and
+/// queued on different threads. Fills in rows, bytes and SHA-256 of every
+/// table and part.
 async fn copy_tables(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx,
     target: &PgTarget,
     snapshot: &str,
-    tables: &[TableManifest],
-) -> Result<Vec<(u64, u64, String)>, PgError> {
-    let queue = Mutex::new((0..tables.len()).collect::<VecDeque<_>>());
-    let results = Mutex::new(vec![(0u64, 0u64, String::new()); tables.len()]);
-    let worker = || async {
-        let client = target.connect().await?;
-        client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'; \
-                 SET LOCAL row_security = off; SET LOCAL statement_timeout = 0"
-            ))
-            .await
-            .map_err(PgError::query("joining the dump's snapshot"))?;
-        loop {
-            if ctx.progress.cancel.load(Ordering::Relaxed) {
-                return Err(PgError::Interrupted);
-            }
-            let Some(i) = queue.lock().expect("queue").pop_front() else { break };
-            let table = &tables[i];
-            let sql = table.copy_sql("TO STDOUT");
-            let stream = client
-                .copy_out(sql.as_str())
-                .await
-                .map_err(PgError::query(format!("copying {}", table.qualified())))?;
-            let progress = &ctx.progress;
-            let stream = stream.inspect_ok(|b: &Bytes| {
-                progress.bytes_done.fetch_add(b.len() as u64, Ordering::Relaxed);
-            });
-            let file = ctx.archive.add_stream(&table.file, stream).await?;
-            results.lock().expect("results")[i] = (file.lines, file.size, hex::encode(file.sha256));
-            ctx.progress.tables_done.fetch_add(1, Ordering::Relaxed);
+    tables: &mut [TableManifest],
+    blocks: &[u64],
+) -> Result<(), PgError> {
+    let mut jobs = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        if table.parts.is_empty() {
+            jobs.push((
+                blocks[i],
+                CopyJob {
+                    table: i,
+                    part: None,
+                    sql: table.copy_sql("TO STDOUT"),
+                    file: table.file.clone(),
+                    what: table.qualified(),
+                },
+            ));
         }
-        client.batch_execute("COMMIT").await.map_err(PgError::query("ending a copy transaction"))?;
-        Ok::<(), PgError>(())
-    };
-    let workers = ctx.jobs.min(tables.len()).max(1);
-    futures::future::try_join_all((0..workers).map(|_| worker())).await?;
-    Ok(results.into_inner().expect("results"))
+        for (k, part) in table.parts.iter().enumerate() {
+            let blocks =
+                part.end_block.map_or(blocks[i].saturating_sub(u64::from(part.first_block)), |end| {
+                    u64::from(end - part.first_block)
+                });
+            jobs.push((
+                blocks,
+                CopyJob {
+                    table: i,
+                    part: Some(k),
+                    sql: table.copy_part_sql(part),
+                    file: part.file.clone(),
+                    what: format!("{} (part {} of {})", table.qualified(), k + 1, table.parts.len()),
+                },
+            ));
+        }
+    }
+    // Largest first, so the last job to finish is a small one.
+    jobs.sort_by_key(|(blocks, _)| std::cmp::Reverse(*blocks));
+    let jobs: Vec<CopyJob> = jobs.into_iter().map(|(_, job)| job).collect();
+    let remaining: Vec<AtomicUsize> = tables.iter().map(|t| AtomicUsize::new(t.parts.len().max(1))).collect();
+    let shared = Arc::new(CopyShared {
+        next: AtomicUsize::new(0),
+        results: Mutex::new(vec![None; jobs.len()]),
+        jobs,
+        remaining,
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..ctx.jobs.min(shared.jobs.len()).max(1) {
+        workers.spawn(copy_worker(
+            ctx.archive.clone(),
+            ctx.progress.clone(),
+            target.clone(),
+            snapshot.to_string(),
+            shared.clone(),
+        ));
+    }
+    // The first failure ends the dump; dropping the set cancels the others.
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok(result) => result?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(PgError::Interrupted),
+        }
+    }
+    let shared = Arc::into_inner(shared).expect("copy tasks finished");
+    let results = shared.results.into_inner().expect("results");
+    for (job, file) in shared.jobs.iter().zip(results) {
+        let file = file.expect("every job ran");
+        let table = &mut tables[job.table];
+        table.rows += file.lines;
+        table.bytes += file.size;
+        match job.part {
+            None => table.digest = hex::encode(file.digest),
+            Some(k) => {
+                let part = &mut table.parts[k];
+                part.rows = file.lines;
+                part.bytes = file.size;
+                part.digest = hex::encode(file.digest);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The work list of [`copy_tables`], shared by its tasks.
+struct CopyShared {
+    jobs: Vec<CopyJob>,
+    next: AtomicUsize,
+    results: Mutex<Vec<Option<StreamFile>>>,
+    /// Per table: jobs not finished yet (progress counts whole tables).
+    remaining: Vec<AtomicUsize>,
+}
+
+async fn copy_worker(
+    archive: Arc<StreamArchive>,
+    progress: Arc<DumpProgress>,
+    target: PgTarget,
+    snapshot: String,
+    shared: Arc<CopyShared>,
+) -> Result<(), PgError> {
+    let client = target.connect().await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'; \
+             SET LOCAL row_security = off; SET LOCAL statement_timeout = 0"
+        ))
+        .await
+        .map_err(PgError::query("joining the dump's snapshot"))?;
+    loop {
+        if progress.cancel.load(Ordering::Relaxed) {
+            return Err(PgError::Interrupted);
+        }
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = shared.jobs.get(i) else { break };
+        let what = format!("copying {}", job.what);
+        let stream = client.copy_out(job.sql.as_str()).await.map_err(PgError::query(what))?;
+        let counter = &progress;
+        let stream = stream.inspect_ok(|b: &Bytes| {
+            counter.bytes_done.fetch_add(b.len() as u64, Ordering::Relaxed);
+        });
+        let file = archive.add_stream(&job.file, stream).await?;
+        shared.results.lock().expect("results")[i] = Some(file);
+        if shared.remaining[job.table].fetch_sub(1, Ordering::Relaxed) == 1 {
+            progress.tables_done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    client.batch_execute("COMMIT").await.map_err(PgError::query("ending a copy transaction"))?;
+    Ok(())
 }
 
 /// `pg_dump` of everything but the rows cairn copies itself, in the same snapshot.
 async fn dump_schema(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx,
     target: &PgTarget,
     snapshot: &str,
-    tables: &[TableManifest],
+    copied_tables: &[String],
     path: &str,
 ) -> Result<(), PgError> {
     let dir = tempfile::tempdir().map_err(PgError::io("creating a temporary directory for pg_dump"))?;
@@ -393,8 +557,8 @@ async fn dump_schema(
         .arg("--no-sync")
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!("--file={}", out.display()));
-    for t in tables {
-        cmd.arg(format!("--exclude-table-data={}.{}", quote_ident(&t.schema), quote_ident(&t.name)));
+    for name in copied_tables {
+        cmd.arg(format!("--exclude-table-data={name}"));
     }
     cmd.arg(format!("--dbname={}", target.conninfo()));
     run_tool(cmd, "pg_dump", target).await?;

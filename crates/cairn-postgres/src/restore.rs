@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use cairn_repo::archive::ChunkDigest;
+use cairn_repo::chunker::ChunkerParams;
 use cairn_repo::tree::{Node, NodeType};
 use cairn_repo::{BlobType, Id, Index, Repository, Snapshot};
 use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
@@ -29,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::dump::run_tool;
-use crate::manifest::{DatabaseManifest, MANIFEST_VERSION, Manifest, TableManifest, quote_ident};
+use crate::manifest::{DatabaseManifest, MANIFEST_VERSION, Manifest, Segment, TableManifest, quote_ident};
 use crate::{PgError, PgTarget, PgTools};
 
 /// What to restore and where.
@@ -152,6 +154,7 @@ pub async fn restore(
 ) -> Result<RestoreReport, PgError> {
     let manifest = load_manifest(repo, &index, snapshot).await?;
     let db = pick_database(&manifest, opts.database.as_deref())?;
+    let digests = StreamDigests::for_manifest(repo, &manifest)?;
     let tables = select_tables(db, &opts.schemas, &opts.tables)?;
     let partial = !opts.schemas.is_empty() || !opts.tables.is_empty();
     let target_db = opts
@@ -230,6 +233,7 @@ pub async fn restore(
         exists,
         &progress,
         work.path(),
+        &digests,
     )
     .await;
     match loaded {
@@ -267,6 +271,7 @@ async fn load(
     exists: bool,
     progress: &RestoreProgress,
     work: &Path,
+    digests: &StreamDigests,
 ) -> Result<(u64, u64, usize, Vec<String>), PgError> {
     let partial = list.is_some();
     let list_file = match list {
@@ -324,7 +329,7 @@ async fn load(
     run_tool(step("post-data", opts.jobs), "pg_restore (post-data)", target).await?;
 
     let warnings = reattach_foreign_keys(target, detached).await?;
-    let verified_tables = if opts.verify { verify_tables(target, tables).await? } else { 0 };
+    let verified_tables = if opts.verify { verify_tables(target, tables, digests).await? } else { 0 };
     Ok((rows, bytes, verified_tables, warnings))
 }
 
@@ -767,18 +772,28 @@ async fn load_tables(
                 return Err(PgError::Interrupted);
             }
             let Some(table) = queue.lock().expect("queue").next() else { break };
-            let node = find_file(repo, index, root, &table.file).await?;
+            let mut nodes = Vec::new();
+            for segment in table.segments() {
+                nodes.push(find_file(repo, index, root, segment.file).await?);
+            }
             let sql = table.copy_sql("FROM STDIN");
             let sink = client
                 .copy_in::<_, Bytes>(sql.as_str())
                 .await
                 .map_err(PgError::query(format!("loading {}", table.qualified())))?;
             let mut sink = std::pin::pin!(sink);
-            let mut blobs = std::pin::pin!(file_stream(repo, index, &node, 8));
-            while let Some(piece) = blobs.next().await {
-                let piece = piece?;
-                progress.bytes_done.fetch_add(piece.len() as u64, Ordering::Relaxed);
-                sink.send(piece).await.map_err(PgError::query(format!("loading {}", table.qualified())))?;
+            // Parts go in one after another, so the table's rows land in
+            // the order they were dumped and verification can re-read them
+            // part by part.
+            for node in &nodes {
+                let mut blobs = std::pin::pin!(file_stream(repo, index, node, 8));
+                while let Some(piece) = blobs.next().await {
+                    let piece = piece?;
+                    progress.bytes_done.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    sink.send(piece)
+                        .await
+                        .map_err(PgError::query(format!("loading {}", table.qualified())))?;
+                }
             }
             let rows = sink
                 .as_mut()
@@ -835,6 +850,7 @@ pub async fn compare_database(
 ) -> Result<Vec<TableCheck>, PgError> {
     let manifest = load_manifest(repo, index, snapshot).await?;
     let db = pick_database(&manifest, database)?;
+    let digests = StreamDigests::for_manifest(repo, &manifest)?;
     let client = target.connect().await?;
     client
         .batch_execute(
@@ -850,8 +866,8 @@ pub async fn compare_database(
             .map_err(PgError::query("looking up a table"))?
             .get(0);
         let (rows, content_matches) = if exists {
-            let (rows, digest) = read_table(&client, table).await?;
-            (Some(rows), digest == table.sha256)
+            let (rows, matches) = read_table(&client, table, &digests).await?;
+            (Some(rows), matches)
         } else {
             (None, false)
         };
@@ -865,36 +881,164 @@ pub async fn compare_database(
     Ok(checks)
 }
 
-/// COPY a table out: its row count and the SHA-256 of the COPY text.
+/// COPY a table out: its row count, and whether the text hashes to the
+/// snapshot's SHA-256 segment by segment (a table dumped in parts is cut
+/// where the parts ended, by their row counts).
 async fn read_table(
     client: &tokio_postgres::Client,
     table: &TableManifest,
-) -> Result<(u64, String), PgError> {
+    digests: &StreamDigests,
+) -> Result<(u64, bool), PgError> {
     let sql = table.copy_sql("TO STDOUT");
     let stream = client
         .copy_out(sql.as_str())
         .await
         .map_err(PgError::query(format!("re-reading {}", table.qualified())))?;
     let mut stream = std::pin::pin!(stream);
-    let mut hasher = Sha256::new();
-    let mut rows = 0u64;
+    let mut hasher = SegmentHasher::new(table.segments(), digests);
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(PgError::query(format!("re-reading {}", table.qualified())))?;
-        rows += piece.iter().filter(|&&b| b == b'\n').count() as u64;
         hasher.update(&piece);
     }
-    Ok((rows, hex::encode(hasher.finalize())))
+    Ok(hasher.finish())
+}
+
+/// Hashes a COPY text stream in the segments a manifest describes: each
+/// segment's rows (lines) go to their own SHA-256, compared with the
+/// segment's when it is complete. Rows past the last segment make the
+/// content differ; the row count says by how much.
+struct SegmentHasher<'a> {
+    segments: std::vec::IntoIter<Segment<'a>>,
+    digests: &'a StreamDigests,
+    current: Option<(Segment<'a>, Digester, u64)>,
+    rows: u64,
+    matches: bool,
+}
+
+impl<'a> SegmentHasher<'a> {
+    fn new(segments: Vec<Segment<'a>>, digests: &'a StreamDigests) -> Self {
+        let mut hasher =
+            SegmentHasher { segments: segments.into_iter(), digests, current: None, rows: 0, matches: true };
+        hasher.advance();
+        hasher
+    }
+
+    /// Closes the segment in progress (if any) and opens the next.
+    fn advance(&mut self) {
+        if let Some((segment, digester, _)) = self.current.take() {
+            self.matches &= digester.finish() == segment.digest;
+        }
+        self.current = self.segments.next().map(|s| (s, self.digests.start(), 0));
+    }
+
+    fn update(&mut self, mut piece: &[u8]) {
+        while !piece.is_empty() {
+            // Empty segments (a part whose blocks held no live rows) end at once.
+            while self.current.as_ref().is_some_and(|(s, _, rows)| *rows == s.rows && s.rows == 0) {
+                self.advance();
+            }
+            let Some((segment, digester, rows)) = self.current.as_mut() else {
+                self.rows += memchr::memchr_iter(b'\n', piece).count() as u64;
+                self.matches = false;
+                return;
+            };
+            let wanted = (segment.rows - *rows) as usize;
+            let (take, complete) = match memchr::memchr_iter(b'\n', piece).nth(wanted.saturating_sub(1)) {
+                Some(end) if wanted > 0 => (end + 1, true),
+                _ => (piece.len(), false),
+            };
+            let taken = &piece[..take];
+            digester.update(taken);
+            let lines =
+                if complete { wanted as u64 } else { memchr::memchr_iter(b'\n', taken).count() as u64 };
+            *rows += lines;
+            self.rows += lines;
+            piece = &piece[take..];
+            if complete {
+                self.advance();
+            }
+        }
+    }
+
+    /// (rows seen, every segment complete and matching).
+    fn finish(mut self) -> (u64, bool) {
+        while self.current.is_some() {
+            let complete = self.current.as_ref().is_some_and(|(s, _, rows)| *rows == s.rows);
+            self.matches &= complete;
+            self.advance();
+        }
+        (self.rows, self.matches)
+    }
+}
+
+/// How a manifest's stream digests were made, to remake them over a table
+/// read back from a database.
+#[derive(Debug, Clone)]
+pub(crate) enum StreamDigests {
+    /// Version-1 manifests: SHA-256 of the bytes.
+    Sha256,
+    /// Chunk digests; this one, still empty, is cloned for every segment.
+    Chunks(Box<ChunkDigest>),
+}
+
+impl StreamDigests {
+    pub(crate) fn for_manifest(repo: &Repository, manifest: &Manifest) -> Result<StreamDigests, PgError> {
+        let Some(c) = manifest.chunking else { return Ok(StreamDigests::Sha256) };
+        let valid =
+            c.min >= 64 && c.min <= c.avg && c.avg <= c.max && c.avg.is_power_of_two() && c.avg <= 1 << 48;
+        if !valid {
+            return Err(PgError::BadSnapshot {
+                path: "manifest.json".into(),
+                message: format!("chunk sizes {}/{}/{} are not valid", c.min, c.avg, c.max),
+            });
+        }
+        let params = ChunkerParams::new(c.min, c.avg, c.max);
+        Ok(StreamDigests::Chunks(Box::new(ChunkDigest::new(repo, params))))
+    }
+
+    fn start(&self) -> Digester {
+        match self {
+            StreamDigests::Sha256 => Digester::Sha256(Sha256::new()),
+            StreamDigests::Chunks(empty) => Digester::Chunks(empty.clone()),
+        }
+    }
+}
+
+enum Digester {
+    Sha256(Sha256),
+    Chunks(Box<ChunkDigest>),
+}
+
+impl Digester {
+    fn update(&mut self, piece: &[u8]) {
+        match self {
+            Digester::Sha256(h) => h.update(piece),
+            Digester::Chunks(d) => d.update(piece),
+        }
+    }
+
+    /// The digest, in hex.
+    fn finish(self) -> String {
+        match self {
+            Digester::Sha256(h) => hex::encode(h.finalize()),
+            Digester::Chunks(d) => hex::encode(d.finish()),
+        }
+    }
 }
 
 /// Re-reads every restored table and compares row count and SHA-256 with the manifest.
-async fn verify_tables(target: &PgTarget, tables: &[TableManifest]) -> Result<usize, PgError> {
+async fn verify_tables(
+    target: &PgTarget,
+    tables: &[TableManifest],
+    digests: &StreamDigests,
+) -> Result<usize, PgError> {
     let client = target.connect().await?;
     client
         .batch_execute("SET synchronize_seqscans = off")
         .await
         .map_err(PgError::query("preparing verification"))?;
     for table in tables {
-        let (rows, got) = read_table(&client, table).await?;
+        let (rows, matches) = read_table(&client, table, digests).await?;
         if rows != table.rows {
             return Err(PgError::RowCountMismatch {
                 table: table.qualified(),
@@ -902,10 +1046,15 @@ async fn verify_tables(target: &PgTarget, tables: &[TableManifest]) -> Result<us
                 expected: table.rows,
             });
         }
-        if got != table.sha256 {
+        if !matches {
+            let which = if table.parts.is_empty() {
+                "the table's".to_string()
+            } else {
+                format!("one of its {} parts'", table.parts.len())
+            };
             return Err(PgError::ContentMismatch {
                 table: table.qualified(),
-                detail: format!("expected {}, got {got}", &table.sha256),
+                detail: format!("{which} COPY text hashes differently"),
             });
         }
     }
@@ -1031,9 +1180,48 @@ mod tests {
             rows: 0,
             bytes: 0,
             sha256: String::new(),
+            digest: String::new(),
             dependents,
             foreign_keys: fks,
+            parts: vec![],
         }
+    }
+
+    fn sha(text: &[u8]) -> String {
+        hex::encode(Sha256::digest(text))
+    }
+
+    /// Feeds `text` to a hasher over `segments` in pieces of `step` bytes.
+    fn hash_in_pieces(segments: &[(u64, String)], text: &[u8], step: usize) -> (u64, bool) {
+        let segments =
+            segments.iter().map(|(rows, sha)| Segment { file: "", rows: *rows, digest: sha }).collect();
+        let mut hasher = SegmentHasher::new(segments, &StreamDigests::Sha256);
+        for piece in text.chunks(step) {
+            hasher.update(piece);
+        }
+        hasher.finish()
+    }
+
+    #[test]
+    fn segment_hashes_follow_part_boundaries_whatever_the_pieces() {
+        let (a, b, c) = (&b"1\tx\n2\ty\n"[..], &b""[..], &b"3\tz\n4\tw\n5\tv\n"[..]);
+        let whole = [a, b, c].concat();
+        let segments = vec![(2, sha(a)), (0, sha(b)), (3, sha(c))];
+        for step in [1, 2, 3, 7, 64] {
+            assert_eq!(hash_in_pieces(&segments, &whole, step), (5, true), "pieces of {step}");
+        }
+        // A row moved across a part boundary: same rows, different parts.
+        let moved = vec![(1, sha(&a[..4])), (0, sha(b)), (4, sha(&[&a[4..], c].concat()))];
+        assert_eq!(hash_in_pieces(&moved, &whole, 3), (5, true));
+        let wrong = vec![(2, sha(a)), (0, sha(b)), (3, sha(a))];
+        assert_eq!(hash_in_pieces(&wrong, &whole, 3), (5, false));
+        // Rows missing or extra.
+        assert_eq!(hash_in_pieces(&segments, &whole[..whole.len() - 4], 5), (4, false));
+        let extra = [&whole[..], b"6\tu\n"].concat();
+        assert_eq!(hash_in_pieces(&segments, &extra, 5), (6, false));
+        // A table dumped whole is one segment.
+        assert_eq!(hash_in_pieces(&[(5, sha(&whole))], &whole, 4), (5, true));
+        assert_eq!(hash_in_pieces(&[(0, sha(b""))], b"", 4), (0, true));
     }
 
     #[test]

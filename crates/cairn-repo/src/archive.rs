@@ -21,13 +21,12 @@ use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::tree::{Node, NodeType, Tree, go_mode};
 use crate::{
-    BlobSaver, BlobType, CairnSnapshotMeta, Id, RepoError, Repository, Result, SavedBlob, SaverOptions,
-    SaverStats, Snapshot, SnapshotSummary, host_and_user,
+    BlobSaver, BlobType, CairnSnapshotMeta, Id, RepoError, Repository, Result, SaverOptions, SaverStats,
+    Snapshot, SnapshotSummary, host_and_user,
 };
 use cairn_store::FileType;
 
@@ -36,10 +35,120 @@ use cairn_store::FileType;
 pub struct StreamFile {
     /// Bytes read from the stream.
     pub size: u64,
-    /// SHA-256 of the whole stream, for sources that verify restores end to end.
-    pub sha256: [u8; 32],
+    /// The stream's chunk digest (see [`ChunkDigest`]), for sources that
+    /// verify restores end to end.
+    pub digest: [u8; 32],
     /// Newline bytes in the stream (rows, for line-oriented dumps).
     pub lines: u64,
+}
+
+/// Blobs handed to the write pipeline in one message: about this many bytes.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// Cuts a stream into chunks at the same places however it arrives in
+/// pieces: a cut is final only with the chunker's `max` bytes in view, or
+/// at the end of the stream.
+#[derive(Debug, Clone)]
+struct StreamCutter {
+    chunker: Chunker,
+    chunking: Chunking,
+    pending: Vec<u8>,
+}
+
+impl StreamCutter {
+    fn new(chunker: Chunker, chunking: Chunking) -> StreamCutter {
+        let cutter = StreamCutter { chunker, chunking, pending: Vec::new() };
+        StreamCutter { pending: Vec::with_capacity(2 * cutter.window()), ..cutter }
+    }
+
+    fn window(&self) -> usize {
+        match self.chunking {
+            Chunking::ContentDefined => self.chunker.params().max,
+            Chunking::Fixed(size) => size.max(1),
+        }
+    }
+
+    /// Adds `piece` and passes every chunk that is now final to `emit`.
+    fn push(&mut self, piece: &[u8], emit: impl FnMut(&[u8])) {
+        self.pending.extend_from_slice(piece);
+        self.cut(false, emit);
+    }
+
+    /// Ends the stream: the rest goes to `emit`.
+    fn finish(&mut self, emit: impl FnMut(&[u8])) {
+        self.cut(true, emit);
+    }
+
+    fn cut(&mut self, eof: bool, mut emit: impl FnMut(&[u8])) {
+        let window = self.window();
+        let mut start = 0;
+        while self.pending.len() - start >= window || (eof && start < self.pending.len()) {
+            let len = match self.chunking {
+                Chunking::ContentDefined => self.chunker.next_cut(&self.pending[start..]),
+                Chunking::Fixed(size) => (self.pending.len() - start).min(size.max(1)),
+            };
+            emit(&self.pending[start..start + len]);
+            start += len;
+        }
+        self.pending.drain(..start);
+    }
+}
+
+/// What [`StreamArchive::add_stream_with`] gathers from a stream's chunks.
+struct Collected<'a> {
+    saver: &'a BlobSaver,
+    content: Vec<Id>,
+    digest: Sha256,
+    batch: Vec<(Id, Vec<u8>)>,
+    batch_bytes: usize,
+}
+
+impl Collected<'_> {
+    fn take(&mut self, chunk: &[u8]) {
+        let id = Id::hash(chunk);
+        self.digest.update(id.0);
+        self.content.push(id);
+        self.batch_bytes += chunk.len();
+        let mut buffer = self.saver.buffer();
+        buffer.extend_from_slice(chunk);
+        self.batch.push((id, buffer));
+    }
+
+    fn take_batch(&mut self) -> Vec<(Id, Vec<u8>)> {
+        self.batch_bytes = 0;
+        std::mem::take(&mut self.batch)
+    }
+}
+
+/// A stream's chunk digest: SHA-256 over the ids (SHA-256) of its chunks,
+/// in order, as the archive cut them. It identifies the content as surely
+/// as a SHA-256 of the bytes, and costs a backup nothing, because the
+/// chunk ids are computed anyway; checking a copy of the data against it
+/// (a restored table read back) cuts that copy with the same chunker.
+#[derive(Debug, Clone)]
+pub struct ChunkDigest {
+    cutter: StreamCutter,
+    hasher: Sha256,
+}
+
+impl ChunkDigest {
+    /// A digest matching what [`StreamArchive`] computes for streams of
+    /// `repo` cut with `params` (content-defined).
+    pub fn new(repo: &Repository, params: ChunkerParams) -> ChunkDigest {
+        let chunker = Chunker::new(repo.config().chunker_seed(), params);
+        ChunkDigest { cutter: StreamCutter::new(chunker, Chunking::ContentDefined), hasher: Sha256::new() }
+    }
+
+    pub fn update(&mut self, piece: &[u8]) {
+        let hasher = &mut self.hasher;
+        self.cutter.push(piece, |chunk| hasher.update(Id::hash(chunk).0));
+    }
+
+    pub fn finish(mut self) -> [u8; 32] {
+        let hasher = &mut self.hasher;
+        self.cutter.finish(|chunk| hasher.update(Id::hash(chunk).0));
+        self.hasher.finalize().into()
+    }
 }
 
 /// How a stream is cut into blobs.
@@ -154,63 +263,48 @@ impl StreamArchive {
         S: Stream<Item = std::result::Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let max = match chunking {
-            Chunking::ContentDefined => self.chunker.params().max,
-            Chunking::Fixed(size) => size.max(1),
-        };
         let mut stream = std::pin::pin!(stream);
-        let mut pending: Vec<u8> = Vec::with_capacity(2 * max);
-        let mut replies: Vec<oneshot::Receiver<Result<SavedBlob>>> = Vec::new();
-        let mut hasher = Sha256::new();
+        let mut cutter = StreamCutter::new(self.chunker.clone(), chunking);
+        // Chunks are hashed here, on the producer's task: the ids make the
+        // file's content list and its digest, known blobs never leave this
+        // thread, and new ones travel to the pipeline in batches.
+        let mut out = Collected {
+            saver: &self.saver,
+            content: Vec::new(),
+            digest: Sha256::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+        };
         let (mut size, mut lines) = (0u64, 0u64);
         loop {
-            let piece = stream.next().await;
-            let eof = piece.is_none();
-            if let Some(piece) = piece {
-                let piece =
-                    piece.map_err(|e| RepoError::Pipeline(format!("reading the stream for {path}: {e}")))?;
-                hasher.update(&piece);
-                lines += memchr_count(b'\n', &piece);
-                size += piece.len() as u64;
-                pending.extend_from_slice(&piece);
+            match stream.next().await {
+                Some(piece) => {
+                    let piece = piece
+                        .map_err(|e| RepoError::Pipeline(format!("reading the stream for {path}: {e}")))?;
+                    lines += memchr_count(b'\n', &piece);
+                    size += piece.len() as u64;
+                    cutter.push(&piece, |chunk| out.take(chunk));
+                }
+                None => {
+                    cutter.finish(|chunk| out.take(chunk));
+                    break;
+                }
             }
-            // A cut is final only with `max` bytes in view, or at the end.
-            let mut start = 0;
-            while pending.len() - start >= max || (eof && start < pending.len()) {
-                let len = match chunking {
-                    Chunking::ContentDefined => self.chunker.next_cut(&pending[start..]),
-                    Chunking::Fixed(size) => (pending.len() - start).min(size.max(1)),
-                };
-                replies.push(self.queue(pending[start..start + len].to_vec()).await?);
-                start += len;
-            }
-            pending.drain(..start);
-            if eof {
-                break;
+            if out.batch_bytes >= BATCH_BYTES {
+                self.saver.queue_hashed_async(out.take_batch(), BlobType::Data).await?;
             }
         }
-        let mut content = Vec::with_capacity(replies.len());
-        for reply in replies {
-            let saved = reply.await.map_err(|_| self.stopped())??;
-            content.push(saved.id);
-        }
+        self.saver.queue_hashed_async(out.take_batch(), BlobType::Data).await?;
+        let Collected { content, digest, .. } = out;
         self.bytes_processed.fetch_add(size, Ordering::Relaxed);
         self.insert_file(path, size, content, meta)?;
-        Ok(StreamFile { size, sha256: hasher.finalize().into(), lines })
+        Ok(StreamFile { size, digest: digest.finalize().into(), lines })
     }
 
     /// Stores a small in-memory document (a manifest, a schema) as a file.
     pub async fn add_bytes(&self, path: &str, data: Vec<u8>) -> Result<StreamFile> {
         let piece: std::result::Result<Bytes, std::convert::Infallible> = Ok(Bytes::from(data));
         self.add_stream(path, futures::stream::iter([piece])).await
-    }
-
-    async fn queue(&self, chunk: Vec<u8>) -> Result<oneshot::Receiver<Result<SavedBlob>>> {
-        self.saver.queue_async(chunk, BlobType::Data).await
-    }
-
-    fn stopped(&self) -> RepoError {
-        RepoError::Pipeline(self.saver.failure().unwrap_or_else(|| "the write pipeline stopped".into()))
     }
 
     /// Records a directory (so empty ones exist in the snapshot) and its metadata.
@@ -393,7 +487,17 @@ mod tests {
         archive.add_bytes("manifest.json", b"{}".to_vec()).await.unwrap();
         assert_eq!(a.lines, 200_000);
         assert_eq!(a.size, data.len() as u64);
-        assert_eq!(a.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        // The digest is the same whatever pieces the data comes in, and
+        // changes with the data.
+        let digest_of = |data: &[u8], step: usize| {
+            let mut d = ChunkDigest::new(&repo, params);
+            data.chunks(step).for_each(|piece| d.update(piece));
+            d.finish()
+        };
+        assert_eq!(a.digest, digest_of(&data, 10_007));
+        assert_eq!(a.digest, digest_of(&data, 1 << 20));
+        assert_eq!(a.digest, digest_of(&data, 333));
+        assert_ne!(a.digest, digest_of(&data[1..], 10_007));
         let (_, snap) = archive
             .finish(SnapshotInfo {
                 paths: vec!["test".into()],

@@ -7,9 +7,15 @@
 //! that no longer exists. Holders refresh their lock every
 //! [`REFRESH_EVERY`] so long runs never look stale.
 //!
-//! Taking a lock: look for conflicting locks, write ours, wait briefly, look
-//! again (two processes may have raced past the first look), and back out if
-//! a conflict appeared.
+//! Taking a lock: look for conflicting locks, write ours, look again (two
+//! processes may have raced past the first look), and back out if a
+//! conflict appeared. Only an exclusive locker waits [`SETTLE`] before its
+//! second look. A conflict always has an exclusive lock on one side: if the
+//! other side's lock was written before the exclusive one's second look,
+//! that look (made at least `SETTLE` after its own write, so with listings
+//! caught up) finds it; if after, the other side's own second look comes
+//! later still and finds the exclusive lock. The common non-exclusive
+//! lockers (every backup) so start without the pause.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +119,9 @@ impl LockGuard {
             return Err(RepoError::Locked { holder });
         }
         let id = repo.save_json(FileType::Lock, &new_lock_file(exclusive)).await?;
-        tokio::time::sleep(SETTLE).await;
+        if exclusive {
+            tokio::time::sleep(SETTLE).await;
+        }
         if let Some(holder) = conflict(&list_locks(repo).await?, exclusive, Some(id)) {
             let _ = repo.backend().delete(&Handle::new(FileType::Lock, id.to_hex())).await;
             return Err(RepoError::Locked { holder });
