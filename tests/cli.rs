@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -128,7 +128,10 @@ fn locks_block_exclusive_commands_and_unlock_clears_stale_ones() {
         assert!(Instant::now() < deadline, "no lock appeared");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // A running backup holds a shared lock: exclusive work must wait.
+    // A running backup holds a shared lock: exclusive work must wait. The
+    // backup is frozen while it holds it, or a fast machine finishes first.
+    let stop = Command::new("kill").args(["-STOP", &child.id().to_string()]).status().unwrap();
+    assert!(stop.success());
     let blocked = env.cairn(&["key", "remove", &spare]);
     assert_eq!(blocked.status.code(), Some(11), "{}", describe(&blocked));
     assert!(String::from_utf8_lossy(&blocked.stderr).contains("locked"), "{}", describe(&blocked));
