@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use cairn_dynamodb::{Lease, LeaseConfig};
+use cairn_dynamodb::{Lease, LeaseConfig, LeaseError};
 use common::*;
 
 struct Dynamo {
@@ -96,6 +96,47 @@ async fn backups_respect_the_dynamodb_lease() {
     let after = Lease::acquire_with(client, &dynamo.config(), &resource, "check/1", false).await.unwrap();
     assert!(after.token() >= 3, "tokens: holder 1, the waiting backup's attempts, then this one");
     after.release().await.unwrap();
+}
+
+/// A run that stalled under its lease must not commit when it wakes: the
+/// snapshot write asks the lease first, and refuses when it was taken over
+/// or has less than a third of its length left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_lease_holder_cannot_write_a_snapshot() {
+    let env = Env::new();
+    env.init();
+    let dynamo = Dynamo::new();
+    let client = dynamo.client().await;
+    let resource = env.repo.display().to_string();
+    let config = LeaseConfig { lease: Duration::from_secs(3), ..dynamo.config() };
+    // No heartbeat: this holder has stalled.
+    let stalled = Lease::acquire_with(client.clone(), &config, &resource, "stalled/1", false).await.unwrap();
+    let check = stalled.commit_check();
+    let backend = std::sync::Arc::new(cairn_store::LocalBackend::new(&env.repo));
+    let repo = cairn_repo::Repository::open(backend, PASSWORD).await.unwrap();
+    let guard = check.clone();
+    repo.set_commit_check(std::sync::Arc::new(move || {
+        let guard = guard.clone();
+        Box::pin(async move { guard.confirm().await.map_err(|e| e.to_string()) })
+    }));
+    let snapshot = serde_json::json!({"time": "2026-11-23T10:00:00Z", "tree": "00", "paths": ["x"]});
+
+    check.confirm().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let near = check.confirm().await;
+    assert!(matches!(near, Err(LeaseError::Expiring { .. })), "{near:?}");
+    let refused = repo.save_json(cairn_store::FileType::Snapshot, &snapshot).await;
+    assert!(matches!(refused, Err(cairn_repo::RepoError::CommitRefused(_))), "{refused:?}");
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let taker = Lease::acquire_with(client, &config, &resource, "taker/2", false).await.unwrap();
+    assert!(taker.token() > stalled.token());
+    let lost = check.confirm().await;
+    assert!(matches!(lost, Err(LeaseError::Lost { .. })), "{lost:?}");
+    let refused = repo.save_json(cairn_store::FileType::Snapshot, &snapshot).await.unwrap_err();
+    assert!(refused.to_string().contains("another run took over"), "{refused}");
+    assert!(repo_files(&env.repo, "snapshots").is_empty(), "a snapshot was written");
+    taker.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

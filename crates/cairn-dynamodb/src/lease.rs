@@ -68,6 +68,11 @@ pub enum LeaseError {
     )]
     Lost { resource: String, token: u64 },
 
+    #[error(
+        "the lease on {resource} (fencing token {token}) expires in {left_ms} ms, too soon to commit safely (renewals are failing?); stopping before anything is committed"
+    )]
+    Expiring { resource: String, token: u64, left_ms: i64 },
+
     #[error("DynamoDB table {table}: {message}")]
     Dynamo { table: String, message: String },
 }
@@ -82,6 +87,22 @@ pub struct Lease {
     token: u64,
     lost: Arc<AtomicBool>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// The lease's length: renewals extend it by this much.
+    lease: Duration,
+}
+
+/// A handle that proves, on demand, that a [`Lease`] is still held with
+/// enough time left to commit: see [`Lease::commit_check`].
+#[derive(Debug, Clone)]
+pub struct LeaseCheck {
+    client: Client,
+    table: String,
+    resource: String,
+    owner: String,
+    token: u64,
+    lost: Arc<AtomicBool>,
+    /// Time the lease must still have: a third of its length.
+    margin: Duration,
 }
 
 fn now_ms() -> i64 {
@@ -162,6 +183,7 @@ impl Lease {
                         token,
                         lost: lost.clone(),
                         heartbeat: None,
+                        lease: config.lease,
                     };
                     if heartbeat {
                         lease.heartbeat = Some(tokio::spawn(heartbeat_loop(
@@ -195,30 +217,25 @@ impl Lease {
     }
 
     /// Proves the lease is still ours and current (a strongly consistent
-    /// read). Call before committing anything; an error means stop.
+    /// read). An error means stop.
     pub async fn check(&self) -> Result<(), LeaseError> {
-        if self.lost.load(Ordering::Relaxed) {
-            return Err(self.lost_error());
-        }
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("lease#{}", self.resource)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| dynamo_err(&self.table, e))?;
-        let ours = item.item().is_some_and(|it| {
-            it.get("owner").and_then(|v| v.as_s().ok()) == Some(&self.owner)
-                && number(it, "token") == Some(self.token as i64)
-                && number(it, "expires_at").is_some_and(|t| t > now_ms())
-        });
-        if ours {
-            Ok(())
-        } else {
-            self.lost.store(true, Ordering::Relaxed);
-            Err(self.lost_error())
+        LeaseCheck { margin: Duration::ZERO, ..self.commit_check() }.confirm().await
+    }
+
+    /// A check to run right before committing (writing a snapshot): the
+    /// lease must be ours and still valid for a third of its length. Nobody
+    /// can take a lease over before it expires, so a commit that starts
+    /// with that much time left finishes before any other holder exists,
+    /// as long as the write takes less than that (20 s of the default 60 s).
+    pub fn commit_check(&self) -> LeaseCheck {
+        LeaseCheck {
+            client: self.client.clone(),
+            table: self.table.clone(),
+            resource: self.resource.clone(),
+            owner: self.owner.clone(),
+            token: self.token,
+            lost: self.lost.clone(),
+            margin: self.lease / 3,
         }
     }
 
@@ -257,6 +274,43 @@ impl Lease {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failed(&e) => Err(self.lost_error()),
             Err(e) => Err(dynamo_err(&self.table, e)),
+        }
+    }
+}
+
+impl LeaseCheck {
+    /// Ok when the lease is ours, current, and valid for the margin still.
+    pub async fn confirm(&self) -> Result<(), LeaseError> {
+        let lost = || LeaseError::Lost { resource: self.resource.clone(), token: self.token };
+        if self.lost.load(Ordering::Relaxed) {
+            return Err(lost());
+        }
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("lease#{}", self.resource)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| dynamo_err(&self.table, e))?;
+        let now = now_ms();
+        let expires_at = item.item().and_then(|it| {
+            let ours = it.get("owner").and_then(|v| v.as_s().ok()) == Some(&self.owner)
+                && number(it, "token") == Some(self.token as i64);
+            ours.then(|| number(it, "expires_at")).flatten()
+        });
+        match expires_at {
+            Some(t) if t - now > self.margin.as_millis() as i64 => Ok(()),
+            Some(t) if t > now => Err(LeaseError::Expiring {
+                resource: self.resource.clone(),
+                token: self.token,
+                left_ms: t - now,
+            }),
+            _ => {
+                self.lost.store(true, Ordering::Relaxed);
+                Err(lost())
+            }
         }
     }
 }

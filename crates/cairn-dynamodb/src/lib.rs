@@ -16,7 +16,7 @@ pub mod catalog;
 pub mod lease;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError, Verification};
-pub use lease::{Lease, LeaseConfig, LeaseError};
+pub use lease::{Lease, LeaseCheck, LeaseConfig, LeaseError};
 
 use std::time::Duration;
 

@@ -44,6 +44,9 @@ pub enum RepoError {
     )]
     Locked { holder: String },
 
+    #[error("not committing the snapshot: {0}")]
+    CommitRefused(String),
+
     #[error("the backup pipeline stopped: {0}")]
     Pipeline(String),
 

@@ -39,5 +39,5 @@ pub use error::{RepoError, Result};
 pub use format::{BlobType, CairnSnapshotMeta, Snapshot, SnapshotSummary};
 pub use id::{Id, ParseIdError};
 pub use index::Index;
-pub use repository::{KeyInfo, Repository, decode_blob, host_and_user};
+pub use repository::{CommitCheck, KeyInfo, Repository, decode_blob, host_and_user};
 pub use saver::{BlobSaver, SavedBlob, SaverOptions, SaverStats, SaverSummary};

@@ -40,7 +40,16 @@ pub struct Repository {
     /// Held while a tree pack is fetched, so concurrent readers of the same
     /// pack wait for one download instead of each starting their own.
     tree_fetch: Arc<tokio::sync::Mutex<()>>,
+    /// Asked right before any snapshot is written (shared by clones).
+    commit_check: Arc<std::sync::Mutex<Option<CommitCheck>>>,
 }
+
+/// A last word before a snapshot is written, from outside the repository
+/// (a DynamoDB lease still held with time to spare): an error stops the
+/// write and the run, with every pack and index already durable and no
+/// snapshot naming them.
+pub type CommitCheck =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
 
 /// Whole tree packs, kept after their first tree was read. Walking a
 /// snapshot reads thousands of small tree blobs that sit together in a few
@@ -149,6 +158,7 @@ impl Repository {
             config,
             tree_packs: Default::default(),
             tree_fetch: Default::default(),
+            commit_check: Default::default(),
         })
     }
 
@@ -201,6 +211,7 @@ impl Repository {
                 config,
                 tree_packs: Default::default(),
                 tree_fetch: Default::default(),
+                commit_check: Default::default(),
             });
         }
         if let Some(path) = damaged.first() {
@@ -239,6 +250,12 @@ impl Repository {
 
     /// Encrypts, compresses and stores a JSON document; returns its id.
     pub async fn save_json<T: Serialize>(&self, kind: FileType, value: &T) -> Result<Id> {
+        if kind == FileType::Snapshot {
+            let check = self.commit_check.lock().expect("commit check lock").clone();
+            if let Some(check) = check {
+                check().await.map_err(RepoError::CommitRefused)?;
+            }
+        }
         let json = serde_json::to_vec(value).expect("repository documents serialise");
         let plain = if self.config.version >= 2 { encode_unpacked(&json) } else { json };
         let sealed = self.key.seal(&plain);
@@ -246,6 +263,12 @@ impl Repository {
         let opts = PutOptions { sha256: Some(id.0), ..PutOptions::default() };
         self.backend.put(&Handle::new(kind, id.to_hex()), Bytes::from(sealed), opts).await?;
         Ok(id)
+    }
+
+    /// Installs the check every snapshot write of this repository (and its
+    /// clones) must pass first; see [`CommitCheck`].
+    pub fn set_commit_check(&self, check: CommitCheck) {
+        *self.commit_check.lock().expect("commit check lock") = Some(check);
     }
 
     /// Loads and verifies a JSON document.

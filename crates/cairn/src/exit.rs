@@ -38,7 +38,12 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
             return STOP_RECOVERY;
         }
         if cause.downcast_ref::<cairn_dynamodb::LeaseError>().is_some_and(|e| {
-            matches!(e, cairn_dynamodb::LeaseError::Held { .. } | cairn_dynamodb::LeaseError::Lost { .. })
+            matches!(
+                e,
+                cairn_dynamodb::LeaseError::Held { .. }
+                    | cairn_dynamodb::LeaseError::Lost { .. }
+                    | cairn_dynamodb::LeaseError::Expiring { .. }
+            )
         }) {
             return LOCKED;
         }
@@ -73,7 +78,7 @@ fn repo_code(e: &RepoError) -> u8 {
     match e {
         RepoError::NotARepository { .. } => NO_REPOSITORY,
         RepoError::WrongPassword { .. } => WRONG_PASSWORD,
-        RepoError::Locked { .. } => LOCKED,
+        RepoError::Locked { .. } | RepoError::CommitRefused(_) => LOCKED,
         RepoError::Damaged { .. } | RepoError::BlobNotFound { .. } => DAMAGED,
         RepoError::Interrupted => INTERRUPTED,
         RepoError::Store(StoreError::NotFound { .. }) => FAILURE,

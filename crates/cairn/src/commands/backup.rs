@@ -123,7 +123,7 @@ async fn volume_backup(
     let progress = Arc::new(BackupProgress::default());
     let lease = {
         let p = progress.clone();
-        super::acquire_lease(ctx, move || p.cancel.store(true, Ordering::Relaxed)).await?
+        super::acquire_lease(ctx, &repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
     };
     let lock = LockGuard::acquire(&repo, false).await?;
     clean_abandoned_uploads(&repo, upload_age).await;

@@ -25,9 +25,13 @@ pub struct StopRecovery(pub anyhow::Error);
 /// (`CAIRN_LOCK_TABLE` or cairn.yaml): taken before the repository lock,
 /// held by a heartbeat for the whole run. When it is lost (another run took
 /// over after this one stalled past its lease), `cancel` is set so the run
-/// stops before it writes a snapshot.
+/// stops at its next step; and whatever happens, `repo` writes a snapshot
+/// only after proving the lease is still held with a third of it to spare
+/// ([`cairn_dynamodb::Lease::commit_check`]), so a run that stalled is
+/// fenced off even if it wakes up just before its commit.
 pub async fn acquire_lease(
     ctx: &Context,
+    repo: &cairn_repo::Repository,
     cancel: impl Fn() + Send + 'static,
 ) -> anyhow::Result<Option<cairn_dynamodb::Lease>> {
     let cfg = ctx.config.as_ref();
@@ -59,6 +63,11 @@ pub async fn acquire_lease(
     let (host, user) = cairn_repo::host_and_user();
     let owner = format!("{user}@{host}/{}", std::process::id());
     let lease = cairn_dynamodb::Lease::acquire(&config, &ctx.location()?, &owner).await?;
+    let check = lease.commit_check();
+    repo.set_commit_check(Arc::new(move || {
+        let check = check.clone();
+        Box::pin(async move { check.confirm().await.map_err(|e| e.to_string()) })
+    }));
     let lost = lease.lost_flag();
     tokio::spawn(async move {
         while !lost.load(Ordering::Relaxed) {

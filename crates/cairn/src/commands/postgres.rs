@@ -35,7 +35,7 @@ pub async fn backup(
     let progress = Arc::new(DumpProgress::default());
     let lease = {
         let p = progress.clone();
-        super::acquire_lease(ctx, move || p.cancel.store(true, Ordering::Relaxed)).await?
+        super::acquire_lease(ctx, &repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
     };
     let lock = LockGuard::acquire(&repo, false).await?;
     super::backup::clean_abandoned_uploads(&repo, upload_age).await;
@@ -300,7 +300,7 @@ async fn physical_backup(
     let progress = Arc::new(DumpProgress::default());
     let lease = {
         let p = progress.clone();
-        super::acquire_lease(ctx, move || p.cancel.store(true, Ordering::Relaxed)).await?
+        super::acquire_lease(ctx, repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
     };
     let lock = LockGuard::acquire(repo, false).await?;
     let p = progress.clone();
