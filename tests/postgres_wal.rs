@@ -168,6 +168,13 @@ fn pushes_are_idempotent_conflicts_and_damage_are_loud() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// The newest physical base backup's end time, from `snapshots --json`.
+fn base_end_time(env: &Env) -> serde_json::Value {
+    let snaps = env.cairn_json(&["snapshots", "--json"]);
+    let newest = snaps.as_array().unwrap().last().unwrap().clone();
+    newest["cairn"]["metadata"]["end_time"].clone()
+}
+
 #[test]
 fn wal_verify_reports_a_gap_in_the_chain() {
     let env = Env::new();
@@ -183,6 +190,23 @@ fn wal_verify_reports_a_gap_in_the_chain() {
     let text = String::from_utf8_lossy(&out.stdout);
     let missing = hole.file_name().unwrap().to_str().unwrap();
     assert!(text.contains("GAP") && text.contains(missing), "{text}");
+    assert!(text.contains("no physical base backups"), "{text}");
+
+    // A base backup whose first WAL segment is not archived cannot be recovered.
+    env.cairn_ok(&["backup", "postgres", "--physical", "--url", &pg.url("postgres")]);
+    archive_everything(&pg);
+    // (The gap made earlier is still there, so this exits 4 as well.)
+    let out = env.cairn(&["wal", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let start = report["report"]["recovery_windows"][0]["start_segment"].as_str().unwrap().to_string();
+    assert!(report["report"]["recovery_windows"][0]["through_segment"].is_string(), "{report}");
+    std::fs::remove_file(env.repo.join("cairn/wal").join(&start)).unwrap();
+    let out = env.cairn(&["wal", "verify"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("NOT RECOVERABLE") && text.contains(&start), "{text}");
 }
 
 /// The DBA's scenario: rows are inserted, the time is noted, the rows are
@@ -204,6 +228,16 @@ fn point_in_time_restore_brings_deleted_rows_back() {
     pg.psql("postgres", "DELETE FROM orders");
     pg.psql("postgres", "INSERT INTO orders VALUES (9999, 'after the accident')");
     archive_everything(&pg);
+
+    // The archive covers the base backup up to the accident and past it.
+    let report = env.cairn_json(&["wal", "verify", "--json"]);
+    let window = &report["report"]["recovery_windows"][0];
+    assert_eq!(window["from_time"], base_end_time(&env), "{report}");
+    let through = window["through_segment"].as_str().expect("the base backup is recoverable");
+    assert!(through >= window["start_segment"].as_str().unwrap(), "{report}");
+    let archived =
+        chrono::DateTime::parse_from_rfc3339(window["through_archived_at"].as_str().unwrap()).unwrap();
+    assert!((chrono::Utc::now() - archived.to_utc()).num_seconds() < 120, "{report}");
 
     let restored = env.path("pg/restored");
     let port = cairn_testkit::free_port().to_string();

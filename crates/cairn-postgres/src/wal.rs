@@ -182,6 +182,40 @@ pub struct TimelineReport {
     /// Missing ranges, as (first missing, last missing) segment names.
     pub gaps: Vec<(String, String)>,
     pub history_file: bool,
+    /// When the newest segment was archived (the store's write time).
+    pub last_archived_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A physical base backup, as `wal verify` needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseBackupRef {
+    /// The snapshot's short id, for the report.
+    pub snapshot: String,
+    pub timeline: u32,
+    /// `START WAL LOCATION`: recovery needs WAL from this segment on.
+    pub start_lsn: u64,
+    /// The earliest point the backup can be recovered to.
+    pub end_time: String,
+}
+
+/// How far one base backup can be rolled forward with the archived WAL.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryWindow {
+    pub snapshot: String,
+    pub timeline: u32,
+    /// Recovery can stop anywhere from here...
+    pub from_time: String,
+    /// The WAL segment the backup starts in.
+    pub start_segment: String,
+    /// ...to the end of this segment (the last one of an unbroken chain
+    /// from `start_segment` on the backup's timeline); `None` when the
+    /// start segment itself is missing and the backup cannot be recovered.
+    pub through_segment: Option<String>,
+    /// When `through_segment` was archived: about the latest reachable time.
+    pub through_archived_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Later timelines in the archive (a failover after the backup):
+    /// recovery with `recovery_target_timeline = latest` continues on them.
+    pub later_timelines: Vec<u32>,
 }
 
 /// `cairn wal verify`: the recoverable range per timeline, gaps, damage.
@@ -194,22 +228,37 @@ pub struct WalReport {
     pub damaged: Vec<String>,
     /// Objects under `cairn/wal/` with names PostgreSQL never archives.
     pub unexpected: Vec<String>,
+    /// Per base backup in the repository, newest first: what it can be
+    /// recovered to.
+    pub recovery_windows: Vec<RecoveryWindow>,
 }
 
 impl WalReport {
+    /// No gaps, no damage, and (when there are base backups) the newest
+    /// one can be recovered.
     pub fn is_healthy(&self) -> bool {
-        self.damaged.is_empty() && self.timelines.iter().all(|t| t.gaps.is_empty())
+        self.damaged.is_empty()
+            && self.timelines.iter().all(|t| t.gaps.is_empty())
+            && self.recovery_windows.first().is_none_or(|w| w.through_segment.is_some())
     }
 }
 
 /// Lists the archive and checks every timeline's segments are contiguous;
-/// with `read_data`, also opens and verifies every object. `segment_size`
+/// with `read_data`, also opens and verifies every object; for each of
+/// `base_backups` (newest first) works out its recovery window. `segment_size`
 /// is the cluster's `wal_segment_size` (16 MiB unless initdb changed it).
-pub async fn verify(repo: &Repository, segment_size: u64, read_data: bool) -> Result<WalReport, PgError> {
+pub async fn verify(
+    repo: &Repository,
+    segment_size: u64,
+    read_data: bool,
+    base_backups: &[BaseBackupRef],
+) -> Result<WalReport, PgError> {
     let objects = repo.backend().list(FileType::Wal).await.map_err(cairn_repo::RepoError::from)?;
     let per_id = 0x1_0000_0000u64 / segment_size.max(1);
     let mut report = WalReport::default();
     let mut segments: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut archived_at: std::collections::HashMap<(u32, u64), std::time::SystemTime> =
+        std::collections::HashMap::new();
     let mut histories = std::collections::HashSet::new();
     for obj in &objects {
         report.files += 1;
@@ -231,13 +280,37 @@ pub async fn verify(repo: &Repository, segment_size: u64, read_data: bool) -> Re
         } else if name.len() == 24 {
             let parse = |r: std::ops::Range<usize>| u64::from_str_radix(&name[r], 16).unwrap_or(0);
             let tli = parse(0..8) as u32;
-            segments.entry(tli).or_default().push(parse(8..16) * per_id + parse(16..24));
+            let number = parse(8..16) * per_id + parse(16..24);
+            segments.entry(tli).or_default().push(number);
+            if let Some(t) = obj.modified {
+                archived_at.insert((tli, number), t);
+            }
         }
     }
     let seg_name = |tli: u32, n: u64| format!("{tli:08X}{:08X}{:08X}", n / per_id, n % per_id);
-    for (tli, mut numbers) in segments {
+    let utc = |t: std::time::SystemTime| chrono::DateTime::<chrono::Utc>::from(t);
+    for numbers in segments.values_mut() {
         numbers.sort_unstable();
         numbers.dedup();
+    }
+    for b in base_backups {
+        let start = b.start_lsn / segment_size.max(1);
+        let numbers = segments.get(&b.timeline).map(Vec::as_slice).unwrap_or_default();
+        let through = numbers.binary_search(&start).ok().map(|at| {
+            let run = numbers[at..].windows(2).take_while(|p| p[1] == p[0] + 1).count();
+            start + run as u64
+        });
+        report.recovery_windows.push(RecoveryWindow {
+            snapshot: b.snapshot.clone(),
+            timeline: b.timeline,
+            from_time: b.end_time.clone(),
+            start_segment: seg_name(b.timeline, start),
+            through_segment: through.map(|n| seg_name(b.timeline, n)),
+            through_archived_at: through.and_then(|n| archived_at.get(&(b.timeline, n)).copied()).map(utc),
+            later_timelines: segments.keys().copied().filter(|&t| t > b.timeline).collect(),
+        });
+    }
+    for (tli, numbers) in segments {
         let mut gaps = Vec::new();
         for pair in numbers.windows(2) {
             if pair[1] > pair[0] + 1 {
@@ -251,6 +324,7 @@ pub async fn verify(repo: &Repository, segment_size: u64, read_data: bool) -> Re
             segments: numbers.len() as u64,
             gaps,
             history_file: tli == 1 || histories.contains(&tli),
+            last_archived_at: numbers.last().and_then(|n| archived_at.get(&(tli, *n)).copied()).map(utc),
         });
     }
     Ok(report)

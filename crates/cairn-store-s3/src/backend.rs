@@ -549,6 +549,7 @@ impl S3Backend {
                 out.push(ObjectInfo {
                     name: name.to_string(),
                     size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: object.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                 });
             }
         }
@@ -933,7 +934,7 @@ impl Backend for S3Backend {
 
     async fn stat(&self, handle: &Handle) -> Result<ObjectInfo, StoreError> {
         let size = self.head(&self.key(handle)).await?;
-        Ok(ObjectInfo { name: handle.name.clone(), size })
+        Ok(ObjectInfo { name: handle.name.clone(), size, modified: None })
     }
 
     async fn list(&self, kind: FileType) -> Result<Vec<ObjectInfo>, StoreError> {

@@ -171,6 +171,9 @@ pub struct CopySource {
 pub struct ObjectInfo {
     pub name: String,
     pub size: u64,
+    /// When the object was written, where the store says (file mtime, S3
+    /// `LastModified` in listings).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// A place that stores repository objects. See the crate docs for the contract.

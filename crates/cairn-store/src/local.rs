@@ -227,7 +227,7 @@ fn list_dir(dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<(), StoreError> {
         if name.starts_with('.') {
             continue;
         }
-        out.push(ObjectInfo { name, size: meta.len() });
+        out.push(ObjectInfo { name, size: meta.len(), modified: meta.modified().ok() });
     }
     Ok(())
 }
@@ -276,7 +276,7 @@ impl Backend for LocalBackend {
         let name = handle.name.clone();
         blocking(move || {
             let meta = fs::metadata(&path).map_err(io(&path))?;
-            Ok(ObjectInfo { name, size: meta.len() })
+            Ok(ObjectInfo { name, size: meta.len(), modified: meta.modified().ok() })
         })
         .await
     }
@@ -288,7 +288,11 @@ impl Backend for LocalBackend {
             match kind {
                 FileType::Config => {
                     if let Ok(meta) = fs::metadata(root.join("config")) {
-                        out.push(ObjectInfo { name: "config".into(), size: meta.len() });
+                        out.push(ObjectInfo {
+                            name: "config".into(),
+                            size: meta.len(),
+                            modified: meta.modified().ok(),
+                        });
                     }
                 }
                 FileType::Pack => {

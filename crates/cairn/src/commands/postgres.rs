@@ -242,7 +242,8 @@ pub async fn wal_fetch(ctx: &Context, args: WalFetchArgs) -> Result<u8> {
 pub async fn wal(ctx: &Context, args: WalArgs) -> Result<u8> {
     let WalAction::Verify { read_data, segment_size_mib, json } = args.action;
     let repo = ctx.open().await?;
-    let report = cairn_postgres::wal::verify(&repo, segment_size_mib << 20, read_data).await?;
+    let backups = base_backups(&repo).await?;
+    let report = cairn_postgres::wal::verify(&repo, segment_size_mib << 20, read_data, &backups).await?;
     if json || ctx.json_logs() {
         print_json(&serde_json::json!({
             "message": "WAL archive",
@@ -270,6 +271,32 @@ pub async fn wal(ctx: &Context, args: WalArgs) -> Result<u8> {
                 println!("  note: no {:08X}.history in the archive", t.timeline);
             }
         }
+        if report.recovery_windows.is_empty() {
+            println!("no physical base backups in this repository: WAL alone restores nothing");
+        }
+        for w in &report.recovery_windows {
+            match &w.through_segment {
+                Some(through) => {
+                    let until = w
+                        .through_archived_at
+                        .map(|t| format!(" (archived {})", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                        .unwrap_or_default();
+                    let later = if w.later_timelines.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; the archive continues on timeline(s) {:?}", w.later_timelines)
+                    };
+                    println!(
+                        "base backup {} (timeline {}): recoverable from {} through WAL {through}{until}{later}",
+                        w.snapshot, w.timeline, w.from_time
+                    );
+                }
+                None => println!(
+                    "base backup {} (timeline {}): NOT RECOVERABLE, its first WAL segment {} is not archived",
+                    w.snapshot, w.timeline, w.start_segment
+                ),
+            }
+        }
         for d in &report.damaged {
             println!("DAMAGED: {d}");
         }
@@ -280,13 +307,41 @@ pub async fn wal(ctx: &Context, args: WalArgs) -> Result<u8> {
     if report.is_healthy() {
         Ok(exit::SUCCESS)
     } else {
+        let newest_unusable = report.recovery_windows.first().is_some_and(|w| w.through_segment.is_none());
         Err(super::Damage(format!(
-            "the WAL archive is broken: {} gap(s), {} damaged file(s)",
+            "the WAL archive is broken: {} gap(s), {} damaged file(s){}",
             report.timelines.iter().map(|t| t.gaps.len()).sum::<usize>(),
-            report.damaged.len()
+            report.damaged.len(),
+            if newest_unusable { ", the newest base backup cannot be recovered" } else { "" }
         ))
         .into())
     }
+}
+
+/// The repository's physical base backups, newest first, from their
+/// snapshots' metadata.
+async fn base_backups(repo: &cairn_repo::Repository) -> Result<Vec<cairn_postgres::wal::BaseBackupRef>> {
+    let (all, _) = repo.snapshots().await?;
+    let mut out = Vec::new();
+    for (id, snap) in all.into_iter().rev() {
+        let Some(meta) = snap.cairn.as_ref().map(|c| &c.metadata) else { continue };
+        if meta.get("kind").and_then(|k| k.as_str()) != Some("physical") {
+            continue;
+        }
+        let field = |name: &str| meta.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let (Some(timeline), Ok(start_lsn)) =
+            (meta.get("timeline").and_then(|t| t.as_u64()), parse_lsn(&field("start_lsn")))
+        else {
+            continue;
+        };
+        out.push(cairn_postgres::wal::BaseBackupRef {
+            snapshot: id.short(),
+            timeline: timeline as u32,
+            start_lsn,
+            end_time: field("end_time"),
+        });
+    }
+    Ok(out)
 }
 
 async fn physical_backup(
