@@ -407,7 +407,7 @@ struct CopyJob {
 /// Copies every table on `ctx.jobs` connections that share the exported
 /// snapshot, big tables' parts and the largest tables first. Each
 /// connection runs as its own task, so the streams are cut, hashed and
-/// queued on different threads. Fills in rows, bytes and SHA-256 of every
+/// queued on different threads. Fills in rows, bytes and digests of every
 /// table and part.
 async fn copy_tables(
     ctx: &Ctx,
@@ -527,11 +527,19 @@ async fn copy_worker(
         let Some(job) = shared.jobs.get(i) else { break };
         let what = format!("copying {}", job.what);
         let stream = client.copy_out(job.sql.as_str()).await.map_err(PgError::query(what))?;
-        let counter = &progress;
+        // Progress is counted locally and published per MiB: a shared
+        // counter bumped for every row by every connection would bounce its
+        // cache line between cores millions of times.
+        let unpublished = AtomicU64::new(0);
         let stream = stream.inspect_ok(|b: &Bytes| {
-            counter.bytes_done.fetch_add(b.len() as u64, Ordering::Relaxed);
+            let n = unpublished.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64;
+            if n >= 1 << 20 {
+                unpublished.fetch_sub(n, Ordering::Relaxed);
+                progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+            }
         });
         let file = archive.add_stream(&job.file, stream).await?;
+        progress.bytes_done.fetch_add(unpublished.into_inner(), Ordering::Relaxed);
         shared.results.lock().expect("results")[i] = Some(file);
         if shared.remaining[job.table].fetch_sub(1, Ordering::Relaxed) == 1 {
             progress.tables_done.fetch_add(1, Ordering::Relaxed);
