@@ -108,9 +108,10 @@ async fn a_stalled_lease_holder_cannot_write_a_snapshot() {
     let dynamo = Dynamo::new();
     let client = dynamo.client().await;
     let resource = env.repo.display().to_string();
-    let config = LeaseConfig { lease: Duration::from_secs(3), ..dynamo.config() };
+    let config = LeaseConfig { lease: Duration::from_secs(6), ..dynamo.config() };
     // No heartbeat: this holder has stalled.
     let stalled = Lease::acquire_with(client.clone(), &config, &resource, "stalled/1", false).await.unwrap();
+    let acquired = tokio::time::Instant::now();
     let check = stalled.commit_check();
     let backend = std::sync::Arc::new(cairn_store::LocalBackend::new(&env.repo));
     let repo = cairn_repo::Repository::open(backend, PASSWORD).await.unwrap();
@@ -122,13 +123,14 @@ async fn a_stalled_lease_holder_cannot_write_a_snapshot() {
     let snapshot = serde_json::json!({"time": "2026-11-23T10:00:00Z", "tree": "00", "paths": ["x"]});
 
     check.confirm().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // 1.2 s left of 6: still valid, but under the 2 s a commit needs.
+    tokio::time::sleep_until(acquired + Duration::from_millis(4800)).await;
     let near = check.confirm().await;
     assert!(matches!(near, Err(LeaseError::Expiring { .. })), "{near:?}");
     let refused = repo.save_json(cairn_store::FileType::Snapshot, &snapshot).await;
     assert!(matches!(refused, Err(cairn_repo::RepoError::CommitRefused(_))), "{refused:?}");
 
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep_until(acquired + Duration::from_millis(6500)).await;
     let taker = Lease::acquire_with(client, &config, &resource, "taker/2", false).await.unwrap();
     assert!(taker.token() > stalled.token());
     let lost = check.confirm().await;
