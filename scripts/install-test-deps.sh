@@ -5,6 +5,7 @@
 #   * restic: the end-to-end tests check cairn against the real restic (the
 #     repository format is restic's).
 #   * time: the benchmark measures peak memory with /usr/bin/time.
+#   * openssl: the PostgreSQL TLS tests make a throwaway CA and certificates.
 #   * postgresql (only when no server is installed): the PostgreSQL tests run
 #     a scratch cluster (scripts/test-servers.sh) and the real client tools.
 #   * radosgw, ceph-mon, ceph-osd, ceph-common: a single-node Ceph cluster
@@ -40,6 +41,7 @@ DEPS=(
   "restic:restic"               # e2e tests: cross-checks against the reference implementation (>= 0.14 for format v2)
   "time:/usr/bin/time"          # bench/volume.sh: peak RSS (/usr/bin/time -f %M)
   "curl:curl"                   # scripts/test-servers.sh: health checks of the test servers
+  "openssl:openssl"             # tests/postgres_tls.rs: a throwaway CA and server certificate
   "ceph-common:ceph"            # S3 tests on Ceph RGW: ceph, ceph-authtool, radosgw-admin
   "ceph-mon:ceph-mon"           #   the monitor (its dependency ceph-base has monmaptool)
   "ceph-mon:monmaptool"

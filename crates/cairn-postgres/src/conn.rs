@@ -1,13 +1,24 @@
 //! Where a PostgreSQL server is, and how to reach it — both from cairn's own
 //! connections (tokio-postgres) and from the client tools it runs
-//! (`pg_dump`, `pg_restore`, `psql`), which get the same target as a libpq
-//! keyword string with the password passed in their environment, never on
-//! their command line.
+//! (`pg_dump`, `pg_restore`, `psql`, `pg_basebackup`), which get the same
+//! target as a libpq keyword string with the password passed in their
+//! environment, never on their command line.
+//!
+//! TLS follows libpq's `sslmode` (`disable`, `allow`, `prefer` — the default —,
+//! `require`, `verify-ca`, `verify-full`) with `sslrootcert`, `sslcert` and
+//! `sslkey`, so a URL means the same to cairn as to `psql`. tokio-postgres
+//! only understands three of those modes, so the `ssl*` parameters are taken
+//! out of the URL before it sees it; cairn's own connections then run over
+//! rustls (on the aws-lc-rs provider the S3 client already uses), and the
+//! client tools get the same settings in their conninfo.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, NoTls, Socket};
 
 use crate::PgError;
 
@@ -15,6 +26,153 @@ use crate::PgError;
 #[derive(Clone)]
 pub struct PgTarget {
     config: Config,
+    tls: TlsSettings,
+    /// The rustls configuration, built on the first TLS connection and shared
+    /// by every clone (the parallel copy tasks), so CA files are read once.
+    tls_config: Arc<OnceLock<Arc<rustls::ClientConfig>>>,
+}
+
+/// libpq's `sslmode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TlsMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl TlsMode {
+    const NAMES: [(&'static str, TlsMode); 6] = [
+        ("disable", TlsMode::Disable),
+        ("allow", TlsMode::Allow),
+        ("prefer", TlsMode::Prefer),
+        ("require", TlsMode::Require),
+        ("verify-ca", TlsMode::VerifyCa),
+        ("verify-full", TlsMode::VerifyFull),
+    ];
+
+    fn parse(value: &str) -> Option<TlsMode> {
+        Self::NAMES.iter().find(|(name, _)| *name == value).map(|(_, mode)| *mode)
+    }
+
+    fn as_str(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, mode)| *mode == self).map(|(name, _)| *name).unwrap_or("prefer")
+    }
+}
+
+/// Where the CA certificates that vouch for the server come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RootCert {
+    /// A PEM bundle.
+    File(PathBuf),
+    /// `sslrootcert=system`: the operating system's trust store.
+    System,
+}
+
+/// How much of the server's certificate is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verify {
+    /// Encryption only (libpq's `prefer`, and `require` without a root certificate).
+    Nothing,
+    /// The chain up to a trusted CA (`verify-ca`, and `require` with `sslrootcert`).
+    Chain,
+    /// The chain and the host name (`verify-full`).
+    ChainAndName,
+}
+
+/// The `ssl*` settings of a target, as libpq would read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TlsSettings {
+    mode: TlsMode,
+    root_cert: Option<RootCert>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// The libpq parameters cairn handles itself rather than tokio-postgres.
+const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+impl TlsSettings {
+    /// From the parameters taken out of the URL, then the libpq environment
+    /// (`PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`), as `psql` would.
+    fn from_params(params: &[(String, String)], url: &str) -> Result<TlsSettings, PgError> {
+        let get = |key: &str, env: &str| {
+            params
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(env).ok())
+                .filter(|v| !v.is_empty())
+        };
+        let bad = |message: String| PgError::Url { url: redact(url), message };
+        let root_cert = get("sslrootcert", "PGSSLROOTCERT").map(|v| match v.as_str() {
+            "system" => Ok(RootCert::System),
+            path => absolute(path).map(RootCert::File),
+        });
+        let root_cert = root_cert.transpose().map_err(|e| bad(format!("sslrootcert: {e}")))?;
+        let mode = match get("sslmode", "PGSSLMODE") {
+            Some(v) => TlsMode::parse(&v).ok_or_else(|| {
+                bad(format!(
+                    "unknown sslmode {v:?} (expected disable, allow, prefer, require, verify-ca or verify-full)"
+                ))
+            })?,
+            // libpq (16+) makes the OS trust store imply full verification.
+            None if root_cert == Some(RootCert::System) => TlsMode::VerifyFull,
+            None => TlsMode::Prefer,
+        };
+        if root_cert == Some(RootCert::System) && mode != TlsMode::VerifyFull {
+            return Err(bad(format!(
+                "sslrootcert=system needs sslmode=verify-full (a weak sslmode={} would trust any certificate a public CA issued for any name)",
+                mode.as_str()
+            )));
+        }
+        let path = |key: &str, env: &str| {
+            get(key, env).map(|v| absolute(&v)).transpose().map_err(|e| bad(format!("{key}: {e}")))
+        };
+        let cert = path("sslcert", "PGSSLCERT")?;
+        let key = path("sslkey", "PGSSLKEY")?;
+        if cert.is_some() != key.is_some() {
+            return Err(bad("sslcert and sslkey go together: give both (the client certificate and its private key), or neither".into()));
+        }
+        Ok(TlsSettings { mode, root_cert, cert, key })
+    }
+
+    /// What tokio-postgres is told: whether to ask for TLS and whether to
+    /// insist on it. The certificate checks are rustls's, below.
+    fn tokio_mode(&self) -> SslMode {
+        match self.mode {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Allow | TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+        }
+    }
+
+    fn verify(&self) -> Verify {
+        match self.mode {
+            TlsMode::Disable | TlsMode::Allow | TlsMode::Prefer => Verify::Nothing,
+            // libpq: with a root certificate, `require` checks the chain as `verify-ca` does.
+            TlsMode::Require if self.root_cert.is_some() => Verify::Chain,
+            TlsMode::Require => Verify::Nothing,
+            TlsMode::VerifyCa => Verify::Chain,
+            TlsMode::VerifyFull => Verify::ChainAndName,
+        }
+    }
+
+    /// The CA bundle in use: the configured one, else libpq's default
+    /// `~/.postgresql/root.crt` when it exists.
+    fn root_cert(&self) -> Option<RootCert> {
+        self.root_cert.clone().or_else(|| {
+            let default = PathBuf::from(std::env::var_os("HOME")?).join(".postgresql/root.crt");
+            default.is_file().then_some(RootCert::File(default))
+        })
+    }
+}
+
+fn absolute(path: &str) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("cannot resolve {path:?}: {e}"))
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -26,11 +184,15 @@ impl std::fmt::Debug for PgTarget {
 impl PgTarget {
     /// Parses `postgresql://user:pw@host:port/db?…` (or `postgres://`, or a
     /// libpq keyword string). Unset parts come from the libpq environment
-    /// (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`), as they would for `psql`.
+    /// (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`, ...), as they
+    /// would for `psql`.
     pub fn parse(url: &str) -> Result<PgTarget, PgError> {
-        let mut config: Config = url
+        let (rest, tls_params) = split_tls_params(url);
+        let tls = TlsSettings::from_params(&tls_params, url)?;
+        let mut config: Config = rest
             .parse()
             .map_err(|e: tokio_postgres::Error| PgError::Url { url: redact(url), message: e.to_string() })?;
+        config.ssl_mode(tls.tokio_mode());
         if config.get_hosts().is_empty() {
             match std::env::var("PGHOST") {
                 Ok(h) if h.starts_with('/') => config.host_path(h),
@@ -56,26 +218,20 @@ impl PgTarget {
         {
             config.password(pw);
         }
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(PgError::Url {
-                url: redact(url),
-                message: "sslmode=require is not supported yet (cairn's own connections are plain TCP or Unix sockets); use sslmode=prefer or disable, or a local socket".into(),
-            });
-        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(15));
         }
         if config.get_application_name().is_none() {
             config.application_name("cairn");
         }
-        Ok(PgTarget { config })
+        Ok(PgTarget { config, tls, tls_config: Arc::default() })
     }
 
     /// The same target with this password (from a secret file).
     pub fn with_password(&self, password: &str) -> PgTarget {
-        let mut config = self.config.clone();
-        config.password(password);
-        PgTarget { config }
+        let mut target = self.clone();
+        target.config.password(password);
+        target
     }
 
     /// The database the URL names, if any.
@@ -85,9 +241,9 @@ impl PgTarget {
 
     /// The same server, another database.
     pub fn with_database(&self, db: &str) -> PgTarget {
-        let mut config = self.config.clone();
-        config.dbname(db);
-        PgTarget { config }
+        let mut target = self.clone();
+        target.config.dbname(db);
+        target
     }
 
     /// `host:port/db` for messages and snapshot paths — never the password.
@@ -106,18 +262,30 @@ impl PgTarget {
 
     /// `postgresql://host:port`, without any database.
     pub fn server(&self) -> String {
-        let mut config = self.config.clone();
-        config.dbname("");
-        PgTarget { config }.display()
+        self.with_database("").display()
     }
 
     /// Opens a connection; its I/O runs on a spawned task.
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| PgError::Connect { target: self.display(), message: connect_message(&e) })?;
+        // Like libpq, no TLS over Unix sockets: the server would refuse it,
+        // and the socket never leaves the machine.
+        let all_unix = self.config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+        if self.tls.mode == TlsMode::Disable || all_unix {
+            let mut config = self.config.clone();
+            config.ssl_mode(SslMode::Disable);
+            return self.spawn(&config, NoTls).await;
+        }
+        let tls = RustlsConnect(self.tls_config().map_err(|message| self.connect_error(message))?);
+        self.spawn(&self.config, tls).await
+    }
+
+    async fn spawn<T>(&self, config: &Config, tls: T) -> Result<Client, PgError>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) =
+            config.connect(tls).await.map_err(|e| self.connect_error(self.connect_message(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection closed with an error");
@@ -126,7 +294,21 @@ impl PgTarget {
         Ok(client)
     }
 
-    /// The target as a libpq keyword/value string for the client tools.
+    fn connect_error(&self, message: String) -> PgError {
+        PgError::Connect { target: self.display(), message }
+    }
+
+    /// The rustls configuration for this target's settings (built once).
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(config) = self.tls_config.get() {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(tls::client_config(&self.tls)?);
+        Ok(self.tls_config.get_or_init(|| config).clone())
+    }
+
+    /// The target as a libpq keyword/value string for the client tools,
+    /// with the same TLS settings as cairn's own connections.
     pub fn conninfo(&self) -> String {
         let mut parts = Vec::new();
         if let Some(host) = self.config.get_hosts().first() {
@@ -135,6 +317,9 @@ impl PgTarget {
                 Host::Unix(p) => p.display().to_string(),
             };
             parts.push(format!("host={}", quote(&h)));
+        }
+        if let Some(addr) = self.config.get_hostaddrs().first() {
+            parts.push(format!("hostaddr={addr}"));
         }
         if let Some(port) = self.config.get_ports().first() {
             parts.push(format!("port={port}"));
@@ -148,15 +333,38 @@ impl PgTarget {
         if let Some(options) = self.config.get_options() {
             parts.push(format!("options={}", quote(options)));
         }
+        parts.push(format!("sslmode={}", self.tls.mode.as_str()));
+        match &self.tls.root_cert {
+            Some(RootCert::File(path)) => parts.push(format!("sslrootcert={}", quote_path(path))),
+            Some(RootCert::System) => parts.push("sslrootcert=system".into()),
+            None => {}
+        }
+        if let Some(cert) = &self.tls.cert {
+            parts.push(format!("sslcert={}", quote_path(cert)));
+        }
+        if let Some(key) = &self.tls.key {
+            parts.push(format!("sslkey={}", quote_path(key)));
+        }
         parts.push("application_name=cairn".into());
         parts.join(" ")
     }
 
     /// Points a client tool at this target: the password in its environment,
     /// nothing from the caller's libpq environment that could send it
-    /// elsewhere, and no stdin.
+    /// elsewhere (or connect it differently from cairn), and no stdin.
     pub fn prepare_tool(&self, cmd: &mut tokio::process::Command) {
-        for var in ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGOPTIONS"] {
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGDATABASE",
+            "PGUSER",
+            "PGSERVICE",
+            "PGOPTIONS",
+            "PGSSLMODE",
+            "PGSSLROOTCERT",
+            "PGSSLCERT",
+            "PGSSLKEY",
+        ] {
             cmd.env_remove(var);
         }
         cmd.envs(self.tool_env()).stdin(std::process::Stdio::null());
@@ -170,10 +378,172 @@ impl PgTarget {
         }
         env
     }
+
+    /// One line saying why a connection failed and what to do about it.
+    fn connect_message(&self, e: &tokio_postgres::Error) -> String {
+        if let Some(db) = e.as_db_error() {
+            let hint = match db.code().code() {
+                // pg_hba.conf has only `hostssl` lines for us.
+                "28000" if db.message().contains("no encryption") => {
+                    "; the server accepts only TLS connections here: use sslmode=require (or verify-ca / verify-full)"
+                }
+                "28P01" | "28000" => "; check the user and password in the URL (or PGPASSWORD)",
+                "3D000" => "; check the database name in the URL",
+                _ => "",
+            };
+            return format!("{}{hint}", db.message());
+        }
+        if let Some(message) = self.tls_message(e) {
+            return message;
+        }
+        let text = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+        format!("{text}; check the host and port, and that the server is running and accepts connections")
+    }
+
+    /// TLS failures, said in terms of the sslmode / sslrootcert to change.
+    fn tls_message(&self, e: &tokio_postgres::Error) -> Option<String> {
+        let mode = self.tls.mode.as_str();
+        let roots = match self.tls.root_cert() {
+            Some(RootCert::File(path)) => format!("the CA certificates in {}", path.display()),
+            Some(RootCert::System) => "the system's trusted CAs".into(),
+            None => "the trusted CAs".into(),
+        };
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(err) = source {
+            let inner = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|i| i as &dyn std::error::Error);
+            if let Some(tls) =
+                err.downcast_ref::<rustls::Error>().or_else(|| inner?.downcast_ref::<rustls::Error>())
+            {
+                use rustls::CertificateError as C;
+                return Some(match tls {
+                    rustls::Error::InvalidCertificate(
+                        C::NotValidForName | C::NotValidForNameContext { .. },
+                    ) => format!(
+                        "the server's TLS certificate is not valid for the host name in the URL ({tls}); connect with a name the certificate lists, or use sslmode=verify-ca to check only who signed it"
+                    ),
+                    rustls::Error::InvalidCertificate(
+                        C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension | C::Other(_),
+                    ) => format!(
+                        "the server's TLS certificate does not verify against {roots} ({tls}); point sslrootcert at the CA that issued the server's certificate (sslmode={mode})"
+                    ),
+                    rustls::Error::InvalidCertificate(_) => format!(
+                        "the server's TLS certificate was rejected ({tls}); renew the server's certificate, or check the clock of this machine (sslmode={mode})"
+                    ),
+                    _ => format!("TLS handshake with the server failed: {tls} (sslmode={mode})"),
+                });
+            }
+            if err.to_string().contains("server does not support TLS") {
+                return Some(format!(
+                    "the server does not accept TLS connections, but sslmode={mode} requires TLS; turn on ssl in the server's postgresql.conf, or use sslmode=prefer (TLS when offered) or sslmode=disable"
+                ));
+            }
+            source = err.source();
+        }
+        None
+    }
+}
+
+/// Takes libpq's `ssl*` parameters out of a URL (`?sslmode=…&…`) or keyword
+/// string (`sslmode=… `), returning the rest for tokio-postgres and the
+/// parameters (decoded).
+fn split_tls_params(url: &str) -> (String, Vec<(String, String)>) {
+    let mut taken = Vec::new();
+    if url.starts_with("postgresql://") || url.starts_with("postgres://") {
+        let Some((base, query)) = url.split_once('?') else { return (url.to_string(), taken) };
+        let mut kept = Vec::new();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(key);
+            if TLS_KEYS.contains(&key.as_str()) {
+                taken.push((key, percent_decode(value)));
+            } else {
+                kept.push(pair);
+            }
+        }
+        let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+        return (rest, taken);
+    }
+    let Some(pairs) = keyword_pairs(url) else { return (url.to_string(), taken) };
+    let mut kept = Vec::new();
+    for (key, value) in pairs {
+        if TLS_KEYS.contains(&key.as_str()) {
+            taken.push((key, value));
+        } else {
+            kept.push(format!("{key}={}", quote(&value)));
+        }
+    }
+    (kept.join(" "), taken)
+}
+
+/// `key=value` pairs of a libpq keyword string (values bare or single-quoted,
+/// backslash escapes in both). `None` if it does not parse; tokio-postgres
+/// then reports the error on the original text.
+fn keyword_pairs(text: &str) -> Option<Vec<(String, String)>> {
+    let mut chars = text.chars().peekable();
+    let mut pairs = Vec::new();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Some(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        chars.next_if_eq(&'=')?;
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next()? {
+                    '\'' => break,
+                    '\\' => value.push(chars.next()?),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.push(chars.next()?);
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn quote_path(path: &Path) -> String {
+    quote(&path.to_string_lossy())
 }
 
 /// The URL with any password replaced, for error messages.
@@ -184,21 +554,292 @@ fn redact(url: &str) -> String {
     {
         return format!("{scheme}://{user}:***@{host}");
     }
+    if !url.contains("://") && url.contains("password") {
+        // A keyword string: keep everything but the password's value.
+        if let Some(pairs) = keyword_pairs(url) {
+            return pairs
+                .into_iter()
+                .map(|(k, v)| if k == "password" { format!("{k}=***") } else { format!("{k}={}", quote(&v)) })
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        return "(a keyword string with a password)".into();
+    }
     url.to_string()
 }
 
-fn connect_message(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let hint = match db.code().code() {
-            "28P01" | "28000" => "; check the user and password in the URL (or PGPASSWORD)",
-            "3D000" => "; check the database name in the URL",
-            _ => "",
+/// rustls under tokio-postgres: the client configuration a target's
+/// settings call for, and the `MakeTlsConnect` glue.
+mod tls {
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::WebPkiSupportedAlgorithms;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+    use super::{RootCert, TlsMode, TlsSettings, Verify};
+
+    /// The client configuration for these settings; the error is one line
+    /// for [`crate::PgError::Connect`].
+    pub(super) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, String> {
+        // The provider the AWS SDK's rustls uses too: one crypto library.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier: Arc<dyn ServerCertVerifier> = match settings.verify() {
+            Verify::Nothing => Arc::new(EncryptOnly(provider.signature_verification_algorithms)),
+            verify => {
+                let roots = root_store(settings)?;
+                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| format!("cannot use the CA certificates: {e}"))?;
+                if verify == Verify::Chain { Arc::new(ChainOnly(webpki)) } else { webpki }
+            }
         };
-        return format!("{}{hint}", db.message());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        match (&settings.cert, &settings.key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| {
+                        format!("cannot read the client certificate sslcert={}: {e}", cert.display())
+                    })?;
+                if chain.is_empty() {
+                    return Err(format!("sslcert={} holds no PEM certificate", cert.display()));
+                }
+                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    format!(
+                        "cannot read the client key sslkey={}: {e} (expected an unencrypted PEM private key)",
+                        key.display()
+                    )
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| format!("the client certificate and key do not go together: {e}"))
+            }
+            _ => Ok(builder.with_no_client_auth()),
+        }
     }
-    let text = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
-    format!("{text}; check the host and port, and that the server is running and accepts connections")
+
+    fn root_store(settings: &TlsSettings) -> Result<RootCertStore, String> {
+        let mode = settings.mode.as_str();
+        let mut roots = RootCertStore::empty();
+        match settings.root_cert() {
+            Some(RootCert::File(path)) => {
+                let certs = std::fs::read(&path)
+                    .map_err(|e| {
+                        format!(
+                            "cannot read sslrootcert {}: {e}; point sslrootcert at a PEM file of the CA certificates that signed the server's certificate",
+                            path.display()
+                        )
+                    })
+                    .and_then(|pem| {
+                        CertificateDer::pem_slice_iter(&pem)
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| format!("sslrootcert {} is not a PEM certificate bundle: {e}", path.display()))
+                    })?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(format!("sslrootcert {} holds no usable CA certificate", path.display()));
+                }
+            }
+            Some(RootCert::System) => {
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
+                    return Err(format!(
+                        "sslrootcert=system, but no trusted CA certificates were found on this machine{why}; install the ca-certificates package or give sslrootcert=PATH"
+                    ));
+                }
+            }
+            None if settings.mode == TlsMode::Require => {}
+            None => {
+                return Err(format!(
+                    "sslmode={mode} checks the server's certificate, but no CA certificates are given: add sslrootcert=PATH (a PEM bundle) or sslrootcert=system, or use sslmode=require to encrypt without verifying"
+                ));
+            }
+        }
+        Ok(roots)
+    }
+
+    /// No certificate checks (libpq's `prefer` and plain `require`); the
+    /// handshake signatures are still verified, so the session key is the
+    /// one the presented certificate holds.
+    #[derive(Debug)]
+    struct EncryptOnly(WebPkiSupportedAlgorithms);
+
+    impl ServerCertVerifier for EncryptOnly {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_schemes()
+        }
+    }
+
+    /// `verify-ca`: the chain must lead to a trusted CA, the name may be any.
+    /// webpki checks the chain before the name, so a name error means the
+    /// chain is good.
+    #[derive(Debug)]
+    struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+
+    /// tokio-postgres' TLS hook, backed by tokio-rustls.
+    #[derive(Clone)]
+    pub(super) struct RustlsConnect(pub(super) Arc<ClientConfig>);
+
+    impl<S> MakeTlsConnect<S> for RustlsConnect
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        type Stream = RustlsStream<S>;
+        type TlsConnect = RustlsConnectOne;
+        type Error = rustls::pki_types::InvalidDnsNameError;
+
+        fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnectOne, Self::Error> {
+            // tokio-postgres asks even when there is no host name (hostaddr
+            // only); it then refuses the handshake itself, so any name does.
+            let domain = if domain.is_empty() { "localhost" } else { domain };
+            let name = ServerName::try_from(domain.to_string())?;
+            Ok(RustlsConnectOne { config: self.0.clone(), name })
+        }
+    }
+
+    pub(super) struct RustlsConnectOne {
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    }
+
+    impl<S> TlsConnect<S> for RustlsConnectOne
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        type Stream = RustlsStream<S>;
+        type Error = io::Error;
+        type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
+
+        fn connect(self, stream: S) -> Self::Future {
+            Box::pin(async move {
+                let connector = tokio_rustls::TlsConnector::from(self.config);
+                connector.connect(self.name, stream).await.map(RustlsStream)
+            })
+        }
+    }
+
+    pub(super) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
+        /// No `tls-server-end-point` binding: SCRAM then authenticates
+        /// without channel binding, as libpq's default `channel_binding=prefer`
+        /// allows.
+        fn channel_binding(&self) -> ChannelBinding {
+            ChannelBinding::none()
+        }
+    }
 }
+
+use tls::RustlsConnect;
 
 #[cfg(test)]
 mod tests {
@@ -222,7 +863,112 @@ mod tests {
     fn bad_urls_are_refused_without_echoing_passwords() {
         let e = PgTarget::parse("postgresql://bob:hunter2@host:notaport/db").unwrap_err().to_string();
         assert!(e.contains("invalid PostgreSQL URL") && !e.contains("hunter2"), "{e}");
-        let e = PgTarget::parse("postgresql://h/db?sslmode=require").unwrap_err().to_string();
-        assert!(e.contains("sslmode=require"), "{e}");
+        let e = PgTarget::parse("host=h password=hunter2 port=notaport").unwrap_err().to_string();
+        assert!(e.contains("invalid PostgreSQL URL") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn ssl_parameters_are_taken_from_urls() {
+        let t = PgTarget::parse(
+            "postgresql://bob:pw@db.example:5433/app?application_name=x&sslmode=verify-full&sslrootcert=/etc/ca%20bundle.pem&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(t.tls.mode, TlsMode::VerifyFull);
+        assert_eq!(t.tls.root_cert, Some(RootCert::File("/etc/ca bundle.pem".into())));
+        assert_eq!(t.tls.verify(), Verify::ChainAndName);
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
+        // The other parameters still reach tokio-postgres.
+        assert_eq!(t.config.get_application_name(), Some("x"));
+        assert_eq!(t.config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        let info = t.conninfo();
+        assert!(
+            info.contains("sslmode=verify-full") && info.contains("sslrootcert='/etc/ca bundle.pem'"),
+            "{info}"
+        );
+
+        let t = PgTarget::parse("postgres://h/db?sslmode=require").unwrap();
+        assert_eq!((t.tls.mode, t.tls.verify()), (TlsMode::Require, Verify::Nothing));
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
+        // libpq: `require` with a root certificate checks the chain.
+        let t = PgTarget::parse("postgres://h/db?sslmode=require&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(t.tls.verify(), Verify::Chain);
+        let t = PgTarget::parse("postgres://h/db?sslmode=allow").unwrap();
+        assert_eq!((t.config.get_ssl_mode(), t.tls.verify()), (SslMode::Prefer, Verify::Nothing));
+        let t = PgTarget::parse("postgres://h/db?sslmode=disable").unwrap();
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+        assert!(t.conninfo().contains("sslmode=disable"), "{}", t.conninfo());
+    }
+
+    #[test]
+    fn ssl_parameters_are_taken_from_keyword_strings() {
+        let t = PgTarget::parse(
+            r"host=db.example port=5433 dbname='my db' sslmode = verify-ca sslrootcert='/etc/it\'s/ca.pem' sslcert=/c.pem sslkey=/c.key",
+        )
+        .unwrap();
+        assert_eq!(t.database(), Some("my db"));
+        assert_eq!(t.tls.mode, TlsMode::VerifyCa);
+        assert_eq!(t.tls.root_cert, Some(RootCert::File("/etc/it's/ca.pem".into())));
+        assert_eq!(t.tls.cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(t.tls.key.as_deref(), Some(Path::new("/c.key")));
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
+        let info = t.conninfo();
+        for part in [
+            "sslmode=verify-ca",
+            r"sslrootcert='/etc/it\'s/ca.pem'",
+            "sslcert='/c.pem'",
+            "sslkey='/c.key'",
+            "dbname='my db'",
+        ] {
+            assert!(info.contains(part), "{part} missing from {info}");
+        }
+        // The OS trust store implies verify-full, as in libpq.
+        let t = PgTarget::parse("host=h sslrootcert=system").unwrap();
+        assert_eq!(t.tls.mode, TlsMode::VerifyFull);
+        assert!(t.conninfo().contains("sslrootcert=system"), "{}", t.conninfo());
+        // Relative paths are made absolute, so the tools find them from anywhere.
+        let t = PgTarget::parse("host=h sslmode=verify-ca sslrootcert=ca.pem").unwrap();
+        assert!(matches!(&t.tls.root_cert, Some(RootCert::File(p)) if p.is_absolute()));
+    }
+
+    #[test]
+    fn bad_ssl_settings_are_refused_clearly() {
+        let e = PgTarget::parse("postgresql://bob:hunter2@h/db?sslmode=verify_full").unwrap_err().to_string();
+        assert!(e.contains("unknown sslmode \"verify_full\"") && e.contains("verify-full"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = PgTarget::parse("host=h sslmode=on").unwrap_err().to_string();
+        assert!(e.contains("unknown sslmode \"on\""), "{e}");
+        let e =
+            PgTarget::parse("postgres://h/db?sslmode=require&sslrootcert=system").unwrap_err().to_string();
+        assert!(e.contains("sslrootcert=system needs sslmode=verify-full"), "{e}");
+        let e = PgTarget::parse("postgres://h/db?sslcert=/c.pem").unwrap_err().to_string();
+        assert!(e.contains("sslcert and sslkey go together"), "{e}");
+    }
+
+    #[test]
+    fn verification_without_a_ca_bundle_says_what_to_add() {
+        let t =
+            PgTarget::parse("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem").unwrap();
+        let e = t.tls_config().unwrap_err();
+        assert!(e.contains("cannot read sslrootcert /nonexistent/ca.pem"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let t =
+            PgTarget::parse(&format!("host=h sslmode=verify-ca sslrootcert={}", empty.display())).unwrap();
+        let e = t.tls_config().unwrap_err();
+        assert!(e.contains("holds no usable CA certificate"), "{e}");
+        // Encryption without verification needs nothing.
+        let t = PgTarget::parse("host=h sslmode=require").unwrap();
+        assert!(t.tls_config().is_ok());
+    }
+
+    #[test]
+    fn keyword_strings_split_like_libpq() {
+        let (rest, taken) = split_tls_params(r"host=a  sslmode=require user='x y' password='p\'w'");
+        assert_eq!(taken, vec![("sslmode".to_string(), "require".to_string())]);
+        assert_eq!(rest, r"host='a' user='x y' password='p\'w'");
+        let (rest, taken) = split_tls_params("postgresql://u@h/db?sslmode=prefer");
+        assert_eq!((rest.as_str(), taken.len()), ("postgresql://u@h/db", 1));
+        assert_eq!(keyword_pairs("host='unterminated"), None);
     }
 }

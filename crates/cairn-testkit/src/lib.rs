@@ -639,6 +639,55 @@ impl PgCluster {
         cluster
     }
 
+    /// Turns TLS on with this server certificate and key (PEM; copied into
+    /// the data directory, the key private to the server's user as
+    /// PostgreSQL demands) and makes every TCP connection use it: pg_hba.conf
+    /// gets `hostssl` lines only, so plain TCP logins are refused. Unix
+    /// sockets stay open without TLS.
+    ///
+    /// # Panics
+    /// If the files cannot be installed or the server does not take them.
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = self.data_dir.join(name);
+            std::fs::copy(from, &to)
+                .unwrap_or_else(|e| panic!("copying {} into the cluster: {e}", from.display()));
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            give_to_postgres(&to);
+        }
+        std::fs::write(
+            self.data_dir.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        give_to_postgres(&self.data_dir.join("pg_hba.conf"));
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(self.data_dir.join("postgresql.conf")).unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .unwrap();
+        // ssl and pg_hba.conf are reloadable: no restart needed.
+        let out = as_postgres_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("reload")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running pg_ctl reload");
+        assert!(out.status.success(), "pg_ctl reload failed: {}", String::from_utf8_lossy(&out.stderr));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.psql("postgres", "SHOW ssl") != "on" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not turn TLS on:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Starts the (stopped) cluster and waits until it accepts connections.
     pub fn pg_ctl_start(&self) {
         let out = as_postgres_user(&self.bin.join("pg_ctl"))
