@@ -1,0 +1,264 @@
+//! rustls under tokio-postgres: the client configuration a target's TLS
+//! settings call for (libpq's verification levels), and the
+//! `MakeTlsConnect` glue that runs tokio-postgres over tokio-rustls.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+use super::{RootCert, TlsMode, TlsSettings, Verify};
+
+/// The client configuration for these settings; the error is one line
+/// for [`crate::PgError::Connect`].
+pub(super) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, String> {
+    // The provider the AWS SDK's rustls uses too: one crypto library.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier: Arc<dyn ServerCertVerifier> = match settings.verify() {
+        Verify::Nothing => Arc::new(EncryptOnly(provider.signature_verification_algorithms)),
+        verify => {
+            let roots = root_store(settings)?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| format!("cannot use the CA certificates: {e}"))?;
+            if verify == Verify::Chain { Arc::new(ChainOnly(webpki)) } else { webpki }
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read the client certificate sslcert={}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                return Err(format!("sslcert={} holds no PEM certificate", cert.display()));
+            }
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                format!(
+                    "cannot read the client key sslkey={}: {e} (expected an unencrypted PEM private key)",
+                    key.display()
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("the client certificate and key do not go together: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+fn root_store(settings: &TlsSettings) -> Result<RootCertStore, String> {
+    let mode = settings.mode.as_str();
+    let mut roots = RootCertStore::empty();
+    match settings.root_cert() {
+        Some(RootCert::File(path)) => {
+            let certs = std::fs::read(&path)
+                .map_err(|e| {
+                    format!(
+                        "cannot read sslrootcert {}: {e}; point sslrootcert at a PEM file of the CA certificates that signed the server's certificate",
+                        path.display()
+                    )
+                })
+                .and_then(|pem| {
+                    CertificateDer::pem_slice_iter(&pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("sslrootcert {} is not a PEM certificate bundle: {e}", path.display()))
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("sslrootcert {} holds no usable CA certificate", path.display()));
+            }
+        }
+        Some(RootCert::System) => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
+                return Err(format!(
+                    "sslrootcert=system, but no trusted CA certificates were found on this machine{why}; install the ca-certificates package or give sslrootcert=PATH"
+                ));
+            }
+        }
+        None if settings.mode == TlsMode::Require => {}
+        None => {
+            return Err(format!(
+                "sslmode={mode} checks the server's certificate, but no CA certificates are given: add sslrootcert=PATH (a PEM bundle) or sslrootcert=system, or use sslmode=require to encrypt without verifying"
+            ));
+        }
+    }
+    Ok(roots)
+}
+
+/// No certificate checks (libpq's `prefer` and plain `require`); the
+/// handshake signatures are still verified, so the session key is the
+/// one the presented certificate holds.
+#[derive(Debug)]
+struct EncryptOnly(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted CA, the name may be any.
+/// webpki checks the chain before the name, so a name error means the
+/// chain is good.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// tokio-postgres' TLS hook, backed by tokio-rustls.
+#[derive(Clone)]
+pub(super) struct RustlsConnect(pub(super) Arc<ClientConfig>);
+
+impl<S> MakeTlsConnect<S> for RustlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type TlsConnect = RustlsConnectOne;
+    type Error = rustls::pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnectOne, Self::Error> {
+        // tokio-postgres asks even when there is no host name (hostaddr
+        // only); it then refuses the handshake itself, so any name does.
+        let domain = if domain.is_empty() { "localhost" } else { domain };
+        let name = ServerName::try_from(domain.to_string())?;
+        Ok(RustlsConnectOne { config: self.0.clone(), name })
+    }
+}
+
+pub(super) struct RustlsConnectOne {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl<S> TlsConnect<S> for RustlsConnectOne
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let connector = tokio_rustls::TlsConnector::from(self.config);
+            connector.connect(self.name, stream).await.map(RustlsStream)
+        })
+    }
+}
+
+pub(super) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
+    /// No `tls-server-end-point` binding: SCRAM then authenticates
+    /// without channel binding, as libpq's default `channel_binding=prefer`
+    /// allows.
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
