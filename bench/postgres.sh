@@ -109,6 +109,7 @@ EOF
   "$PGBIN/pgbench" -i -q -s "$PG_SCALE" -h 127.0.0.1 -p "$PORT" -U postgres bench >/dev/null 2>&1
   "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d bench -c 'CHECKPOINT'
   as_pg pgbackrest --config="$PGBR/pgbackrest.conf" --stanza=bench stanza-create >/dev/null
+  archive_settle
   "$CAIRN" init --repo "$BENCH_DIR/cairn-repo" >/dev/null
 }
 
@@ -128,6 +129,21 @@ pg_dump_full() {
   bytes pg_dump-full "$(stat -c %s "$BENCH_DIR/dump")"
 }
 
+# Waits until the server has archived all the WAL written so far: pgBackRest's
+# archive-push compresses every segment, and the load leaves dozens of them,
+# which would otherwise eat CPU under whichever backup is timed first.
+archive_settle() {
+  local needed row
+  needed=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$PORT" -U postgres -d bench -c 'SELECT pg_walfile_name(pg_current_wal_lsn())')
+  "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d bench -c 'SELECT pg_switch_wal()' >/dev/null
+  for _ in $(seq 600); do
+    row=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$PORT" -U postgres -d bench -c "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+    [[ "$row" < "$needed" ]] || return 0
+    sleep 0.2
+  done
+  die "WAL archiving did not catch up (last archived: $row, needed: $needed)"
+}
+
 pgbr() { as_pg pgbackrest --config="$PGBR/pgbackrest.conf" --stanza=bench "$@"; }
 pgbr_backup() {   # pgbr_backup NAME TYPE
   local before
@@ -140,6 +156,7 @@ night() {   # night TX SUFFIX
   log "next night: pgbench -n -t $1"
   "$PGBIN/pgbench" -n -t "$1" --random-seed=$((ROUND * 7 + $1)) -h 127.0.0.1 -p "$PORT" -U postgres bench >/dev/null 2>&1
   "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d bench -c 'CHECKPOINT'
+  archive_settle
   cairn_backup "cairn-logical-$2" --no-globals
   cairn_backup "cairn-physical-$2" --physical
   pgbr_backup "pgbackrest-$2" incr
