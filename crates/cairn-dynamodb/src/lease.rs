@@ -80,15 +80,9 @@ pub enum LeaseError {
 /// A held lease. Drop or [`Lease::release`] it when done.
 #[derive(Debug)]
 pub struct Lease {
-    client: Client,
-    table: String,
-    resource: String,
-    owner: String,
-    token: u64,
-    lost: Arc<AtomicBool>,
+    /// Who holds what, with the commit margin (a third of the lease).
+    held: LeaseCheck,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
-    /// The lease's length: renewals extend it by this much.
-    lease: Duration,
 }
 
 /// A handle that proves, on demand, that a [`Lease`] is still held with
@@ -176,14 +170,16 @@ impl Lease {
                     tracing::info!(resource, owner, token, table = %table, "DynamoDB lease acquired");
                     let lost = Arc::new(AtomicBool::new(false));
                     let mut lease = Lease {
-                        client: client.clone(),
-                        table: table.clone(),
-                        resource: resource.into(),
-                        owner: owner.into(),
-                        token,
-                        lost: lost.clone(),
+                        held: LeaseCheck {
+                            client: client.clone(),
+                            table: table.clone(),
+                            resource: resource.into(),
+                            owner: owner.into(),
+                            token,
+                            lost: lost.clone(),
+                            margin: config.lease / 3,
+                        },
                         heartbeat: None,
-                        lease: config.lease,
                     };
                     if heartbeat {
                         lease.heartbeat = Some(tokio::spawn(heartbeat_loop(
@@ -213,13 +209,13 @@ impl Lease {
 
     /// The fencing token of this lease: larger than every earlier holder's.
     pub fn token(&self) -> u64 {
-        self.token
+        self.held.token
     }
 
     /// Proves the lease is still ours and current (a strongly consistent
     /// read). An error means stop.
     pub async fn check(&self) -> Result<(), LeaseError> {
-        LeaseCheck { margin: Duration::ZERO, ..self.commit_check() }.confirm().await
+        LeaseCheck { margin: Duration::ZERO, ..self.held.clone() }.confirm().await
     }
 
     /// A check to run right before committing (writing a snapshot): the
@@ -228,29 +224,17 @@ impl Lease {
     /// with that much time left finishes before any other holder exists,
     /// as long as the write takes less than that (20 s of the default 60 s).
     pub fn commit_check(&self) -> LeaseCheck {
-        LeaseCheck {
-            client: self.client.clone(),
-            table: self.table.clone(),
-            resource: self.resource.clone(),
-            owner: self.owner.clone(),
-            token: self.token,
-            lost: self.lost.clone(),
-            margin: self.lease / 3,
-        }
+        self.held.clone()
     }
 
     /// Whether the heartbeat has found the lease gone.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
+        self.held.lost.load(Ordering::Relaxed)
     }
 
     /// Shares the lost flag (e.g. to stop a long-running operation).
     pub fn lost_flag(&self) -> Arc<AtomicBool> {
-        self.lost.clone()
-    }
-
-    fn lost_error(&self) -> LeaseError {
-        LeaseError::Lost { resource: self.resource.clone(), token: self.token }
+        self.held.lost.clone()
     }
 
     /// Gives the lease up (only if it is still ours).
@@ -259,31 +243,35 @@ impl Lease {
             h.abort();
         }
         let deleted = self
+            .held
             .client
             .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("lease#{}", self.resource)))
+            .table_name(&self.held.table)
+            .key("pk", s(format!("lease#{}", self.held.resource)))
             .condition_expression("#o = :owner AND #t = :token")
             .expression_attribute_names("#o", "owner")
             .expression_attribute_names("#t", "token")
-            .expression_attribute_values(":owner", s(&self.owner))
-            .expression_attribute_values(":token", n(self.token))
+            .expression_attribute_values(":owner", s(&self.held.owner))
+            .expression_attribute_values(":token", n(self.held.token))
             .send()
             .await;
         match deleted {
             Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Err(self.lost_error()),
-            Err(e) => Err(dynamo_err(&self.table, e)),
+            Err(e) if is_condition_failed(&e) => Err(self.held.lost_error()),
+            Err(e) => Err(dynamo_err(&self.held.table, e)),
         }
     }
 }
 
 impl LeaseCheck {
+    fn lost_error(&self) -> LeaseError {
+        LeaseError::Lost { resource: self.resource.clone(), token: self.token }
+    }
+
     /// Ok when the lease is ours, current, and valid for the margin still.
     pub async fn confirm(&self) -> Result<(), LeaseError> {
-        let lost = || LeaseError::Lost { resource: self.resource.clone(), token: self.token };
         if self.lost.load(Ordering::Relaxed) {
-            return Err(lost());
+            return Err(self.lost_error());
         }
         let item = self
             .client
@@ -309,7 +297,7 @@ impl LeaseCheck {
             }),
             _ => {
                 self.lost.store(true, Ordering::Relaxed);
-                Err(lost())
+                Err(self.lost_error())
             }
         }
     }

@@ -57,8 +57,9 @@ struct StreamCutter {
 
 impl StreamCutter {
     fn new(chunker: Chunker, chunking: Chunking) -> StreamCutter {
-        let cutter = StreamCutter { chunker, chunking, pending: Vec::new() };
-        StreamCutter { pending: Vec::with_capacity(2 * cutter.window()), ..cutter }
+        let mut cutter = StreamCutter { chunker, chunking, pending: Vec::new() };
+        cutter.pending.reserve(2 * cutter.window());
+        cutter
     }
 
     fn window(&self) -> usize {

@@ -119,6 +119,19 @@ pub struct KeyInfo {
 }
 
 impl Repository {
+    /// A repository whose master key has been unlocked, with empty caches.
+    fn opened(backend: Arc<dyn Backend>, master: Key, key_id: Id, config: RepoConfig) -> Repository {
+        Repository {
+            backend,
+            key: Arc::new(master),
+            key_id,
+            config,
+            tree_packs: Default::default(),
+            tree_fetch: Default::default(),
+            commit_check: Default::default(),
+        }
+    }
+
     /// Creates a new repository (format version 2) protected by `password`.
     pub async fn init(backend: Arc<dyn Backend>, password: &str) -> Result<Repository> {
         Self::init_with(backend, password, KdfParams::DEFAULT).await
@@ -151,15 +164,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Repository {
-            backend,
-            key: Arc::new(master),
-            key_id,
-            config,
-            tree_packs: Default::default(),
-            tree_fetch: Default::default(),
-            commit_check: Default::default(),
-        })
+        Ok(Repository::opened(backend, master, key_id, config))
     }
 
     /// Opens an existing repository with `password`.
@@ -204,15 +209,7 @@ impl Repository {
             if config.version != 1 && config.version != 2 {
                 return Err(RepoError::UnsupportedVersion(config.version));
             }
-            return Ok(Repository {
-                backend,
-                key: Arc::new(master),
-                key_id,
-                config,
-                tree_packs: Default::default(),
-                tree_fetch: Default::default(),
-                commit_check: Default::default(),
-            });
+            return Ok(Repository::opened(backend, master, key_id, config));
         }
         if let Some(path) = damaged.first() {
             return Err(RepoError::damaged(

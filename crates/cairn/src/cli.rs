@@ -127,7 +127,8 @@ pub struct WalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum WalAction {
-    /// Report the archived range of every timeline and any gap; exit 4 when the chain is broken.
+    /// Report the archived range of every timeline, any gap, and the recovery window of every
+    /// physical base backup; exit 4 when the chain is broken or the newest base backup cannot recover.
     Verify {
         /// Also read every WAL object and verify it (authentication and SHA-256).
         #[arg(long)]
@@ -203,7 +204,8 @@ pub enum BackupKind {
 #[derive(Debug, Args, Clone, Default)]
 pub struct PostgresArgs {
     /// Server to back up: postgresql://USER@HOST:PORT[/DATABASE]; the password
-    /// from the URL, PGPASSWORD or ~/.pgpass (client tools).
+    /// from the URL, PGPASSWORD or ~/.pgpass (client tools). TLS as libpq:
+    /// ?sslmode=verify-full&sslrootcert=CA.pem (also sslcert, sslkey).
     #[arg(long, env = "CAIRN_PG_URL", hide_env_values = true)]
     pub url: String,
     /// Database to dump (repeatable). Default: the one the URL names, or every database.
