@@ -373,3 +373,49 @@ fn damaged_table_data_stops_the_restore() {
     let out = env.cairn(&restore_args(&snap, &pg.db_url(&target), &[]));
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
 }
+
+#[test]
+fn a_copy_the_server_cancels_fails_the_backup_with_the_servers_reason() {
+    let pg = cairn_testkit::postgres();
+    let env = Env::new();
+    env.init();
+    let db = unique_db("cancel");
+    pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+    // Big enough (~250 MiB, dozens of block ranges) that its copies are
+    // still running when one of them is cancelled.
+    pg.psql(
+        &db,
+        "CREATE TABLE big AS SELECT i, repeat(md5(i::text), 3) AS pad FROM generate_series(1, 2000000) i",
+    );
+    let mut backup = env.cairn_cmd();
+    backup.args(["backup", "postgres", "--url", &pg.db_url(&db)]);
+    backup.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = backup.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let cancelled = loop {
+        let hit = pg.psql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{db}' AND query LIKE 'COPY%big%' AND state = 'active'"
+            ),
+        );
+        if hit != "0" {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(cancelled, "no COPY of the table was seen running: {}", describe(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("canceling statement due to user request"), "{err}");
+    assert!(err.contains("copying"), "says which copy failed: {err}");
+    assert!(
+        env.cairn_json(&["snapshots", "--json"]).as_array().unwrap().is_empty(),
+        "a snapshot was written"
+    );
+}

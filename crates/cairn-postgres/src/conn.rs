@@ -22,8 +22,10 @@ use tokio_postgres::{Client, Config, NoTls, Socket};
 
 use crate::PgError;
 
+mod tap;
 mod tls;
 
+pub use tap::CopyTap;
 use tls::RustlsConnect;
 
 /// A PostgreSQL server and, optionally, a database on it.
@@ -281,6 +283,22 @@ impl PgTarget {
         }
         let tls = RustlsConnect(self.tls_config().map_err(|message| self.connect_error(message))?);
         self.spawn(&self.config, tls).await
+    }
+
+    /// Opens a connection whose `COPY … TO STDOUT` rows can bypass
+    /// tokio-postgres (see [`CopyTap`]), for the dump's copy connections.
+    /// Same settings as [`connect`](Self::connect).
+    pub async fn connect_tapped(&self) -> Result<(Client, CopyTap), PgError> {
+        let all_unix = self.config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)))
+            && self.config.get_hostaddrs().is_empty();
+        let tls = if self.tls.mode == TlsMode::Disable || all_unix {
+            None
+        } else {
+            Some(RustlsConnect(self.tls_config().map_err(|message| self.connect_error(message))?))
+        };
+        tap::connect(&self.config, self.tls.tokio_mode(), tls)
+            .await
+            .map_err(|message| self.connect_error(message))
     }
 
     async fn spawn<T>(&self, config: &Config, tls: T) -> Result<Client, PgError>

@@ -511,7 +511,7 @@ async fn copy_worker(
     snapshot: String,
     shared: Arc<CopyShared>,
 ) -> Result<(), PgError> {
-    let client = target.connect().await?;
+    let (client, mut tap) = target.connect_tapped().await?;
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'; \
@@ -526,19 +526,22 @@ async fn copy_worker(
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = shared.jobs.get(i) else { break };
         let what = format!("copying {}", job.what);
-        let stream = client.copy_out(job.sql.as_str()).await.map_err(PgError::query(what))?;
         // Progress is counted locally and published per MiB: a shared
-        // counter bumped for every row by every connection would bounce its
-        // cache line between cores millions of times.
+        // counter bumped by every connection for every batch would bounce
+        // its cache line between cores.
         let unpublished = AtomicU64::new(0);
-        let stream = stream.inspect_ok(|b: &Bytes| {
-            let n = unpublished.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64;
-            if n >= 1 << 20 {
-                unpublished.fetch_sub(n, Ordering::Relaxed);
-                progress.bytes_done.fetch_add(n, Ordering::Relaxed);
-            }
-        });
-        let file = archive.add_stream(&job.file, stream).await?;
+        let file = tap
+            .copy_out(&client, job.sql.as_str(), &what, |rows| async {
+                let rows = rows.inspect_ok(|b: &Bytes| {
+                    let n = unpublished.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64;
+                    if n >= 1 << 20 {
+                        unpublished.fetch_sub(n, Ordering::Relaxed);
+                        progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+                    }
+                });
+                Ok(archive.add_stream(&job.file, rows).await?)
+            })
+            .await?;
         progress.bytes_done.fetch_add(unpublished.into_inner(), Ordering::Relaxed);
         shared.results.lock().expect("results")[i] = Some(file);
         if shared.remaining[job.table].fetch_sub(1, Ordering::Relaxed) == 1 {

@@ -48,17 +48,27 @@ const BATCH_BYTES: usize = 256 << 10;
 /// Cuts a stream into chunks at the same places however it arrives in
 /// pieces: a cut is final only with the chunker's `max` bytes in view, or
 /// at the end of the stream.
+///
+/// Database sources hand over one row (~100 bytes) at a time, so the
+/// buffer is compacted only once [`COMPACT_WINDOWS`] windows have been cut
+/// from its front: compacting after every cut would move up to a window
+/// (64 KiB) for every ~16 KiB chunk, several times the stream's size.
 #[derive(Debug, Clone)]
 struct StreamCutter {
     chunker: Chunker,
     chunking: Chunking,
     pending: Vec<u8>,
+    /// Where the bytes not yet cut start in `pending`.
+    start: usize,
 }
+
+/// See [`StreamCutter`]: bytes cut from the front of the buffer, in windows, before it is compacted.
+const COMPACT_WINDOWS: usize = 4;
 
 impl StreamCutter {
     fn new(chunker: Chunker, chunking: Chunking) -> StreamCutter {
-        let mut cutter = StreamCutter { chunker, chunking, pending: Vec::new() };
-        cutter.pending.reserve(2 * cutter.window());
+        let mut cutter = StreamCutter { chunker, chunking, pending: Vec::new(), start: 0 };
+        cutter.pending.reserve((COMPACT_WINDOWS + 2) * cutter.window());
         cutter
     }
 
@@ -82,7 +92,7 @@ impl StreamCutter {
 
     fn cut(&mut self, eof: bool, mut emit: impl FnMut(&[u8])) {
         let window = self.window();
-        let mut start = 0;
+        let mut start = self.start;
         while self.pending.len() - start >= window || (eof && start < self.pending.len()) {
             let len = match self.chunking {
                 Chunking::ContentDefined => self.chunker.next_cut(&self.pending[start..]),
@@ -91,7 +101,11 @@ impl StreamCutter {
             emit(&self.pending[start..start + len]);
             start += len;
         }
-        self.pending.drain(..start);
+        if start >= COMPACT_WINDOWS * window || start == self.pending.len() {
+            self.pending.drain(..start);
+            start = 0;
+        }
+        self.start = start;
     }
 }
 
@@ -102,10 +116,13 @@ struct Collected<'a> {
     digest: Sha256,
     batch: Vec<(Id, Vec<u8>)>,
     batch_bytes: usize,
+    /// Newlines seen, counted per chunk rather than per (row-sized) piece.
+    lines: u64,
 }
 
 impl Collected<'_> {
     fn take(&mut self, chunk: &[u8]) {
+        self.lines += memchr_count(b'\n', chunk);
         let id = Id::hash(chunk);
         self.digest.update(id.0);
         self.content.push(id);
@@ -275,14 +292,14 @@ impl StreamArchive {
             digest: Sha256::new(),
             batch: Vec::new(),
             batch_bytes: 0,
+            lines: 0,
         };
-        let (mut size, mut lines) = (0u64, 0u64);
+        let mut size = 0u64;
         loop {
             match stream.next().await {
                 Some(piece) => {
                     let piece = piece
                         .map_err(|e| RepoError::Pipeline(format!("reading the stream for {path}: {e}")))?;
-                    lines += memchr_count(b'\n', &piece);
                     size += piece.len() as u64;
                     cutter.push(&piece, |chunk| out.take(chunk));
                 }
@@ -296,7 +313,7 @@ impl StreamArchive {
             }
         }
         self.saver.queue_hashed_async(out.take_batch(), BlobType::Data).await?;
-        let Collected { content, digest, .. } = out;
+        let Collected { content, digest, lines, .. } = out;
         self.bytes_processed.fetch_add(size, Ordering::Relaxed);
         self.insert_file(path, size, content, meta)?;
         Ok(StreamFile { size, digest: digest.finalize().into(), lines })

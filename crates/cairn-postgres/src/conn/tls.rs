@@ -192,7 +192,7 @@ impl ServerCertVerifier for ChainOnly {
 
 /// tokio-postgres' TLS hook, backed by tokio-rustls.
 #[derive(Clone)]
-pub(super) struct RustlsConnect(pub(super) Arc<ClientConfig>);
+pub(crate) struct RustlsConnect(pub(crate) Arc<ClientConfig>);
 
 impl<S> MakeTlsConnect<S> for RustlsConnect
 where
@@ -211,7 +211,7 @@ where
     }
 }
 
-pub(super) struct RustlsConnectOne {
+pub(crate) struct RustlsConnectOne {
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
 }
@@ -232,7 +232,7 @@ where
     }
 }
 
-pub(super) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+pub(crate) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
