@@ -4,19 +4,24 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cairn_testkit::PgCluster;
 use common::*;
 
-/// A CA, a server certificate it signed for `localhost` and 127.0.0.1, and
-/// an unrelated second CA.
+/// A CA, a server certificate it signed for `localhost` and 127.0.0.1, a
+/// client certificate it signed for the user `backup`, and an unrelated
+/// second CA, which signed another certificate for `backup` with the same key.
 struct Certs {
     ca: PathBuf,
     other_ca: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    other_ca_client_cert: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -25,82 +30,93 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?} failed: {}", describe(&out));
 }
 
+const EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=cairn test {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    dir.join(format!("{name}.pem"))
+    let (key, pem, subject) =
+        (format!("{name}.key"), format!("{name}.pem"), format!("/CN=cairn test {name}"));
+    let mut args = vec!["req", "-x509"];
+    args.extend(EC_KEY);
+    args.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subject]);
+    args.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &args);
+    dir.join(pem)
 }
 
-fn make_certs(dir: &Path) -> Certs {
-    std::fs::create_dir_all(dir).unwrap();
-    let ca = make_ca(dir, "ca");
-    let other_ca = make_ca(dir, "other-ca");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
+/// A new key `NAME.key` and a signing request `NAME.csr` for this CN.
+fn make_request(dir: &Path, name: &str, cn: &str) {
+    let (key, csr, subject) = (format!("{name}.key"), format!("{name}.csr"), format!("/CN={cn}"));
+    let mut args = vec!["req"];
+    args.extend(EC_KEY);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+    openssl(dir, &args);
+}
+
+/// Signs `request.csr` with the CA `ca` (made by [`make_ca`]) into `out`,
+/// with the X.509 extensions in `extensions`.
+fn sign(dir: &Path, request: &str, ca: &str, extensions: &str, out: &str) -> PathBuf {
+    let ext_file = format!("{out}.ext");
+    std::fs::write(dir.join(&ext_file), extensions).unwrap();
+    let (csr, ca_pem, ca_key) = (format!("{request}.csr"), format!("{ca}.pem"), format!("{ca}.key"));
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
-            "ca.pem",
+            &ca_pem,
             "-CAkey",
-            "ca.key",
+            &ca_key,
             "-CAcreateserial",
             "-out",
-            "server.pem",
+            out,
             "-days",
             "2",
             "-extfile",
-            "server.ext",
+            &ext_file,
         ],
     );
-    Certs { ca, other_ca, server_cert: dir.join("server.pem"), server_key: dir.join("server.key") }
+    dir.join(out)
+}
+
+fn make_certs(dir: &Path) -> Certs {
+    std::fs::create_dir_all(dir).unwrap();
+    let ca = make_ca(dir, "ca");
+    let other_ca = make_ca(dir, "other-ca");
+    make_request(dir, "server", "localhost");
+    let server_cert = sign(
+        dir,
+        "server",
+        "ca",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        "server.pem",
+    );
+    // `cert` authentication takes the user name from the CN.
+    make_request(dir, "backup", "backup");
+    let client_ext =
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n";
+    let client_cert = sign(dir, "backup", "ca", client_ext, "backup.pem");
+    let other_ca_client_cert = sign(dir, "backup", "other-ca", client_ext, "backup-other-ca.pem");
+    // libpq refuses a key file others can read; do not depend on openssl's
+    // choice of mode.
+    std::fs::set_permissions(dir.join("backup.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    Certs {
+        ca,
+        other_ca,
+        server_cert,
+        server_key: dir.join("server.key"),
+        client_cert,
+        client_key: dir.join("backup.key"),
+        other_ca_client_cert,
+    }
 }
 
 #[test]
@@ -194,4 +210,161 @@ fn require_fails_clearly_when_the_server_has_no_tls() {
     // prefer (libpq's default, and cairn's) falls back to plain TCP.
     let url = format!("{}?sslmode=prefer", pg.url("app"));
     env.cairn_ok(&["backup", "postgres", "--url", &url]);
+}
+
+/// A TLS-only cluster where the user `backup` (a superuser, allowed to
+/// replicate) logs in over TCP only with a client certificate our CA signed
+/// for it, holding the `items` table in the database `app`. The user
+/// `intruder` needs a certificate too, and has none of its own.
+fn client_cert_cluster(env: &Env) -> (Certs, PgCluster) {
+    let certs = make_certs(&env.path("certs"));
+    let pg = PgCluster::start(&env.path("pg/data"), "");
+    pg.enable_tls(&certs.server_cert, &certs.server_key);
+    pg.require_client_certs(&certs.ca, "backup,intruder");
+    pg.psql("postgres", "CREATE ROLE backup LOGIN SUPERUSER REPLICATION");
+    pg.psql("postgres", "CREATE ROLE intruder LOGIN");
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 2000) i;",
+    );
+    (certs, pg)
+}
+
+/// `postgresql://backup@127.0.0.1:PORT/DB` verifying the server fully, with
+/// `extra` parameters appended.
+fn backup_url(pg: &PgCluster, certs: &Certs, db: &str, extra: &str) -> String {
+    format!(
+        "postgresql://backup@127.0.0.1:{}/{db}?sslmode=verify-full&sslrootcert={}{extra}",
+        pg.port,
+        certs.ca.display()
+    )
+}
+
+fn client_cert_params(cert: &Path, key: &Path) -> String {
+    format!("&sslcert={}&sslkey={}", cert.display(), key.display())
+}
+
+#[test]
+fn client_certificates_authenticate_backups_and_restores() {
+    let env = Env::new();
+    env.init();
+    let (certs, pg) = client_cert_cluster(&env);
+    let with_cert = client_cert_params(&certs.client_cert, &certs.client_key);
+
+    // pg_hba.conf lets `backup` in over TCP only with the certificate, so
+    // each success below is a certificate login, by cairn and by the tools.
+    let backup = env.cairn_json(&[
+        "backup",
+        "--json",
+        "postgres",
+        "--url",
+        &backup_url(&pg, &certs, "app", &with_cert),
+    ]);
+    assert_eq!(backup["rows"], 2000, "{backup}");
+    let snapshot = backup["snapshot"].as_str().unwrap().to_string();
+    let copy = backup_url(&pg, &certs, "copy", &with_cert);
+    let done = env.cairn_json(&["restore", &snapshot, "--to", &copy, "--verify", "--json"]);
+    assert_eq!(done["rows"], 2000, "{done}");
+    assert_eq!(done["verified_tables"], 1, "{done}");
+    assert_eq!(pg.psql("copy", "SELECT count(*), sum(id) FROM items"), "2000|2001000");
+    assert_eq!(
+        pg.psql("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'copy'"),
+        "backup"
+    );
+    let check = env.cairn_json(&["verify", &snapshot, "--against", &copy, "--json"]);
+    assert_eq!(check["ok"], true, "{check}");
+
+    // The libpq environment instead of the URL; cairn hands the settings on
+    // to pg_dump and pg_dumpall in their conninfo.
+    let out = env
+        .cairn_cmd()
+        .env("PGSSLCERT", &certs.client_cert)
+        .env("PGSSLKEY", &certs.client_key)
+        .args(["backup", "--json", "postgres", "--url", &backup_url(&pg, &certs, "app", "")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+    let json: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert_eq!(json["rows"], 2000, "{json}");
+
+    // pg_basebackup's replication connection, through its own pg_hba.conf line.
+    let base = env.cairn_json(&[
+        "backup",
+        "--json",
+        "postgres",
+        "--physical",
+        "--url",
+        &backup_url(&pg, &certs, "postgres", &with_cert),
+    ]);
+    assert_eq!(base["kind"], "postgres-physical", "{base}");
+    assert!(base["files"].as_u64().unwrap() > 100, "{base}");
+}
+
+#[test]
+fn rejected_client_certificates_fail_in_one_clear_line() {
+    let env = Env::new();
+    env.init();
+    let (certs, pg) = client_cert_cluster(&env);
+    let fails = |params: &str| {
+        let out = env.cairn(&["backup", "postgres", "--url", &backup_url(&pg, &certs, "app", params)]);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        err
+    };
+
+    // No certificate: the server refuses the login, and cairn names the settings.
+    let err = fails("");
+    assert!(
+        err.contains("requires a valid client certificate") && err.contains("sslcert and sslkey"),
+        "{err}"
+    );
+
+    // Signed by a CA the server does not trust: refused in the handshake.
+    let err = fails(&client_cert_params(&certs.other_ca_client_cert, &certs.client_key));
+    let shown = format!("sslcert={}", certs.other_ca_client_cert.display());
+    assert!(err.contains("rejected the client certificate") && err.contains(&shown), "{err}");
+    assert!(err.contains("ssl_ca_file"), "{err}");
+
+    // A good certificate, for another user: `cert` matches the CN to the user.
+    let with_cert = client_cert_params(&certs.client_cert, &certs.client_key);
+    let url = backup_url(&pg, &certs, "app", &with_cert).replace("backup@", "intruder@");
+    let out = env.cairn(&["backup", "postgres", "--url", &url]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate authentication failed") && err.contains("(CN)"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    // The key: missing, or another certificate's.
+    let err = fails(&client_cert_params(&certs.client_cert, Path::new("/nonexistent/backup.key")));
+    assert!(err.contains("cannot read the client key sslkey=/nonexistent/backup.key"), "{err}");
+    let err = fails(&client_cert_params(&certs.client_cert, &certs.server_key));
+    assert!(err.contains("is not the private key of the certificate in sslcert="), "{err}");
+
+    // libpq refuses a key others can read, so cairn does so too, before it
+    // starts: otherwise its own connections would work and the tools fail.
+    let loose = env.path("certs/loose.key");
+    std::fs::copy(&certs.client_key, &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = fails(&client_cert_params(&certs.client_cert, &loose));
+    assert!(err.contains("open to other users (mode 0644)") && err.contains("chmod 600"), "{err}");
+    let libpq = Command::new(pg.bin.join("psql"))
+        .args(["-X", "-At", "-c", "SELECT 1"])
+        .arg(backup_url(&pg, &certs, "app", &client_cert_params(&certs.client_cert, &loose)))
+        .output()
+        .unwrap();
+    let libpq_err = String::from_utf8_lossy(&libpq.stderr);
+    assert!(!libpq.status.success() && libpq_err.contains("group or world access"), "{}", describe(&libpq));
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.cairn_json(&[
+        "backup",
+        "--json",
+        "postgres",
+        "--url",
+        &backup_url(&pg, &certs, "app", &client_cert_params(&certs.client_cert, &loose)),
+    ]);
+    assert_eq!(out["rows"], 2000, "{out}");
 }

@@ -407,11 +407,22 @@ impl PgTarget {
             let hint = match db.code().code() {
                 // pg_hba.conf has only `hostssl` lines for us.
                 "28000" if db.message().contains("no encryption") => {
-                    "; the server accepts only TLS connections here: use sslmode=require (or verify-ca / verify-full)"
+                    "; the server accepts only TLS connections here: use sslmode=require (or verify-ca / verify-full)".into()
                 }
-                "28P01" | "28000" => "; check the user and password in the URL (or PGPASSWORD)",
-                "3D000" => "; check the database name in the URL",
-                _ => "",
+                // `cert` authentication, or `clientcert=verify-full` on another method.
+                "28000" if db.message().contains("requires a valid client certificate") => match &self.tls.cert {
+                    None => "; give the client certificate and its key with sslcert and sslkey (or PGSSLCERT and PGSSLKEY)".into(),
+                    Some(cert) => format!(
+                        "; the server did not take the certificate in sslcert={}: use one signed by a CA in the server's ssl_ca_file",
+                        cert.display()
+                    ),
+                },
+                "28000" if db.message().contains("certificate authentication failed") => {
+                    "; the client certificate's common name (CN) must be the user name in the URL, unless pg_ident.conf maps it".into()
+                }
+                "28P01" | "28000" => "; check the user and password in the URL (or PGPASSWORD)".into(),
+                "3D000" => "; check the database name in the URL".into(),
+                _ => String::new(),
             };
             return format!("{}{hint}", db.message());
         }
@@ -439,6 +450,7 @@ impl PgTarget {
             if let Some(tls) =
                 err.downcast_ref::<rustls::Error>().or_else(|| inner?.downcast_ref::<rustls::Error>())
             {
+                use rustls::AlertDescription as A;
                 use rustls::CertificateError as C;
                 return Some(match tls {
                     rustls::Error::InvalidCertificate(
@@ -454,6 +466,29 @@ impl PgTarget {
                     rustls::Error::InvalidCertificate(_) => format!(
                         "the server's TLS certificate was rejected ({tls}); renew the server's certificate, or check the clock of this machine (sslmode={mode})"
                     ),
+                    // The server's complaints about the certificate we sent (or did not).
+                    rustls::Error::AlertReceived(
+                        alert @ (A::UnknownCA
+                        | A::BadCertificate
+                        | A::UnsupportedCertificate
+                        | A::CertificateRevoked
+                        | A::CertificateExpired
+                        | A::CertificateUnknown
+                        | A::CertificateRequired),
+                    ) => match &self.tls.cert {
+                        Some(cert) => format!(
+                            "the server rejected the client certificate in sslcert={} ({tls}); {}",
+                            cert.display(),
+                            match alert {
+                                A::CertificateExpired => "renew it",
+                                A::CertificateRevoked => "issue a new one",
+                                _ => "use a certificate signed by a CA in the server's ssl_ca_file",
+                            }
+                        ),
+                        None => format!(
+                            "the server requires a client certificate ({tls}); give it and its key with sslcert and sslkey (or PGSSLCERT and PGSSLKEY)"
+                        ),
+                    },
                     _ => format!("TLS handshake with the server failed: {tls} (sslmode={mode})"),
                 });
             }

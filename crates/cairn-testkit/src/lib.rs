@@ -655,20 +655,56 @@ impl PgCluster {
             std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
             give_to_postgres(&to);
         }
+        self.write_hba("");
+        self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        self.reload_until("ssl", "on");
+    }
+
+    /// After [`PgCluster::enable_tls`]: TCP logins as `users` (a pg_hba.conf
+    /// user list, e.g. `alice,bob`), replication included, must present a
+    /// client certificate that `ca` signed and whose CN is the user name
+    /// (`cert` authentication). Every other user still logs in without one,
+    /// so [`PgCluster::psql`] keeps working.
+    ///
+    /// # Panics
+    /// If the CA cannot be installed or the server does not take it.
+    pub fn require_client_certs(&self, ca: &Path, users: &str) {
+        let to = self.data_dir.join("client-ca.crt");
+        std::fs::copy(ca, &to).unwrap_or_else(|e| panic!("copying {} into the cluster: {e}", ca.display()));
+        give_to_postgres(&to);
+        // pg_hba.conf takes the first line that matches, so these go first.
+        self.write_hba(&format!(
+            "hostssl all {users} 127.0.0.1/32 cert\nhostssl replication {users} 127.0.0.1/32 cert\n"
+        ));
+        self.append_conf("ssl_ca_file = 'client-ca.crt'\n");
+        self.reload_until("ssl_ca_file", "client-ca.crt");
+    }
+
+    /// pg_hba.conf: `first` lines, then TLS-only TCP logins without a password.
+    fn write_hba(&self, first: &str) {
+        let hba = self.data_dir.join("pg_hba.conf");
         std::fs::write(
-            self.data_dir.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+            &hba,
+            format!(
+                "local all all trust\n{first}hostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n"
+            ),
         )
         .unwrap();
-        give_to_postgres(&self.data_dir.join("pg_hba.conf"));
+        give_to_postgres(&hba);
+    }
+
+    fn append_conf(&self, lines: &str) {
         let mut f =
             std::fs::OpenOptions::new().append(true).open(self.data_dir.join("postgresql.conf")).unwrap();
-        std::io::Write::write_all(
-            &mut f,
-            b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
-        )
-        .unwrap();
-        // ssl and pg_hba.conf are reloadable: no restart needed.
+        std::io::Write::write_all(&mut f, lines.as_bytes()).unwrap();
+    }
+
+    /// Reloads the configuration and waits until `setting` reads `value`.
+    /// The ssl settings and pg_hba.conf are reloadable: no restart needed.
+    /// The postmaster rereads pg_hba.conf in the same reload, before it
+    /// starts another backend, so once a new session sees the setting,
+    /// every later login sees the new pg_hba.conf too.
+    fn reload_until(&self, setting: &str, value: &str) {
         let out = as_postgres_user(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(&self.data_dir)
@@ -678,10 +714,10 @@ impl PgCluster {
             .expect("running pg_ctl reload");
         assert!(out.status.success(), "pg_ctl reload failed: {}", String::from_utf8_lossy(&out.stderr));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while self.psql("postgres", "SHOW ssl") != "on" {
+        while self.psql("postgres", &format!("SHOW {setting}")) != value {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the server did not turn TLS on:\n{}",
+                "the server did not take {setting} = {value}:\n{}",
                 self.log_text()
             );
             std::thread::sleep(std::time::Duration::from_millis(100));

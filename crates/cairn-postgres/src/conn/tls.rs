@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,18 +49,56 @@ pub(super) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, Stri
             if chain.is_empty() {
                 return Err(format!("sslcert={} holds no PEM certificate", cert.display()));
             }
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                format!(
-                    "cannot read the client key sslkey={}: {e} (expected an unencrypted PEM private key)",
-                    key.display()
-                )
-            })?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| format!("the client certificate and key do not go together: {e}"))
+            let key_der = client_key(key, cert)?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+                    "sslkey={} is not the private key of the certificate in sslcert={}; give the key the certificate was issued for",
+                    key.display(),
+                    cert.display()
+                ),
+                e => format!("cannot use the client certificate sslcert={}: {e}", cert.display()),
+            })
         }
         _ => Ok(builder.with_no_client_auth()),
     }
+}
+
+/// Reads the client's private key, refusing it as libpq does when other
+/// users could read it: the client tools would fail on it later, after
+/// cairn's own connections had already started the work.
+fn client_key(key: &Path, cert: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let meta = std::fs::metadata(key).map_err(|e| {
+        format!(
+            "cannot read the client key sslkey={}: {e}; point sslkey at the private key of the certificate in sslcert={}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    if !meta.is_file() {
+        return Err(format!("the client key sslkey={} is not a regular file", key.display()));
+    }
+    if !key_is_private(meta.uid(), meta.mode()) {
+        return Err(format!(
+            "the client key sslkey={} is open to other users (mode {:04o}); the client tools refuse it too: run `chmod 600 {}`",
+            key.display(),
+            meta.mode() & 0o7777,
+            key.display()
+        ));
+    }
+    PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "cannot read the client key sslkey={}: {e} (expected an unencrypted PEM private key)",
+            key.display()
+        )
+    })
+}
+
+/// libpq's rule: a key owned by root may be group-readable (a shared key
+/// handed out through group membership), any other owner's key must be
+/// private to its owner.
+fn key_is_private(owner: u32, mode: u32) -> bool {
+    let forbidden = if owner == 0 { 0o037 } else { 0o077 };
+    mode & forbidden == 0
 }
 
 fn root_store(settings: &TlsSettings) -> Result<RootCertStore, String> {
@@ -260,5 +300,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     /// allows.
     fn channel_binding(&self) -> ChannelBinding {
         ChannelBinding::none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn client_keys_must_be_private_as_libpq_demands() {
+        assert!(key_is_private(1000, 0o100600));
+        assert!(key_is_private(1000, 0o100400));
+        assert!(!key_is_private(1000, 0o100640));
+        assert!(!key_is_private(1000, 0o100604));
+        // Root-owned keys may be shared with a group, read-only.
+        assert!(key_is_private(0, 0o100640));
+        assert!(!key_is_private(0, 0o100660));
+        assert!(!key_is_private(0, 0o100644));
+
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("client.key"), dir.path().join("client.pem"));
+        let e = client_key(&key, &cert).unwrap_err();
+        assert!(e.contains("cannot read the client key sslkey=") && e.contains("sslcert="), "{e}");
+        std::fs::write(&key, "not a key\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = client_key(&key, &cert).unwrap_err();
+        assert!(e.contains("open to other users (mode 0644)") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = client_key(&key, &cert).unwrap_err();
+        assert!(e.contains("expected an unencrypted PEM private key"), "{e}");
     }
 }
