@@ -263,6 +263,34 @@ rgw_step() {   # rgw_step SECONDS CMD...: run one setup command with a time limi
     rgw_fail "'$*' failed (exit $?)"
 }
 
+rgw_dead_daemon() {   # rgw_dead_daemon NAME...: print the first started daemon that has exited
+  local name
+  for name in "$@"; do
+    if [ -f "$RGW_DIR/run/$name.pid" ] && ! pid_alive "$(cat "$RGW_DIR/run/$name.pid")" "-c $RGW_CONF"; then
+      printf '%s\n' "$name"
+      return 0
+    fi
+  done
+  return 1
+}
+
+rgw_step_watched() {   # rgw_step_watched SECONDS CMD...: rgw_step for a command that waits on the cluster
+  # It would wait for a dead OSD until its time limit: watch the daemons meanwhile.
+  local limit=$1 pid rc dead; shift
+  printf '+ %s\n' "$*" >>"$RGW_DIR/log/start.log"
+  timeout "$limit" "$@" </dev/null >>"$RGW_DIR/log/start.log" 2>&1 9>&- &
+  pid=$!
+  while [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
+    if dead=$(rgw_dead_daemon mon.a osd.0); then
+      kill "$pid" 2>/dev/null || true
+      rgw_fail "$dead exited during the start"
+    fi
+    sleep 0.1
+  done
+  rc=0; wait "$pid" || rc=$?
+  [ "$rc" = 0 ] || rgw_fail "'$*' failed (exit $rc)"
+}
+
 rgw_daemon() {   # rgw_daemon CMD...: start a daemon in its own session (it forks into the background)
   printf '+ %s\n' "$*" >>"$RGW_DIR/log/start.log"
   setsid "$@" </dev/null >>"$RGW_DIR/log/start.log" 2>&1 9>&- || rgw_fail "'$*' failed (exit $?)"
@@ -351,7 +379,7 @@ CONF
   # ones); it waits for the OSD to come up. The classes share STANDARD's data
   # pool: the tests need RGW to accept and report a class, not separate pools,
   # whose creation would slow the first upload.
-  rgw_step $((deadline > SECONDS ? deadline - SECONDS : 1)) radosgw-admin "${C[@]}" user create \
+  rgw_step_watched $((deadline > SECONDS ? deadline - SECONDS : 1)) radosgw-admin "${C[@]}" user create \
     --uid=test --display-name=test --access-key="$RGW_ACCESS_KEY" --secret-key="$RGW_SECRET_KEY"
   local class
   for class in "${RGW_STORAGE_CLASSES[@]}"; do
@@ -365,12 +393,8 @@ CONF
   # radosgw creates its pools once the OSD is up, then opens the port.
   until curl -s --max-time 2 "http://127.0.0.1:$port/" 2>/dev/null | grep -q '<?xml'; do
     [ $SECONDS -lt $deadline ] || rgw_fail "no S3 answer on http://127.0.0.1:$port within ${TIMEOUT}s"
-    local name
-    for name in mon.a osd.0 client.rgw.a; do
-      if [ -f "$RGW_DIR/run/$name.pid" ] && ! pid_alive "$(cat "$RGW_DIR/run/$name.pid")" "-c $RGW_CONF"; then
-        rgw_fail "$name exited during the start"
-      fi
-    done
+    local dead
+    if dead=$(rgw_dead_daemon mon.a osd.0 client.rgw.a); then rgw_fail "$dead exited during the start"; fi
     sleep 0.25
   done
   printf 'kind=rgw\nendpoint=http://127.0.0.1:%s\nregion=%s\naccess_key=%s\nsecret_key=%s\n' \
