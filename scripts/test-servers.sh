@@ -8,6 +8,10 @@
 #          sparse 20 GiB file) with the RADOS gateway: real S3 semantics
 #          (SigV4 checked, Object Lock, versioning, Content-MD5, atomic
 #          If-None-Match). Keys AKIATEST / SECRETTEST. Takes ~15 s to start.
+#          For the per-object option tests it also has the storage classes
+#          STANDARD_IA and GLACIER_IR on its default placement, and SSE-KMS
+#          over plain HTTP with Ceph's `testing` KMS holding one fixed,
+#          published key: id `cairn-test-key` (RGW_KMS_KEY_ID below).
 #   postgres  a scratch PostgreSQL cluster (initdb + pg_ctl, the newest
 #          /usr/lib/postgresql/*/bin), trust authentication on 127.0.0.1,
 #          wal_level=replica, fsync off. Runs as the `postgres` OS user when
@@ -45,6 +49,14 @@ REGION=us-east-1
 MOTO_KEY=testing                    # moto accepts any key
 RGW_ACCESS_KEY=AKIATEST
 RGW_SECRET_KEY=SECRETTEST
+# SSE-KMS test key of Ceph's `testing` KMS backend: a fixed id the tests name
+# (cairn_testkit::RGW_KMS_KEY_ID), and 32 random bytes in base64. Not a secret:
+# it protects throwaway test data on a loopback-only server.
+RGW_KMS_KEY_ID=cairn-test-key
+RGW_KMS_KEY=ZVxkkRl0g51RBL17M3UyACL3GopXSBYIaUNkg6nSdmc=
+# Storage classes added to the default placement beside STANDARD (AWS's names,
+# which cairn's storage_class= and pack_storage_class= accept).
+RGW_STORAGE_CLASSES=(STANDARD_IA GLACIER_IR)
 INSTALL_HINT="install the test dependencies with scripts/install-test-deps.sh"
 
 say() { printf 'test-servers: %s\n' "$*" >&2; }
@@ -251,6 +263,34 @@ rgw_step() {   # rgw_step SECONDS CMD...: run one setup command with a time limi
     rgw_fail "'$*' failed (exit $?)"
 }
 
+rgw_dead_daemon() {   # rgw_dead_daemon NAME...: print the first started daemon that has exited
+  local name
+  for name in "$@"; do
+    if [ -f "$RGW_DIR/run/$name.pid" ] && ! pid_alive "$(cat "$RGW_DIR/run/$name.pid")" "-c $RGW_CONF"; then
+      printf '%s\n' "$name"
+      return 0
+    fi
+  done
+  return 1
+}
+
+rgw_step_watched() {   # rgw_step_watched SECONDS CMD...: rgw_step for a command that waits on the cluster
+  # It would wait for a dead OSD until its time limit: watch the daemons meanwhile.
+  local limit=$1 pid rc dead; shift
+  printf '+ %s\n' "$*" >>"$RGW_DIR/log/start.log"
+  timeout "$limit" "$@" </dev/null >>"$RGW_DIR/log/start.log" 2>&1 9>&- &
+  pid=$!
+  while [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
+    if dead=$(rgw_dead_daemon mon.a osd.0); then
+      kill "$pid" 2>/dev/null || true
+      rgw_fail "$dead exited during the start"
+    fi
+    sleep 0.1
+  done
+  rc=0; wait "$pid" || rc=$?
+  [ "$rc" = 0 ] || rgw_fail "'$*' failed (exit $rc)"
+}
+
 rgw_daemon() {   # rgw_daemon CMD...: start a daemon in its own session (it forks into the background)
   printf '+ %s\n' "$*" >>"$RGW_DIR/log/start.log"
   setsid "$@" </dev/null >>"$RGW_DIR/log/start.log" 2>&1 9>&- || rgw_fail "'$*' failed (exit $?)"
@@ -308,6 +348,14 @@ bluestore_fsck_on_mkfs = false
 # (it hangs for 300 s with error -13)
 ms_mon_client_mode = crc
 ms_client_mode = crc
+# --- server-side encryption for the per-object option tests (sse=...) ---
+# RGW refuses SSE requests over plain HTTP unless told otherwise; the server
+# listens on 127.0.0.1 only. The 'testing' KMS backend serves keys from this
+# config instead of Barbican/Vault/KMIP, so SSE-KMS needs no other service.
+rgw_crypt_require_ssl = false
+rgw_crypt_s3_kms_backend = testing
+rgw_crypt_s3_kms_encryption_keys = $RGW_KMS_KEY_ID=$RGW_KMS_KEY
+# --- end of server-side encryption ---
 rgw_frontends = beast endpoint=127.0.0.1:$port
 rgw_data = $RGW_DIR/rgw
 CONF
@@ -323,20 +371,32 @@ CONF
   [ "$osd_id" = 0 ] || rgw_fail "'ceph osd create' gave OSD id '$osd_id', expected 0"
   rgw_step 120 ceph-osd "${C[@]}" -i 0 --mkfs
   rgw_daemon ceph-osd "${C[@]}" -i 0
+  # The test user, and the extra storage classes in the zonegroup and zone, are
+  # written before radosgw starts: a running radosgw (Ceph 16, no realm, so no
+  # period to commit) does not see classes added meanwhile, and restarting it
+  # would cost seconds. `user create` comes first because it creates the
+  # default zonegroup and zone (the placement commands only edit existing
+  # ones); it waits for the OSD to come up. The classes share STANDARD's data
+  # pool: the tests need RGW to accept and report a class, not separate pools,
+  # whose creation would slow the first upload.
+  rgw_step_watched $((deadline > SECONDS ? deadline - SECONDS : 1)) radosgw-admin "${C[@]}" user create \
+    --uid=test --display-name=test --access-key="$RGW_ACCESS_KEY" --secret-key="$RGW_SECRET_KEY"
+  local class
+  for class in "${RGW_STORAGE_CLASSES[@]}"; do
+    rgw_step 60 radosgw-admin "${C[@]}" zonegroup placement add \
+      --rgw-zonegroup default --placement-id default-placement --storage-class "$class"
+    rgw_step 60 radosgw-admin "${C[@]}" zone placement add \
+      --rgw-zone default --placement-id default-placement --storage-class "$class" \
+      --data-pool default.rgw.buckets.data
+  done
   rgw_daemon radosgw "${C[@]}" -n client.rgw.a
   # radosgw creates its pools once the OSD is up, then opens the port.
   until curl -s --max-time 2 "http://127.0.0.1:$port/" 2>/dev/null | grep -q '<?xml'; do
     [ $SECONDS -lt $deadline ] || rgw_fail "no S3 answer on http://127.0.0.1:$port within ${TIMEOUT}s"
-    local name
-    for name in mon.a osd.0 client.rgw.a; do
-      if [ -f "$RGW_DIR/run/$name.pid" ] && ! pid_alive "$(cat "$RGW_DIR/run/$name.pid")" "-c $RGW_CONF"; then
-        rgw_fail "$name exited during the start"
-      fi
-    done
+    local dead
+    if dead=$(rgw_dead_daemon mon.a osd.0 client.rgw.a); then rgw_fail "$dead exited during the start"; fi
     sleep 0.25
   done
-  rgw_step 60 radosgw-admin "${C[@]}" user create --uid=test --display-name=test \
-    --access-key="$RGW_ACCESS_KEY" --secret-key="$RGW_SECRET_KEY"
   printf 'kind=rgw\nendpoint=http://127.0.0.1:%s\nregion=%s\naccess_key=%s\nsecret_key=%s\n' \
     "$port" "$REGION" "$RGW_ACCESS_KEY" "$RGW_SECRET_KEY" >"$RGW_DIR/env.tmp"
   mv "$RGW_DIR/env.tmp" "$RGW_DIR/env"

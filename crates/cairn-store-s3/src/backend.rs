@@ -1183,8 +1183,8 @@ mod tests {
     /// Storage class, SSE and Object Lock headers go where the rules of
     /// `S3Config` send them, on single PUTs and on CreateMultipartUpload;
     /// a multipart object the server did not retain gets its retention set.
-    /// (moto and Ceph RGW check what they support in the integration tests;
-    /// SSE-KMS neither supports, so its headers are checked here.)
+    /// (The integration tests check what the servers store: SSE-KMS and
+    /// storage classes on Ceph RGW, SSE-S3 and storage classes on moto.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn uploads_carry_the_options_of_their_kind() {
         let (endpoint, heads) = recording_server();

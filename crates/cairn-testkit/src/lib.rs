@@ -10,8 +10,10 @@
 //!   GetObjectRetention.
 //! * [`ceph_rgw()`]: a single-node Ceph cluster with the RADOS gateway. Real
 //!   S3 semantics: SigV4 is checked, Object Lock (with GetObjectRetention),
-//!   versioning, Content-MD5 checks, `If-None-Match: *` atomic under races.
-//!   Starts in about 15 s, once per machine.
+//!   versioning, Content-MD5 checks, `If-None-Match: *` atomic under races,
+//!   the storage classes `STANDARD_IA` and `GLACIER_IR` beside `STANDARD`,
+//!   and SSE-KMS with the key [`RGW_KMS_KEY_ID`] (Ceph's `testing` KMS, plain
+//!   HTTP allowed). Starts in about 15 s, once per machine.
 //!
 //! Tests run in parallel in separate processes (cargo nextest), so each server
 //! is a machine-wide singleton: `scripts/test-servers.sh ensure moto|rgw`
@@ -104,6 +106,11 @@ impl std::fmt::Display for ServerKind {
 }
 
 const DEFAULT_REGION: &str = "us-east-1";
+
+/// The SSE-KMS key id the Ceph RGW test server knows (`sse_kms_key_id=` of an
+/// S3 location). `scripts/test-servers.sh` configures it; an RGW given by
+/// `CAIRN_TEST_RGW_ENDPOINT` needs a key of this id for the SSE-KMS tests.
+pub const RGW_KMS_KEY_ID: &str = "cairn-test-key";
 
 /// The moto server (S3 and DynamoDB), started if it is not running.
 ///
