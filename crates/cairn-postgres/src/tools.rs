@@ -28,17 +28,30 @@ impl PgTools {
     pub async fn find(&self, tool: &str, must_fit_server: bool) -> Result<PathBuf, PgError> {
         let path = self.locate(tool)?;
         if must_fit_server {
-            let major = tool_major(&path, tool).await?;
-            if major < self.server_major {
-                return Err(PgError::ToolTooOld {
-                    tool: tool.into(),
-                    path,
-                    tool_major: major,
-                    server_major: self.server_major,
-                });
-            }
+            self.check_fits(tool, &path).await?;
         }
         Ok(path)
+    }
+
+    /// [`find`](Self::find) for a tool that must fit the server, with its
+    /// `--version` banner (recorded in manifests).
+    pub async fn find_with_version(&self, tool: &str) -> Result<(PathBuf, String), PgError> {
+        let path = self.locate(tool)?;
+        let banner = self.check_fits(tool, &path).await?;
+        Ok((path, banner))
+    }
+
+    async fn check_fits(&self, tool: &str, path: &Path) -> Result<String, PgError> {
+        let (major, banner) = tool_version(path, tool).await?;
+        if major < self.server_major {
+            return Err(PgError::ToolTooOld {
+                tool: tool.into(),
+                path: path.to_path_buf(),
+                tool_major: major,
+                server_major: self.server_major,
+            });
+        }
+        Ok(banner)
     }
 
     fn locate(&self, tool: &str) -> Result<PathBuf, PgError> {
@@ -75,18 +88,20 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Runs `tool --version` ("pg_dump (PostgreSQL) 15.18 (Debian …)") and returns the major version.
-async fn tool_major(path: &Path, tool: &str) -> Result<u32, PgError> {
+/// A tool's major version and its `--version` banner.
+async fn tool_version(path: &Path, tool: &str) -> Result<(u32, String), PgError> {
     let out = tokio::process::Command::new(path)
         .arg("--version")
         .output()
         .await
         .map_err(PgError::io(format!("running {} --version", path.display())))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_major(&text).ok_or_else(|| PgError::ToolFailed {
+    let major = parse_major(&text).ok_or_else(|| PgError::ToolFailed {
         tool: tool.into(),
         status: out.status.to_string(),
         stderr: format!("cannot read a version from {:?}", text.trim()),
-    })
+    })?;
+    Ok((major, text.trim().to_string()))
 }
 
 fn parse_major(version_output: &str) -> Option<u32> {

@@ -217,6 +217,13 @@ pub struct PostgresArgs {
     /// Tables copied at once per database.
     #[arg(long, short = 'j', default_value_t = 2)]
     pub jobs: usize,
+    /// Also copy tables larger than a quarter of the server's shared_buffers
+    /// as block ranges spread over the --jobs connections: faster for one
+    /// huge table on a server with idle cores, but those pages then pass
+    /// through shared_buffers and evict the workload's cached pages (a plain
+    /// COPY, like pg_dump's, reads them through a small ring instead).
+    #[arg(long)]
+    pub split_large_tables: bool,
     /// Directory with pg_dump/pg_dumpall (default: the server's version under
     /// /usr/lib/postgresql, then PATH).
     #[arg(long, env = "CAIRN_PG_BIN")]

@@ -109,6 +109,10 @@ pub struct SourceConfig {
     /// `postgres`: tables copied at once.
     #[serde(default)]
     pub jobs: Option<usize>,
+    /// `postgres`: also split tables larger than a quarter of shared_buffers
+    /// into block ranges (see `cairn backup postgres --help`).
+    #[serde(default)]
+    pub split_large_tables: bool,
     /// `postgres`: directory holding the client tools.
     #[serde(default)]
     pub pg_bin: Option<PathBuf>,

@@ -40,6 +40,7 @@ pub async fn run(ctx: &Context, args: BackupArgs, stop: Arc<Stop>) -> Result<u8>
                         databases: src.databases.clone(),
                         no_globals: !src.globals.unwrap_or(true),
                         jobs: src.jobs.unwrap_or(2),
+                        split_large_tables: src.split_large_tables,
                         pg_bin: src.pg_bin.clone(),
                         tags: src.tags.clone(),
                         host: src.host.clone(),

@@ -47,6 +47,7 @@ pub async fn backup(
         databases: args.databases.clone(),
         globals: !args.no_globals,
         jobs: args.jobs.max(1),
+        split_large_tables: args.split_large_tables,
         pg_bin: args.pg_bin.clone(),
         tags: args.tags.clone(),
         hostname: args.host.clone(),
