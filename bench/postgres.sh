@@ -4,7 +4,8 @@
 # on the same machine, in the same run.
 #
 # Per round (a fresh `pgbench -i -s $PG_SCALE` database each round):
-#   full:    cairn logical, pg_dump -Fc, pgBackRest full, cairn physical
+#   full:    cairn logical and pg_dump -Fc ($FULL_PAIRS alternating pairs),
+#            pgBackRest full, cairn physical
 #   night 1: pgbench -n -t $PG_TX1 (fixed seed), then cairn logical,
 #            cairn physical and pgBackRest incr: time and bytes stored
 #   night 2: pgbench -n -t $PG_TX2 (uniform random updates, the worst case
@@ -16,7 +17,7 @@
 # uploaded); pgBackRest = growth of its repository's backup directory (its
 # WAL archive aside); pg_dump = the dump file. For cairn the table also
 # gives the new bytes before compression as a share of the bytes read. Times include process start and key
-# derivation. Medians over rounds; a Markdown table goes to stdout and
+# derivation. Medians over all samples; a Markdown table goes to stdout and
 # $BENCH_DIR/results.md, raw rows to $BENCH_DIR/results.csv.
 #
 #   bench/postgres.sh                    # scale 50 (~750 MB), 1 round
@@ -24,7 +25,7 @@
 #   ROUNDS=3 bench/postgres.sh
 #
 # Environment: BENCH_DIR (/tmp/cairn-pgbench), PG_SCALE (50), PG_TX1 (1000),
-# PG_TX2 (10000), ROUNDS (1), PGBIN (newest /usr/lib/postgresql/*/bin),
+# PG_TX2 (10000), ROUNDS (1), FULL_PAIRS (3), PGBIN (newest /usr/lib/postgresql/*/bin),
 # CAIRN_BIN (use this binary instead of building).
 # Needs: root (the cluster runs as the `postgres` user), PostgreSQL server,
 # pgbackrest (`apt-get install pgbackrest`), python3, /usr/bin/time.
@@ -39,6 +40,7 @@ PG_SCALE=${PG_SCALE:-50}
 PG_TX1=${PG_TX1:-1000}
 PG_TX2=${PG_TX2:-10000}
 ROUNDS=${ROUNDS:-1}
+FULL_PAIRS=${FULL_PAIRS:-3}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 [ "$(id -u)" = 0 ] || die "run as root: the cluster and pgBackRest run as the postgres user"
 [ -x "$PGBIN/initdb" ] || die "PostgreSQL server binaries not found (set PGBIN)"
@@ -171,14 +173,32 @@ for ROUND in $(seq 1 "$ROUNDS"); do
   bytes database "$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$PORT" -U postgres -d bench -c "SELECT pg_database_size('bench')")"
   log "full backups"
   # The first reader after the load pays for whatever the load left behind
-  # (cache, hint bits), so cairn and pg_dump take turns going first.
-  if [ $((ROUND % 2)) = 1 ]; then
-    cairn_backup cairn-logical-full --no-globals
-    pg_dump_full
-  else
-    pg_dump_full
-    cairn_backup cairn-logical-full --no-globals
-  fi
+  # (cache, hint bits): an untimed scan takes that, and cairn and pg_dump
+  # take turns going first. One pair per round on a 2-core machine is at
+  # the mercy of its noise (±15% run to run), so FULL_PAIRS pairs are timed;
+  # after the first, cairn writes to a fresh scratch repository each time,
+  # so every sample is a full backup.
+  "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d bench \
+    -c 'SELECT count(*) FROM pgbench_accounts' -c 'SELECT count(*) FROM pgbench_history' >/dev/null
+  for pair in $(seq "$FULL_PAIRS"); do
+    if [ "$pair" = 1 ]; then
+      logical_full() { cairn_backup cairn-logical-full --no-globals; }
+    else
+      logical_full() {
+        rm -rf "$BENCH_DIR/cairn-scratch"
+        "$CAIRN" init --repo "$BENCH_DIR/cairn-scratch" >/dev/null
+        timed cairn-logical-full "$CAIRN" --repo "$BENCH_DIR/cairn-scratch" backup --json postgres --url "$URL/bench" --no-globals
+      }
+    fi
+    if [ $(((ROUND + pair) % 2)) = 0 ]; then
+      logical_full
+      pg_dump_full
+    else
+      pg_dump_full
+      logical_full
+    fi
+  done
+  rm -rf "$BENCH_DIR/cairn-scratch"
   pgbr_backup pgbackrest-full full
   cairn_backup cairn-physical-full --physical
   night "$PG_TX1" night1

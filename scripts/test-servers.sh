@@ -337,6 +337,21 @@ pid_file = $RGW_DIR/run/\$name.pid
 mon_data = $RGW_DIR/mon/\$cluster-\$id
 osd_data = $RGW_DIR/osd/\$cluster-\$id
 keyring = $RGW_DIR/keyring
+# Debug logging off (errors are still logged): the cluster shares the
+# machine's cores with the client under test, and Ceph's default levels
+# format and keep in-memory log entries for every request.
+debug_rgw = 0/0
+debug_ms = 0/0
+debug_osd = 0/0
+debug_bluestore = 0/0
+debug_bluefs = 0/0
+debug_bdev = 0/0
+debug_rocksdb = 0/0
+debug_objecter = 0/0
+debug_rados = 0/0
+debug_monc = 0/0
+debug_auth = 0/0
+debug_objclass = 0/0
 [osd]
 osd_objectstore = bluestore
 bluestore_block_create = true
