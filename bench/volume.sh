@@ -30,7 +30,7 @@ set -euo pipefail
 
 # The exact command line, with the settings that were given in the environment.
 CMDLINE=""
-for v in BENCH_DIR BENCH_QUICK BENCH_TOOLS BENCH_BORG ROUNDS BENCH_SEED BENCH_VOLUME_SCALE CAIRN_BIN CARGO_TARGET_DIR; do
+for v in BENCH_DIR BENCH_STORE BENCH_QUICK BENCH_TOOLS BENCH_BORG ROUNDS BENCH_SEED BENCH_VOLUME_SCALE CAIRN_BIN CARGO_TARGET_DIR; do
   if [ -n "${!v+x}" ]; then CMDLINE+="$v=$(printf %q "${!v}") "; fi
 done
 CMDLINE+=$(printf '%q ' "$0" "$@")

@@ -30,6 +30,7 @@ use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::conn::CopyTap;
 use crate::dump::run_tool;
 use crate::manifest::{DatabaseManifest, MANIFEST_VERSION, Manifest, Segment, TableManifest, quote_ident};
 use crate::{PgError, PgTarget, PgTools};
@@ -851,7 +852,7 @@ pub async fn compare_database(
     let manifest = load_manifest(repo, index, snapshot).await?;
     let db = pick_database(&manifest, database)?;
     let digests = StreamDigests::for_manifest(repo, &manifest)?;
-    let client = target.connect().await?;
+    let (client, mut tap) = target.connect_tapped().await?;
     client
         .batch_execute(
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL synchronize_seqscans = off",
@@ -866,7 +867,7 @@ pub async fn compare_database(
             .map_err(PgError::query("looking up a table"))?
             .get(0);
         let (rows, content_matches) = if exists {
-            let (rows, matches) = read_table(&client, table, &digests).await?;
+            let (rows, matches) = read_table(&client, &mut tap, table, &digests).await?;
             (Some(rows), matches)
         } else {
             (None, false)
@@ -886,20 +887,21 @@ pub async fn compare_database(
 /// where the parts ended, by their row counts).
 async fn read_table(
     client: &tokio_postgres::Client,
+    tap: &mut CopyTap,
     table: &TableManifest,
     digests: &StreamDigests,
 ) -> Result<(u64, bool), PgError> {
     let sql = table.copy_sql("TO STDOUT");
-    let stream = client
-        .copy_out(sql.as_str())
-        .await
-        .map_err(PgError::query(format!("re-reading {}", table.qualified())))?;
-    let mut stream = std::pin::pin!(stream);
+    let what = format!("re-reading {}", table.qualified());
     let mut hasher = SegmentHasher::new(table.segments(), digests);
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(PgError::query(format!("re-reading {}", table.qualified())))?;
-        hasher.update(&piece);
-    }
+    tap.copy_out(client, &sql, &what, |rows| async {
+        let mut rows = rows;
+        while let Some(batch) = rows.next().await {
+            hasher.update(&batch.map_err(PgError::io(what.as_str()))?);
+        }
+        Ok(())
+    })
+    .await?;
     Ok(hasher.finish())
 }
 
@@ -1032,13 +1034,13 @@ async fn verify_tables(
     tables: &[TableManifest],
     digests: &StreamDigests,
 ) -> Result<usize, PgError> {
-    let client = target.connect().await?;
+    let (client, mut tap) = target.connect_tapped().await?;
     client
         .batch_execute("SET synchronize_seqscans = off")
         .await
         .map_err(PgError::query("preparing verification"))?;
     for table in tables {
-        let (rows, matches) = read_table(&client, table, digests).await?;
+        let (rows, matches) = read_table(&client, &mut tap, table, digests).await?;
         if rows != table.rows {
             return Err(PgError::RowCountMismatch {
                 table: table.qualified(),
