@@ -146,7 +146,12 @@ pub(super) async fn connect(
             (None, Some(ip)) => Host::Tcp(ip.to_string()),
             (None, None) => break,
         };
-        let opened = tokio::time::timeout(timeout, open(&host, address, port, tls_mode, tls.clone())).await;
+        let keepalive = keepalive(&config);
+        let opened = tokio::time::timeout(
+            timeout,
+            open(&host, address, port, keepalive.as_ref(), tls_mode, tls.clone()),
+        )
+        .await;
         let transport = match opened {
             Ok(Ok(transport)) => transport,
             Ok(Err(e)) => {
@@ -176,10 +181,28 @@ pub(super) async fn connect(
     Err(last_error)
 }
 
+/// The URL's keepalive settings (on by default, as in libpq): a copy
+/// waiting between jobs behind a NAT or firewall must not be dropped
+/// silently, and a server host that died must not leave a read hanging.
+fn keepalive(config: &Config) -> Option<socket2::TcpKeepalive> {
+    if !config.get_keepalives() {
+        return None;
+    }
+    let mut keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+    if let Some(interval) = config.get_keepalives_interval() {
+        keepalive = keepalive.with_interval(interval);
+    }
+    if let Some(retries) = config.get_keepalives_retries() {
+        keepalive = keepalive.with_retries(retries);
+    }
+    Some(keepalive)
+}
+
 async fn open(
     host: &Host,
     address: Option<std::net::IpAddr>,
     port: u16,
+    keepalive: Option<&socket2::TcpKeepalive>,
     tls_mode: SslMode,
     tls: Option<RustlsConnect>,
 ) -> Result<Transport, String> {
@@ -198,6 +221,9 @@ async fn open(
     };
     let mut socket = connected.map_err(|e| format!("{name}:{port}: {e}"))?;
     socket.set_nodelay(true).map_err(|e| e.to_string())?;
+    if let Some(keepalive) = keepalive {
+        socket2::SockRef::from(&socket).set_tcp_keepalive(keepalive).map_err(|e| e.to_string())?;
+    }
     let Some(mut tls) = tls.filter(|_| tls_mode != SslMode::Disable) else {
         return Ok(Transport::Tcp(socket));
     };
