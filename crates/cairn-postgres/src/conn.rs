@@ -273,32 +273,38 @@ impl PgTarget {
 
     /// Opens a connection; its I/O runs on a spawned task.
     pub async fn connect(&self) -> Result<Client, PgError> {
-        // Like libpq, no TLS over Unix sockets: the server would refuse it,
-        // and the socket never leaves the machine.
-        let all_unix = self.config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
-        if self.tls.mode == TlsMode::Disable || all_unix {
-            let mut config = self.config.clone();
-            config.ssl_mode(SslMode::Disable);
-            return self.spawn(&config, NoTls).await;
+        match self.tls_connector()? {
+            Some(tls) => self.spawn(&self.config, tls).await,
+            None => {
+                let mut config = self.config.clone();
+                config.ssl_mode(SslMode::Disable);
+                self.spawn(&config, NoTls).await
+            }
         }
-        let tls = RustlsConnect(self.tls_config().map_err(|message| self.connect_error(message))?);
-        self.spawn(&self.config, tls).await
     }
 
     /// Opens a connection whose `COPY … TO STDOUT` rows can bypass
     /// tokio-postgres (see [`CopyTap`]), for the dump's copy connections.
     /// Same settings as [`connect`](Self::connect).
     pub async fn connect_tapped(&self) -> Result<(Client, CopyTap), PgError> {
-        let all_unix = self.config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)))
-            && self.config.get_hostaddrs().is_empty();
-        let tls = if self.tls.mode == TlsMode::Disable || all_unix {
-            None
-        } else {
-            Some(RustlsConnect(self.tls_config().map_err(|message| self.connect_error(message))?))
-        };
+        let tls = self.tls_connector()?;
         tap::connect(&self.config, self.tls.tokio_mode(), tls)
             .await
             .map_err(|message| self.connect_error(message))
+    }
+
+    /// The TLS hook for this target's TCP connections, or none when TLS is
+    /// off: `sslmode=disable`, or, as in libpq, only Unix sockets to reach
+    /// (the server would refuse TLS there, and the socket never leaves the
+    /// machine). A `hostaddr` is TCP even without a host name.
+    fn tls_connector(&self) -> Result<Option<RustlsConnect>, PgError> {
+        let all_unix = self.config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)))
+            && self.config.get_hostaddrs().is_empty();
+        if self.tls.mode == TlsMode::Disable || all_unix {
+            return Ok(None);
+        }
+        let config = self.tls_config().map_err(|message| self.connect_error(message))?;
+        Ok(Some(RustlsConnect(config)))
     }
 
     async fn spawn<T>(&self, config: &Config, tls: T) -> Result<Client, PgError>

@@ -87,8 +87,8 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
-/// Runs `tool --version` ("pg_dump (PostgreSQL) 15.18 (Debian …)") and returns the major version.
-/// A tool's major version and its `--version` banner.
+/// Runs `tool --version`: the major version and the banner
+/// ("pg_dump (PostgreSQL) 15.18 (Debian …)").
 async fn tool_version(path: &Path, tool: &str) -> Result<(u32, String), PgError> {
     let out = tokio::process::Command::new(path)
         .arg("--version")

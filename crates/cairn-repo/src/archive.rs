@@ -49,10 +49,11 @@ const BATCH_BYTES: usize = 256 << 10;
 /// pieces: a cut is final only with the chunker's `max` bytes in view, or
 /// at the end of the stream.
 ///
-/// Database sources hand over one row (~100 bytes) at a time, so the
-/// buffer is compacted only once [`COMPACT_WINDOWS`] windows have been cut
-/// from its front: compacting after every cut would move up to a window
-/// (64 KiB) for every ~16 KiB chunk, several times the stream's size.
+/// Pieces smaller than a window (a tar reader's blocks, rows) keep the
+/// buffer just over a window long, so the buffer is compacted only once
+/// [`COMPACT_WINDOWS`] windows have been cut from its front: compacting
+/// after every cut would move up to a window (64 KiB) for every ~16 KiB
+/// chunk, several times the stream's size.
 #[derive(Debug, Clone)]
 struct StreamCutter {
     chunker: Chunker,

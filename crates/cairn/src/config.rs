@@ -23,6 +23,7 @@
 //!     databases: [app, billing]                    # default: all
 //!     globals: true                                # roles and tablespaces (default)
 //!     jobs: 4
+//!     split_large_tables: false                    # default; see `cairn backup postgres --help`
 //! ```
 //!
 //! `${NAME}` is replaced by the environment variable `NAME` before parsing

@@ -124,8 +124,10 @@ impl CopyTap {
     }
 }
 
-/// Opens a connection to the first of `config`'s hosts that answers,
-/// negotiating TLS as `tls_mode` says, with a tap on its plaintext.
+/// Opens a connection to the first of `config`'s hosts that answers, with a
+/// tap on its plaintext. With `tls` (never for `sslmode=disable`), TCP
+/// connections ask for TLS and, under `Prefer`, go on without it when the
+/// server declines.
 pub(super) async fn connect(
     config: &Config,
     tls_mode: SslMode,
@@ -136,6 +138,7 @@ pub(super) async fn connect(
     let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(15));
     let ports = config.get_ports().to_vec();
     let mut last_error = String::from("no host to connect to");
+    let keepalive = keepalive(&config);
     let (hosts, addresses) = (config.get_hosts(), config.get_hostaddrs());
     for i in 0..hosts.len().max(addresses.len()) {
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
@@ -146,7 +149,6 @@ pub(super) async fn connect(
             (None, Some(ip)) => Host::Tcp(ip.to_string()),
             (None, None) => break,
         };
-        let keepalive = keepalive(&config);
         let opened = tokio::time::timeout(
             timeout,
             open(&host, address, port, keepalive.as_ref(), tls_mode, tls.clone()),
@@ -224,7 +226,7 @@ async fn open(
     if let Some(keepalive) = keepalive {
         socket2::SockRef::from(&socket).set_tcp_keepalive(keepalive).map_err(|e| e.to_string())?;
     }
-    let Some(mut tls) = tls.filter(|_| tls_mode != SslMode::Disable) else {
+    let Some(mut tls) = tls else {
         return Ok(Transport::Tcp(socket));
     };
     // SSLRequest: length 8, then the request code 1234.5679.
@@ -346,6 +348,9 @@ impl<T> Tapped<T> {
                 if current.remaining == 0 {
                     self.current = None;
                 }
+                if self.rows.len() >= BATCH {
+                    self.flush_rows();
+                }
                 continue;
             }
             let Some(&header) = available.first_chunk::<5>() else { break };
@@ -374,12 +379,6 @@ impl<T> Tapped<T> {
             }
             self.read_pos += 5;
             self.current = Some(Current { to_tap, remaining: body });
-            if self.rows.len() >= BATCH {
-                self.flush_rows();
-            }
-        }
-        if self.rows.len() >= BATCH {
-            self.flush_rows();
         }
     }
 
