@@ -438,3 +438,160 @@ fn recovery_follows_a_timeline_switch_in_the_archive() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "175|25", "{}", describe(&out));
 }
+
+/// Tablespaces outside the data directory are backed up through cairn's
+/// own replication connection (here logging in with SCRAM and with MD5
+/// passwords) and come back where the DBA puts them: mapped to a new
+/// directory, or inside the data directory. A restore that would land on
+/// the original, still used, directory is refused before anything is written.
+#[test]
+fn tablespaces_come_back_mapped_or_in_place() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    let original = env.path("pg/ts-original");
+    std::fs::create_dir_all(&original).unwrap();
+    cairn_testkit::give_to_postgres(&original);
+    pg.psql("postgres", &format!("CREATE TABLESPACE fast LOCATION '{}'", original.display()));
+    pg.psql("postgres", "CREATE TABLE hot (id int PRIMARY KEY, pad text) TABLESPACE fast");
+    pg.psql("postgres", "INSERT INTO hot SELECT i, repeat('h', 100) FROM generate_series(1, 20000) i");
+    pg.psql("postgres", "CREATE DATABASE shop TABLESPACE fast");
+    pg.psql("shop", "CREATE TABLE orders AS SELECT generate_series(1, 3000) AS id");
+    let oid = pg.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'fast'");
+
+    pg.psql("postgres", "SET password_encryption = 'scram-sha-256'; CREATE ROLE backup_scram LOGIN REPLICATION PASSWORD 'scram-secret'");
+    pg.psql(
+        "postgres",
+        "SET password_encryption = 'md5'; CREATE ROLE backup_md5 LOGIN REPLICATION PASSWORD 'md5-secret'",
+    );
+    for role in ["backup_scram", "backup_md5"] {
+        pg.psql("postgres", &format!("GRANT EXECUTE ON FUNCTION pg_control_system() TO {role}"));
+    }
+    let hba = pg.data_dir.join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host all backup_scram 127.0.0.1/32 scram-sha-256\nhost replication backup_scram 127.0.0.1/32 scram-sha-256\n\
+             host all backup_md5 127.0.0.1/32 md5\nhost replication backup_md5 127.0.0.1/32 md5\n{rest}"
+        ),
+    )
+    .unwrap();
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    let url =
+        |user: &str, password: &str| format!("postgresql://{user}:{password}@127.0.0.1:{}/postgres", pg.port);
+
+    let out = env.cairn(&["backup", "postgres", "--physical", "--url", &url("backup_scram", "wrong")]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password authentication failed") && stderr.contains("check the user and password"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong"), "the password is never echoed: {stderr}");
+
+    let md5 = env.cairn_json(&[
+        "backup",
+        "--json",
+        "postgres",
+        "--physical",
+        "--url",
+        &url("backup_md5", "md5-secret"),
+    ]);
+    assert_eq!(md5["kind"], "postgres-physical", "{md5}");
+    let scram = env.cairn_json(&[
+        "backup",
+        "--json",
+        "postgres",
+        "--physical",
+        "--url",
+        &url("backup_scram", "scram-secret"),
+    ]);
+    assert_eq!(scram["kind"], "postgres-physical", "{scram}");
+    // The tablespace's relation files are in the snapshot under pg_tblspc/<oid>/.
+    let listing = env.cairn_ok(&["ls", "latest"]);
+    assert!(listing.lines().any(|l| l.contains(&format!("pg_tblspc/{oid}/PG_"))), "{listing}");
+    pg.psql("postgres", "INSERT INTO hot SELECT i, 'after' FROM generate_series(20001, 20500) i");
+    archive_everything(&pg);
+
+    // The original directory is in use: refused, with the way out, and nothing written.
+    let refused = env.path("pg/refused");
+    let out = with_password_file(&env)
+        .args(["restore", "latest", "--physical", "--data-dir", refused.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not empty") && stderr.contains("--tablespace-map fast=/NEW/DIR"), "{stderr}");
+    assert!(std::fs::read_dir(&refused).map(|mut d| d.next().is_none()).unwrap_or(true), "nothing written");
+    let out = with_password_file(&env)
+        .args(["restore", "latest", "--physical", "--tablespace-map", "nosuch=/tmp/x"])
+        .args(["--data-dir", refused.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fast (oid"), "{}", describe(&out));
+
+    let count = |port: &str, db: &str, sql: &str| {
+        let out = std::process::Command::new(pg.bin.join("psql"))
+            .args(["-X", "-At", "-h", "127.0.0.1", "-U", "postgres", "-p", port, "-d", db, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let moved = env.path("pg/ts-moved");
+    let mapped = env.path("pg/mapped");
+    let port = cairn_testkit::free_port().to_string();
+    let out = with_password_file(&env)
+        .args([
+            "restore",
+            "latest",
+            "--physical",
+            "--data-dir",
+            mapped.to_str().unwrap(),
+            "--start",
+            "--port",
+            &port,
+        ])
+        .args(["--tablespace-map", &format!("fast={}", moved.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let server = RestoredServer { data_dir: mapped.clone(), bin: pg.bin.clone() };
+    assert_eq!(std::fs::read_link(mapped.join("pg_tblspc").join(&oid)).unwrap(), moved);
+    assert_eq!(count(&port, "postgres", "SELECT count(*) FROM hot"), "20500", "replayed past the backup");
+    assert_eq!(count(&port, "shop", "SELECT count(*) FROM orders"), "3000");
+    assert_eq!(
+        count(
+            &port,
+            "postgres",
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'fast'"
+        ),
+        moved.display().to_string()
+    );
+    drop(server);
+
+    let inside = env.path("pg/in-place");
+    let port = cairn_testkit::free_port().to_string();
+    let out = with_password_file(&env)
+        .args([
+            "restore",
+            "latest",
+            "--physical",
+            "--data-dir",
+            inside.to_str().unwrap(),
+            "--start",
+            "--port",
+            &port,
+        ])
+        .arg("--tablespaces-in-place")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let server = RestoredServer { data_dir: inside.clone(), bin: pg.bin.clone() };
+    assert!(std::fs::symlink_metadata(inside.join("pg_tblspc").join(&oid)).unwrap().is_dir());
+    assert_eq!(count(&port, "postgres", "SELECT count(*) FROM hot"), "20500");
+    assert_eq!(count(&port, "shop", "SELECT count(*) FROM orders"), "3000");
+    drop(server);
+}

@@ -22,9 +22,12 @@ use tokio_postgres::{Client, Config, NoTls, Socket};
 
 use crate::PgError;
 
+mod replication;
+mod socket;
 mod tap;
 mod tls;
 
+pub(crate) use replication::{BaseBackupEvent, ReplicationConnection, ReplicationError};
 pub use tap::CopyTap;
 use tls::RustlsConnect;
 
@@ -293,6 +296,15 @@ impl PgTarget {
             .map_err(|message| self.connect_error(message))
     }
 
+    /// Opens a physical replication connection (for `BASE_BACKUP`), with
+    /// the same host, TLS and authentication settings as [`connect`](Self::connect).
+    pub(crate) async fn connect_replication(&self) -> Result<ReplicationConnection, PgError> {
+        let tls = self.tls_connector()?;
+        replication::connect(&self.config, self.tls.tokio_mode(), tls)
+            .await
+            .map_err(|e| self.connect_error(replication_message(&e)))
+    }
+
     /// The TLS hook for this target's TCP connections, or none when TLS is
     /// off: `sslmode=disable`, or, as in libpq, only Unix sockets to reach
     /// (the server would refuse TLS there, and the socket never leaves the
@@ -507,6 +519,24 @@ impl PgTarget {
         }
         None
     }
+}
+
+/// One line saying why a replication connection or base backup failed, with
+/// the setting to change where the server's error names one.
+pub fn replication_message(e: &ReplicationError) -> String {
+    let ReplicationError::Server { code, message } = e else {
+        return e.to_string();
+    };
+    let hint = match code.as_str() {
+        "28000" if message.contains("pg_hba.conf") => {
+            "; allow it with a `host replication USER ADDRESS METHOD` line in pg_hba.conf (a line for `all` databases does not cover replication) and reload the server"
+        }
+        "42501" => "; give the user the REPLICATION attribute (ALTER ROLE … REPLICATION) or use a superuser",
+        "53300" => "; raise max_wal_senders on the server (each base backup takes one WAL sender)",
+        "28P01" | "28000" => "; check the user and password in the URL (or PGPASSWORD)",
+        _ => "",
+    };
+    format!("{message}{hint}")
 }
 
 /// Takes libpq's `ssl*` parameters out of a URL (`?sslmode=…&…`) or keyword

@@ -31,6 +31,14 @@ pub enum PgError {
     )]
     ToolTooOld { tool: String, path: PathBuf, tool_major: u32, server_major: u32 },
 
+    #[error(
+        "tablespace {name}'s directory {} {problem}; restore it elsewhere with --tablespace-map {name}=/NEW/DIR, or keep all tablespaces inside the data directory with --tablespaces-in-place", directory.display()
+    )]
+    TablespacePlace { name: String, directory: PathBuf, problem: String },
+
+    #[error("base backup of {target} failed: {message}")]
+    BaseBackup { target: String, message: String },
+
     #[error("{tool} failed ({status}): {stderr}")]
     ToolFailed { tool: String, status: String, stderr: String },
 

@@ -20,6 +20,7 @@
 //! `start` the server is started and watched until recovery has ended, with
 //! the log line that proves where it stopped.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +30,9 @@ use cairn_repo::archive::{Chunking, EntryMeta, SnapshotInfo, StreamArchive};
 use cairn_repo::{Id, Index, Repository, SaverOptions, Snapshot};
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::conn::{BaseBackupEvent, ReplicationError, replication_message};
 use crate::dump::DUMP_CHUNKS;
 use crate::{PgError, PgTarget, PgTools};
 
@@ -64,6 +66,9 @@ pub struct PhysicalManifest {
     /// `archive_command` at backup time: whether point-in-time recovery past
     /// the backup's end can work from this repository.
     pub archive_command: String,
+    /// Tablespaces outside the data directory (their files are under `pg_tblspc/<oid>/`).
+    #[serde(default)]
+    pub tablespaces: Vec<TablespaceInfo>,
 }
 
 /// What to back up.
@@ -75,6 +80,34 @@ pub struct BaseBackupOptions {
     pub hostname: Option<String>,
     pub source_name: Option<String>,
     pub saver: SaverOptions,
+}
+
+/// A tablespace outside the data directory, as backed up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablespaceInfo {
+    pub oid: u32,
+    /// `spcname` (empty when the tablespace appeared during the backup).
+    pub name: String,
+    /// Its directory on the backed-up server.
+    pub location: String,
+}
+
+impl TablespaceInfo {
+    /// Where its files are in the snapshot.
+    pub fn snapshot_dir(&self) -> String {
+        format!("pg_tblspc/{}", self.oid)
+    }
+}
+
+/// The `BASE_BACKUP` command in the syntax the server's version speaks. The
+/// WAL the backup needs comes inside it (`pg_basebackup -X fetch`), so every
+/// base backup restores on its own.
+fn base_backup_command(server_version_num: u32) -> String {
+    if server_version_num >= 150_000 {
+        "BASE_BACKUP (LABEL 'cairn base backup', CHECKPOINT 'fast', WAL, MANIFEST 'no')".into()
+    } else {
+        "BASE_BACKUP LABEL 'cairn base backup' FAST WAL".into()
+    }
 }
 
 /// Runs a base backup into a new snapshot.
@@ -97,6 +130,13 @@ pub async fn base_backup(
     let (server_version, version_num): (String, i32) = (row.get(0), row.get(1));
     let system_identifier: String = row.get(2);
     let (archive_mode, archive_command): (String, String) = (row.get(3), row.get(4));
+    let names: HashMap<u32, String> = client
+        .query("SELECT oid::int8, spcname::text FROM pg_tablespace", &[])
+        .await
+        .map_err(PgError::query("listing tablespaces"))?
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+        .collect();
     let mut warnings = Vec::new();
     if archive_mode == "off" || !archive_command.contains("wal-push") {
         warnings.push(
@@ -106,66 +146,65 @@ pub async fn base_backup(
         );
     }
     drop(client);
-    let tools = PgTools::new(opts.pg_bin.clone(), version_num as u32);
-    let pg_basebackup = tools.find("pg_basebackup", true).await?;
+    let version_num = version_num as u32;
+    let replication = admin.connect_replication().await?;
 
     let archive = StreamArchive::start(repo, DUMP_CHUNKS, opts.saver.clone()).await?;
     let start_time = chrono::Local::now().fixed_offset();
-    let mut cmd = tokio::process::Command::new(&pg_basebackup);
-    cmd.args(["-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint=fast", "--no-manifest", "-v"])
-        .arg("--label=cairn base backup")
-        .arg(format!("--dbname={}", admin.conninfo()));
-    admin.prepare_tool(&mut cmd);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(PgError::io("running pg_basebackup"))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let stderr_task = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-    let parsed = store_tar(&archive, BufReader::with_capacity(1 << 20, stdout), &progress).await;
-    if parsed.is_err() {
-        // Our failure comes first: pg_basebackup only saw its pipe close.
-        let _ = child.kill().await;
-    }
-    let status = child.wait().await.map_err(PgError::io("waiting for pg_basebackup"))?;
-    let stderr = stderr_task.await.unwrap_or_default();
-    let parsed = parsed?;
-    if !status.success() {
-        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        return Err(PgError::ToolFailed {
-            tool: "pg_basebackup".into(),
-            status: status.to_string(),
-            stderr: tail[tail.len().saturating_sub(3)..].join(" | "),
-        });
-    }
-    let (files, bytes, label) = parsed;
-    let field = |key: &str| {
-        label.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(ARCHIVE_EVENTS_IN_FLIGHT);
+    let command = base_backup_command(version_num);
+    let produce = replication.base_backup(&command, version_num, events_tx);
+    let consume = async {
+        let mut totals = TarTotals::default();
+        while let Some(event) = events.recv().await {
+            let BaseBackupEvent::Archive(tablespace) = event else {
+                return Err(stream_error("archive data outside an archive"));
+            };
+            let prefix = tablespace.map(|t| format!("pg_tblspc/{}/", t.oid)).unwrap_or_default();
+            store_tar(&archive, ArchiveReader::new(&mut events), &prefix, &progress, &mut totals).await?;
+        }
+        Ok(totals)
     };
-    let start_lsn = field("START WAL LOCATION:").split_whitespace().next().unwrap_or_default().to_string();
-    let timeline = field("START TIMELINE:").parse().unwrap_or(1);
-    let end_lsn = stderr
-        .lines()
-        .find_map(|l| l.split("write-ahead log end point:").nth(1))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default();
+    let (produced, consumed) = tokio::join!(produce, consume);
+    // The server's word wins; when the storing side failed first, the
+    // server only saw its archives go unread.
+    let (positions, totals) = match (produced, consumed) {
+        (Ok(p), Ok(t)) => (p, t),
+        (Ok(_) | Err(ReplicationError::ReceiverGone), Err(e)) => return Err(e),
+        (Err(e), _) => {
+            return Err(PgError::BaseBackup {
+                target: opts.target.server(),
+                message: replication_message(&e),
+            });
+        }
+    };
+    if totals.label.is_empty() {
+        return Err(stream_error("the data directory's archive has no backup_label"));
+    }
+    let tablespaces: Vec<TablespaceInfo> = positions
+        .tablespaces
+        .iter()
+        .map(|t| TablespaceInfo {
+            oid: t.oid,
+            name: names.get(&t.oid).cloned().unwrap_or_default(),
+            location: t.location.clone(),
+        })
+        .collect();
     let manifest = PhysicalManifest {
         version: 1,
         server: opts.target.server(),
         server_version,
-        server_version_num: version_num as u32,
+        server_version_num: version_num,
         system_identifier,
-        timeline,
-        start_lsn,
-        end_lsn,
+        timeline: positions.start_timeline,
+        start_lsn: positions.start_lsn,
+        end_lsn: positions.end_lsn,
         start_time,
         end_time: chrono::Local::now().fixed_offset(),
-        files,
-        bytes,
+        files: totals.files,
+        bytes: totals.bytes,
         archive_command,
+        tablespaces,
     };
     archive
         .add_bytes(MANIFEST_FILE, serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))
@@ -179,6 +218,7 @@ pub async fn base_backup(
         "end_lsn": manifest.end_lsn,
         "start_time": manifest.start_time,
         "end_time": manifest.end_time,
+        "tablespaces": manifest.tablespaces.len(),
     });
     let (id, snapshot) = archive
         .finish(SnapshotInfo {
@@ -192,6 +232,62 @@ pub async fn base_backup(
         })
         .await?;
     Ok((id, snapshot, manifest))
+}
+
+/// Archive events buffered between the replication connection and the
+/// storing side (each a server message of up to 32 KiB).
+const ARCHIVE_EVENTS_IN_FLIGHT: usize = 64;
+
+fn stream_error(message: &str) -> PgError {
+    PgError::BaseBackup { target: "the server".into(), message: message.into() }
+}
+
+/// One archive's bytes, as an [`AsyncRead`] that ends with the archive.
+struct ArchiveReader<'a> {
+    events: &'a mut tokio::sync::mpsc::Receiver<BaseBackupEvent>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl<'a> ArchiveReader<'a> {
+    fn new(events: &'a mut tokio::sync::mpsc::Receiver<BaseBackupEvent>) -> Self {
+        ArchiveReader { events, current: Bytes::new(), ended: false }
+    }
+}
+
+impl AsyncRead for ArchiveReader<'_> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if !this.current.is_empty() {
+                let n = this.current.len().min(buf.remaining());
+                buf.put_slice(&this.current.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(this.events.poll_recv(cx)) {
+                Some(BaseBackupEvent::Data(data)) => this.current = data,
+                Some(BaseBackupEvent::ArchiveEnd) => this.ended = true,
+                Some(BaseBackupEvent::Archive(_)) => {
+                    return Poll::Ready(Err(std::io::Error::other("a new archive began inside another")));
+                }
+                // The server's error, if it sent one, is reported instead.
+                None => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the base backup ended in the middle of an archive",
+                    )));
+                }
+            }
+        }
+    }
 }
 
 /// One tar header, decoded.
@@ -239,10 +335,15 @@ fn parse_header(h: &[u8; 512]) -> TarEntry {
     }
 }
 
-/// Is this data-directory path a relation file (`base/<db>/<relfilenode>[_fsm|_vm][.N]`, `global/<n>`)?
+/// Is this snapshot path a relation file (`base/<db>/<relfilenode>[_fsm|_vm][.N]`,
+/// `global/<n>`, `pg_tblspc/<oid>/PG_<version>/<db>/<relfilenode>…`)?
 fn is_relation_file(path: &str) -> bool {
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-    if !(dir == "global" || dir.starts_with("base/")) {
+    let in_tablespace = || {
+        let parts: Vec<&str> = dir.split('/').collect();
+        matches!(parts.as_slice(), ["pg_tblspc", _, version, _] if version.starts_with("PG_"))
+    };
+    if !(dir == "global" || dir.starts_with("base/") || in_tablespace()) {
         return false;
     }
     let stem = name.split('.').next().unwrap_or(name);
@@ -254,15 +355,27 @@ fn is_relation_file(path: &str) -> bool {
     !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Reads the tar stream, storing each entry. Returns (files, bytes, backup_label).
+/// What the archives held, over all of them.
+#[derive(Debug, Default)]
+struct TarTotals {
+    files: u64,
+    bytes: u64,
+    /// The data directory's `backup_label`.
+    label: String,
+}
+
+/// Reads one tar archive, storing each entry under `prefix` (empty for the
+/// data directory, `pg_tblspc/<oid>/` for a tablespace).
 async fn store_tar<R: AsyncRead + Unpin>(
     archive: &StreamArchive,
     mut reader: R,
+    prefix: &str,
     progress: &crate::DumpProgress,
-) -> Result<(u64, u64, String), PgError> {
-    let io = |e: std::io::Error| PgError::io("reading pg_basebackup's output")(e);
-    let (mut files, mut bytes, mut label) = (0u64, 0u64, String::new());
+    totals: &mut TarTotals,
+) -> Result<(), PgError> {
+    let io = |e: std::io::Error| PgError::io("reading the base backup's archives")(e);
     let mut long_name: Option<String> = None;
+    let mut first = true;
     let mut header = [0u8; 512];
     loop {
         match reader.read_exact(&mut header).await {
@@ -271,8 +384,7 @@ async fn store_tar<R: AsyncRead + Unpin>(
             Err(e) => return Err(io(e)),
         }
         if header.iter().all(|b| *b == 0) {
-            // End of archive. Drain what follows (the second zero block,
-            // record padding): closing the pipe early would kill the writer.
+            // End of archive: drain what follows (the second zero block).
             tokio::io::copy(&mut reader, &mut tokio::io::sink()).await.map_err(io)?;
             break;
         }
@@ -280,7 +392,14 @@ async fn store_tar<R: AsyncRead + Unpin>(
         if let Some(name) = long_name.take() {
             entry.path = name;
         }
+        if first && !prefix.is_empty() {
+            // The tablespace's own directory is not in its archive.
+            let meta = EntryMeta { permissions: 0o700, ..entry.meta };
+            archive.add_dir(prefix, meta);
+        }
+        first = false;
         let padding = (512 - entry.size % 512) % 512;
+        let path = format!("{prefix}{}", entry.path.trim_start_matches("./"));
         match entry.kind {
             b'L' | b'x' => {
                 let mut data = vec![0u8; entry.size as usize];
@@ -293,11 +412,11 @@ async fn store_tar<R: AsyncRead + Unpin>(
                         .lines()
                         .find_map(|rec| rec.split_once(" path=").map(|(_, p)| p.to_string()))
                 };
+                first = true;
                 continue;
             }
-            b'5' => archive.add_dir(entry.path.trim_end_matches('/'), entry.meta),
+            b'5' => archive.add_dir(path.trim_end_matches('/'), entry.meta),
             b'0' | 0 => {
-                let path = entry.path.trim_start_matches("./").to_string();
                 let chunking = if is_relation_file(&path) {
                     Chunking::Fixed(PAGE_CHUNK)
                 } else {
@@ -306,7 +425,7 @@ async fn store_tar<R: AsyncRead + Unpin>(
                 if path == "backup_label" {
                     let mut data = vec![0u8; entry.size as usize];
                     reader.read_exact(&mut data).await.map_err(io)?;
-                    label = String::from_utf8_lossy(&data).into_owned();
+                    totals.label = String::from_utf8_lossy(&data).into_owned();
                     let piece: Result<Bytes, std::io::Error> = Ok(Bytes::from(data));
                     archive
                         .add_stream_with(&path, futures::stream::iter([piece]), Some(entry.meta), chunking)
@@ -324,27 +443,25 @@ async fn store_tar<R: AsyncRead + Unpin>(
                     archive.add_stream_with(&path, stream, Some(entry.meta), chunking).await?;
                 }
                 skip(&mut reader, padding).await.map_err(io)?;
-                files += 1;
-                bytes += entry.size;
+                totals.files += 1;
+                totals.bytes += entry.size;
                 progress.bytes_done.fetch_add(entry.size, std::sync::atomic::Ordering::Relaxed);
             }
+            // The links to the tablespaces, whose files are stored under
+            // `pg_tblspc/<oid>/` instead; a restore links them again.
+            b'2' if path.starts_with("pg_tblspc/") => {}
             b'2' => {
-                return Err(PgError::ToolFailed {
-                    tool: "pg_basebackup".into(),
-                    status: "unsupported".into(),
-                    stderr: format!(
-                        "{} is a symbolic link (a tablespace or linked pg_wal); physical backups of clusters with tablespaces are not supported yet",
-                        entry.path
-                    ),
-                });
+                return Err(stream_error(&format!(
+                    "{path} is a symbolic link outside pg_tblspc, which PostgreSQL does not send"
+                )));
             }
             other => {
-                tracing::warn!(path = %entry.path, kind = other, "skipping an unexpected tar entry");
+                tracing::warn!(path = %path, kind = other, "skipping an unexpected tar entry");
                 skip(&mut reader, entry.size + padding).await.map_err(io)?;
             }
         }
     }
-    Ok((files, bytes, label))
+    Ok(())
 }
 
 async fn skip<R: AsyncRead + Unpin>(reader: &mut R, mut n: u64) -> std::io::Result<()> {
@@ -387,6 +504,23 @@ pub struct PitrOptions {
     pub pg_bin: Option<PathBuf>,
     /// How long recovery may take with `start`.
     pub timeout: Duration,
+    /// Where tablespaces go instead of their original directories: each
+    /// tablespace named by its name, oid or original directory, and the new
+    /// (absolute) directory.
+    pub tablespace_map: Vec<(String, PathBuf)>,
+    /// Keep every tablespace inside the data directory (`pg_tblspc/<oid>/`
+    /// as a directory, PostgreSQL's in-place tablespaces), for scratch
+    /// restores next to the original cluster.
+    pub tablespaces_in_place: bool,
+}
+
+/// Where a tablespace was laid down by a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoredTablespace {
+    pub oid: u32,
+    pub name: String,
+    pub original: String,
+    pub directory: PathBuf,
 }
 
 /// What a point-in-time restore did.
@@ -396,6 +530,7 @@ pub struct PitrReport {
     pub files: u64,
     pub bytes: u64,
     pub base_backup_end: DateTime<FixedOffset>,
+    pub tablespaces: Vec<RestoredTablespace>,
     pub started: bool,
     /// The server log line saying where recovery stopped (with `start`).
     pub recovery_stop: Option<String>,
@@ -433,9 +568,17 @@ pub async fn restore_physical(
             what: "files (a data directory must be restored into an empty or new directory)".into(),
         });
     }
+    let tablespaces = place_tablespaces(&manifest, opts)?;
     let progress = Arc::new(cairn_volume::RestoreProgress::default());
-    let vopts =
-        cairn_volume::RestoreOptions { target: dir.clone(), ..cairn_volume::RestoreOptions::default() };
+    let vopts = cairn_volume::RestoreOptions {
+        target: dir.clone(),
+        relocate: tablespaces
+            .iter()
+            .filter(|_| !opts.tablespaces_in_place)
+            .map(|t| (format!("pg_tblspc/{}", t.oid), t.directory.clone()))
+            .collect(),
+        ..cairn_volume::RestoreOptions::default()
+    };
     let summary =
         cairn_volume::restore(repo, index, snapshot, &vopts, progress).await.map_err(|e| match e {
             cairn_volume::VolumeError::Repo(r) => PgError::Repo(r),
@@ -451,11 +594,26 @@ pub async fn restore_physical(
     // Only root may give files away (otherwise they are ours already). The
     // server refuses a data directory it does not own, and needs to write in
     // every directory of it, whatever the tar headers said.
-    if nix::unistd::geteuid().is_root() {
-        chown_tree(dir, uid, gid).map_err(PgError::io(format!("giving {} to uid {uid}", dir.display())))?;
+    if !opts.tablespaces_in_place {
+        // The server finds a tablespace through its link in pg_tblspc.
+        for t in &tablespaces {
+            let link = dir.join("pg_tblspc").join(t.oid.to_string());
+            std::fs::create_dir_all(dir.join("pg_tblspc")).map_err(PgError::io("creating pg_tblspc"))?;
+            std::os::unix::fs::symlink(&t.directory, &link).map_err(PgError::io(format!(
+                "linking {} to {}",
+                link.display(),
+                t.directory.display()
+            )))?;
+        }
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(PgError::io("chmod data directory"))?;
+    for place in std::iter::once(dir.as_path()).chain(tablespaces.iter().map(|t| t.directory.as_path())) {
+        if nix::unistd::geteuid().is_root() {
+            chown_tree(place, uid, gid)
+                .map_err(PgError::io(format!("giving {} to uid {uid}", place.display())))?;
+        }
+        std::fs::set_permissions(place, std::fs::Permissions::from_mode(0o700))
+            .map_err(PgError::io(format!("chmod {}", place.display())))?;
+    }
 
     let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
     let mut conf = String::from("\n# Added by cairn restore --physical\n");
@@ -477,6 +635,10 @@ pub async fn restore_physical(
     if let Some(port) = opts.port {
         conf.push_str(&format!("port = {port}\n"));
     }
+    if opts.tablespaces_in_place && !tablespaces.is_empty() {
+        // Otherwise recovery stops at the directories where it expects links.
+        conf.push_str("allow_in_place_tablespaces = on\n");
+    }
     let auto = dir.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
     text.push_str(&conf);
@@ -493,6 +655,7 @@ pub async fn restore_physical(
         files: summary.files,
         bytes: summary.bytes,
         base_backup_end: manifest.end_time,
+        tablespaces,
         started: false,
         recovery_stop: None,
     };
@@ -501,6 +664,90 @@ pub async fn restore_physical(
         report.started = true;
     }
     Ok(report)
+}
+
+/// Decides where each tablespace goes (its original directory unless
+/// mapped, or inside the data directory), and checks, before anything is
+/// written, that every one of those directories is free.
+fn place_tablespaces(
+    manifest: &PhysicalManifest,
+    opts: &PitrOptions,
+) -> Result<Vec<RestoredTablespace>, PgError> {
+    let names = || {
+        manifest
+            .tablespaces
+            .iter()
+            .map(|t| {
+                format!("{} (oid {}, {})", if t.name.is_empty() { "?" } else { &t.name }, t.oid, t.location)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (key, _) in &opts.tablespace_map {
+        let known = manifest
+            .tablespaces
+            .iter()
+            .any(|t| t.name == *key || t.oid.to_string() == *key || t.location == *key);
+        if !known {
+            return Err(PgError::NotInSnapshot {
+                what: format!("tablespace {key:?} (from --tablespace-map)"),
+                available: if manifest.tablespaces.is_empty() { "no tablespaces".into() } else { names() },
+            });
+        }
+    }
+    if opts.tablespaces_in_place && !manifest.tablespaces.is_empty() && manifest.server_version_num < 150_000
+    {
+        return Err(PgError::TablespacePlace {
+            name: "(all)".into(),
+            directory: opts.data_dir.join("pg_tblspc"),
+            problem: "cannot hold tablespaces before PostgreSQL 15 (in-place tablespaces)".into(),
+        });
+    }
+    let mut placed: Vec<RestoredTablespace> = Vec::new();
+    for t in &manifest.tablespaces {
+        let mapped = opts
+            .tablespace_map
+            .iter()
+            .find(|(key, _)| t.name == *key || t.oid.to_string() == *key || t.location == *key)
+            .map(|(_, to)| to.clone());
+        let directory = if opts.tablespaces_in_place {
+            opts.data_dir.join("pg_tblspc").join(t.oid.to_string())
+        } else {
+            mapped.unwrap_or_else(|| PathBuf::from(&t.location))
+        };
+        let label = if t.name.is_empty() { t.oid.to_string() } else { t.name.clone() };
+        if !directory.is_absolute() {
+            return Err(PgError::TablespacePlace {
+                name: label,
+                directory,
+                problem: "is not an absolute path".into(),
+            });
+        }
+        if placed.iter().any(|p| p.directory == directory) {
+            return Err(PgError::TablespacePlace {
+                name: label,
+                directory,
+                problem: "is also where another tablespace goes".into(),
+            });
+        }
+        if !opts.tablespaces_in_place
+            && let Ok(mut entries) = std::fs::read_dir(&directory)
+            && entries.next().is_some()
+        {
+            return Err(PgError::TablespacePlace {
+                name: label,
+                directory,
+                problem: "is not empty (is the original cluster still using it?)".into(),
+            });
+        }
+        placed.push(RestoredTablespace {
+            oid: t.oid,
+            name: t.name.clone(),
+            original: t.location.clone(),
+            directory,
+        });
+    }
+    Ok(placed)
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
@@ -620,6 +867,10 @@ mod tests {
         assert!(!is_relation_file("base/5/PG_VERSION"));
         assert!(!is_relation_file("pg_wal/000000010000000000000002"));
         assert!(!is_relation_file("postgresql.conf"));
+        assert!(is_relation_file("pg_tblspc/16390/PG_15_202209061/5/16391"));
+        assert!(is_relation_file("pg_tblspc/16390/PG_15_202209061/5/16391_vm"));
+        assert!(!is_relation_file("pg_tblspc/16390/PG_15_202209061/5/PG_VERSION"));
+        assert!(!is_relation_file("pg_tblspc/16390/other/5/16391"));
     }
 
     #[test]

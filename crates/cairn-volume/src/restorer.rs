@@ -56,6 +56,11 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Packs fetched and decoded at once.
     pub concurrency: usize,
+    /// Subtrees written somewhere other than under `target`: each snapshot
+    /// path (relative, e.g. `pg_tblspc/16390`) and the absolute directory
+    /// that receives it (a PostgreSQL tablespace laid down where its
+    /// server will look for it).
+    pub relocate: Vec<(String, PathBuf)>,
 }
 
 impl Default for RestoreOptions {
@@ -66,6 +71,7 @@ impl Default for RestoreOptions {
             overwrite: Overwrite::Never,
             dry_run: false,
             concurrency: num_cpus::get().max(2) * 2,
+            relocate: Vec::new(),
         }
     }
 }
@@ -171,6 +177,8 @@ async fn build_plan(
             rel_components(stripped)
         })
         .collect();
+    let relocations: Vec<(Vec<Vec<u8>>, &Path)> =
+        opts.relocate.iter().map(|(from, to)| (rel_components(from), to.as_path())).collect();
     let mut matched = vec![false; includes.len()];
     let mut seen_inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
 
@@ -184,7 +192,15 @@ async fn build_plan(
         if !wanted {
             return false;
         }
-        let rel: PathBuf = rel_c.iter().map(|c| OsStr::from_bytes(c)).collect();
+        // A relocated path is absolute, and `target.join` of an absolute path is that path.
+        let relocated =
+            relocations.iter().find(|(from, _)| rel_c.len() >= from.len() && rel_c[..from.len()] == from[..]);
+        let rel: PathBuf = match relocated {
+            Some((from, to)) => {
+                to.iter().chain(rel_c[from.len()..].iter().map(|c| OsStr::from_bytes(c))).collect()
+            }
+            None => rel_c.iter().map(|c| OsStr::from_bytes(c)).collect(),
+        };
         match node.node_type {
             NodeType::Dir => {
                 plan.dirs.push((rel, node));

@@ -397,6 +397,25 @@ pub struct PgRestoreArgs {
     /// Seconds recovery may take with --start.
     #[arg(long, default_value_t = 3600)]
     pub recovery_timeout: u64,
+    /// Lay a tablespace down in another directory than the one it had
+    /// (TABLESPACE is its name, oid or old directory; DIR absolute and empty
+    /// or new). Repeatable. Unmapped tablespaces go back where they were.
+    #[arg(long, value_name = "TABLESPACE=DIR", value_parser = parse_tablespace_map)]
+    pub tablespace_map: Vec<(String, PathBuf)>,
+    /// Keep all tablespaces inside the data directory (pg_tblspc/OID as
+    /// directories; PostgreSQL 15+, allow_in_place_tablespaces is set): for
+    /// scratch restores on a host whose tablespace directories are in use.
+    #[arg(long, conflicts_with = "tablespace_map")]
+    pub tablespaces_in_place: bool,
+}
+
+fn parse_tablespace_map(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && dir.starts_with('/') => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!("expected TABLESPACE=/ABSOLUTE/DIR, got {value:?}")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -456,6 +456,8 @@ pub async fn restore_physical(ctx: &Context, args: RestoreArgs) -> Result<u8> {
         start: pg.start,
         pg_bin: pg.pg_bin.clone(),
         timeout: std::time::Duration::from_secs(pg.recovery_timeout),
+        tablespace_map: pg.tablespace_map.clone(),
+        tablespaces_in_place: pg.tablespaces_in_place,
     };
     let result = cairn_postgres::physical::restore_physical(&repo, index, &snapshot, &opts).await;
     lock.release().await?;
@@ -475,6 +477,14 @@ pub async fn restore_physical(ctx: &Context, args: RestoreArgs) -> Result<u8> {
             bytes(report.bytes),
             data_dir.display()
         );
+        for t in &report.tablespaces {
+            println!(
+                "tablespace {} (oid {}): {}",
+                if t.name.is_empty() { "?" } else { &t.name },
+                t.oid,
+                t.directory.display()
+            );
+        }
         match &report.recovery_stop {
             Some(line) => println!("recovery finished: {line}"),
             None => println!(
