@@ -155,9 +155,14 @@ fn postgres_wal_archiving_runbook_works_as_written() {
 fn postgres_pitr_runbook_works_as_written() {
     let env = Env::new();
     let pg = archiving_cluster(&env);
+    // The orders live in a tablespace, whose directory the production server keeps using.
+    let tablespace = env.path("pg/ts-orders");
+    std::fs::create_dir_all(&tablespace).unwrap();
+    cairn_testkit::give_to_postgres(&tablespace);
+    pg.psql("postgres", &format!("CREATE TABLESPACE orders_ts LOCATION '{}'", tablespace.display()));
     pg.psql(
         "postgres",
-        "CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY);
+        "CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY) TABLESPACE orders_ts;
          INSERT INTO shop.orders SELECT generate_series(1, 1000)",
     );
     env.cairn_ok(&["backup", "postgres", "--physical", "--url", &pg.url("postgres")]);

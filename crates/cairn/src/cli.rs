@@ -234,8 +234,8 @@ pub struct PostgresArgs {
     /// Host name recorded in the snapshot (default: this machine's).
     #[arg(long)]
     pub host: Option<String>,
-    /// A physical base backup of the whole cluster (pg_basebackup) instead of
-    /// logical dumps; with WAL archiving (`cairn wal-push`) it restores to any
+    /// A physical base backup of the whole cluster, tablespaces included
+    /// (BASE_BACKUP over a replication connection), instead of logical dumps; with WAL archiving (`cairn wal-push`) it restores to any
     /// point in time.
     #[arg(long, conflicts_with_all = ["databases", "no_globals"])]
     pub physical: bool,
