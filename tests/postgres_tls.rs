@@ -368,3 +368,75 @@ fn rejected_client_certificates_fail_in_one_clear_line() {
     ]);
     assert_eq!(out["rows"], 2000, "{out}");
 }
+
+/// SCRAM logins over TLS bind to the TLS session (SCRAM-SHA-256-PLUS with
+/// `tls-server-end-point`) on every connection a backup makes: cairn's own,
+/// the copy tap's, the replication connection and the client tools'. With
+/// `channel_binding=require` anything less is refused, as libpq does.
+#[test]
+fn scram_logins_bind_to_the_tls_session() {
+    let env = Env::new();
+    env.init();
+    let certs = make_certs(&env.path("certs"));
+    let pg = PgCluster::start(&env.path("pg/data"), "");
+    pg.enable_tls(&certs.server_cert, &certs.server_key);
+    pg.psql("postgres", "SET password_encryption = 'scram-sha-256'; CREATE ROLE bound LOGIN SUPERUSER REPLICATION PASSWORD 'bound-secret'");
+    pg.psql("postgres", "SET password_encryption = 'md5'; CREATE ROLE unbound LOGIN SUPERUSER REPLICATION PASSWORD 'md5-secret'");
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("app", "CREATE TABLE items AS SELECT generate_series(1, 1500) AS id");
+    let hba = pg.data_dir.join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "hostssl all bound 127.0.0.1/32 scram-sha-256\nhostssl replication bound 127.0.0.1/32 scram-sha-256\n\
+             hostssl all unbound 127.0.0.1/32 md5\nhostssl replication unbound 127.0.0.1/32 md5\n{rest}"
+        ),
+    )
+    .unwrap();
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let url = |user: &str, password: &str, db: &str| {
+        format!(
+            "postgresql://{user}:{password}@127.0.0.1:{}/{db}?sslmode=verify-full&sslrootcert={}&channel_binding=require",
+            pg.port,
+            certs.ca.display()
+        )
+    };
+
+    let logical =
+        env.cairn_json(&["backup", "--json", "postgres", "--url", &url("bound", "bound-secret", "app")]);
+    assert_eq!(logical["rows"], 1500, "{logical}");
+    let physical = env.cairn_json(&[
+        "backup",
+        "--json",
+        "postgres",
+        "--physical",
+        "--url",
+        &url("bound", "bound-secret", "postgres"),
+    ]);
+    assert_eq!(physical["kind"], "postgres-physical", "{physical}");
+    let snapshot = logical["snapshot"].as_str().unwrap().to_string();
+    let restored = env.cairn_json(&[
+        "restore",
+        &snapshot,
+        "--to",
+        &url("bound", "bound-secret", "copy"),
+        "--verify",
+        "--json",
+    ]);
+    assert_eq!(restored["rows"], 1500, "{restored}");
+
+    // MD5 cannot bind: refused on cairn's first connection and on the replication one.
+    for extra in [&[][..], &["--physical"][..]] {
+        let mut args = vec!["backup", "postgres"];
+        args.extend(extra);
+        let unbound = url("unbound", "md5-secret", "postgres");
+        args.extend(["--url", &unbound]);
+        let out = env.cairn(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("channel binding"), "{err}");
+        assert!(!err.contains("md5-secret"), "{err}");
+    }
+}

@@ -385,6 +385,11 @@ impl PgTarget {
         if let Some(key) = &self.tls.key {
             parts.push(format!("sslkey={}", quote_path(key)));
         }
+        match self.config.get_channel_binding() {
+            tokio_postgres::config::ChannelBinding::Require => parts.push("channel_binding=require".into()),
+            tokio_postgres::config::ChannelBinding::Disable => parts.push("channel_binding=disable".into()),
+            _ => {}
+        }
         parts.push("application_name=cairn".into());
         parts.join(" ")
     }
@@ -448,6 +453,9 @@ impl PgTarget {
             return message;
         }
         let text = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+        if text.contains("channel binding") {
+            return CHANNEL_BINDING_REFUSED.into();
+        }
         format!("{text}; check the host and port, and that the server is running and accepts connections")
     }
 
@@ -521,10 +529,16 @@ impl PgTarget {
     }
 }
 
+/// Why a login under `channel_binding=require` was refused, and what to change.
+const CHANNEL_BINDING_REFUSED: &str = "the server did not use channel binding, which channel_binding=require demands: it needs TLS and SCRAM-SHA-256 for this user (pg_hba.conf method scram-sha-256, a SCRAM password), or drop channel_binding=require";
+
 /// One line saying why a replication connection or base backup failed, with
 /// the setting to change where the server's error names one.
 pub fn replication_message(e: &ReplicationError) -> String {
     let ReplicationError::Server { code, message } = e else {
+        if let ReplicationError::ChannelBindingRefused = e {
+            return CHANNEL_BINDING_REFUSED.into();
+        }
         return e.to_string();
     };
     let hint = match code.as_str() {

@@ -25,7 +25,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_postgres::Config;
-use tokio_postgres::config::SslMode;
+use tokio_postgres::config::{ChannelBinding as ChannelBindingSetting, SslMode};
 
 use super::socket::{self, Transport};
 use super::tls::RustlsConnect;
@@ -71,6 +71,8 @@ pub enum ReplicationError {
     Protocol(String),
     /// The receiving side of the archives went away (its error is the one to report).
     ReceiverGone,
+    /// `channel_binding=require`, and the server's login could not bind.
+    ChannelBindingRefused,
 }
 
 impl std::fmt::Display for ReplicationError {
@@ -80,6 +82,9 @@ impl std::fmt::Display for ReplicationError {
             ReplicationError::Io(e) => write!(f, "the connection failed: {e}"),
             ReplicationError::Protocol(m) => write!(f, "unexpected reply from the server: {m}"),
             ReplicationError::ReceiverGone => f.write_str("the backup stopped reading the archives"),
+            ReplicationError::ChannelBindingRefused => {
+                f.write_str("the server did not use channel binding, which channel_binding=require demands")
+            }
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct ReplicationConnection<S = Transport> {
     transport: S,
     read: BytesMut,
     out: BytesMut,
+    /// `Some` on TLS: the `tls-server-end-point` data, if the certificate has one.
+    tls_binding: Option<Option<Vec<u8>>>,
 }
 
 /// Opens a replication connection to the first of `config`'s hosts that takes it.
@@ -106,7 +113,9 @@ pub(super) async fn connect(
     let server_error = std::sync::Mutex::new(None);
     let server_error = &server_error;
     let opened = socket::connect_first(config, tls_mode, tls, |transport| async move {
+        let tls_binding = transport.tls_binding();
         let mut conn = ReplicationConnection::new(transport);
+        conn.tls_binding = tls_binding;
         match conn.start_up(config).await {
             Ok(()) => Ok(conn),
             Err(e) => {
@@ -127,7 +136,12 @@ pub(super) async fn connect(
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationConnection<S> {
     fn new(transport: S) -> Self {
-        ReplicationConnection { transport, read: BytesMut::with_capacity(1 << 17), out: BytesMut::new() }
+        ReplicationConnection {
+            transport,
+            read: BytesMut::with_capacity(1 << 17),
+            out: BytesMut::new(),
+            tls_binding: None,
+        }
     }
 
     async fn start_up(&mut self, config: &Config) -> Result<(), ReplicationError> {
@@ -142,13 +156,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationConnection<S> {
         let mut scram: Option<ScramSha256> = None;
         loop {
             match self.next().await? {
+                // trust and cert logins send no password to bind.
+                Message::AuthenticationOk if scram.is_none() => refuse_unbound(config)?,
                 Message::AuthenticationOk => {}
                 Message::AuthenticationCleartextPassword => {
+                    refuse_unbound(config)?;
                     let password = password.ok_or_else(no_password)?;
                     frontend::password_message(password, &mut self.out)?;
                     self.flush().await?;
                 }
                 Message::AuthenticationMd5Password(body) => {
+                    refuse_unbound(config)?;
                     let password = password.ok_or_else(no_password)?;
                     let hash =
                         postgres_protocol::authentication::md5_hash(user.as_bytes(), password, body.salt());
@@ -158,17 +176,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationConnection<S> {
                 Message::AuthenticationSasl(body) => {
                     let password = password.ok_or_else(no_password)?;
                     let mut mechanisms = body.mechanisms();
-                    let mut offered = false;
+                    let (mut scram_offered, mut plus_offered) = (false, false);
                     while let Some(m) = mechanisms.next()? {
-                        offered |= m == sasl::SCRAM_SHA_256;
+                        scram_offered |= m == sasl::SCRAM_SHA_256;
+                        plus_offered |= m == sasl::SCRAM_SHA_256_PLUS;
                     }
-                    if !offered {
-                        return Err(ReplicationError::Protocol("the server offers no SCRAM-SHA-256".into()));
-                    }
-                    // No channel binding (as on cairn's other connections):
-                    // tell the server so, rather than that it offered none.
-                    let state = ScramSha256::new(password, sasl::ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, state.message(), &mut self.out)?;
+                    let (mechanism, binding) = choose_scram(
+                        scram_offered,
+                        plus_offered,
+                        self.tls_binding.as_ref(),
+                        config.get_channel_binding(),
+                    )?;
+                    let state = ScramSha256::new(password, binding);
+                    frontend::sasl_initial_response(mechanism, state.message(), &mut self.out)?;
                     self.flush().await?;
                     scram = Some(state);
                 }
@@ -360,6 +380,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationConnection<S> {
     }
 }
 
+/// The SCRAM variant and channel binding to log in with, as libpq and
+/// tokio-postgres choose: SCRAM-SHA-256-PLUS whenever the server offers it
+/// and this TLS connection has binding data (unless `channel_binding=disable`);
+/// with `channel_binding=require`, nothing less.
+fn choose_scram(
+    scram_offered: bool,
+    plus_offered: bool,
+    tls_binding: Option<&Option<Vec<u8>>>,
+    setting: ChannelBindingSetting,
+) -> Result<(&'static str, sasl::ChannelBinding), ReplicationError> {
+    let binding = tls_binding.cloned().flatten().filter(|_| setting != ChannelBindingSetting::Disable);
+    let chosen = match (plus_offered, binding) {
+        (true, Some(hash)) => {
+            return Ok((sasl::SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(hash)));
+        }
+        // The client could bind but the server did not offer to: say so, so
+        // a server stripped of its offer by a man in the middle notices.
+        (false, Some(_)) if scram_offered => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+        _ if scram_offered || plus_offered => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+        _ => return Err(ReplicationError::Protocol("the server offers no SCRAM-SHA-256".into())),
+    };
+    if setting == ChannelBindingSetting::Require {
+        return Err(ReplicationError::ChannelBindingRefused);
+    }
+    Ok(chosen)
+}
+
 /// The tablespace list: `(spcoid, spclocation, size)` rows, the data
 /// directory's own as nulls.
 fn parse_tablespaces(
@@ -414,6 +461,14 @@ fn log_notice(body: ErrorFields<'_>) {
     );
 }
 
+/// A login without SCRAM cannot be bound to the TLS session.
+fn refuse_unbound(config: &Config) -> Result<(), ReplicationError> {
+    if config.get_channel_binding() == ChannelBindingSetting::Require {
+        return Err(ReplicationError::ChannelBindingRefused);
+    }
+    Ok(())
+}
+
 fn no_password() -> ReplicationError {
     ReplicationError::Server {
         code: "28P01".into(),
@@ -442,6 +497,30 @@ mod tests {
         );
         assert_eq!(archive_header(b"base.tar\0\0").unwrap(), ("base.tar".into(), String::new()));
         assert!(archive_header(b"base.tar").is_err());
+    }
+
+    #[test]
+    fn scram_binds_to_tls_whenever_it_can() {
+        use ChannelBindingSetting::{Disable, Prefer, Require};
+        let hash = Some(Some(vec![1u8; 32]));
+        let choose = |scram, plus, tls: &Option<Option<Vec<u8>>>, setting| {
+            choose_scram(scram, plus, tls.as_ref(), setting)
+                .map(|(mechanism, _)| mechanism)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(choose(true, true, &hash, Prefer), Ok(sasl::SCRAM_SHA_256_PLUS));
+        assert_eq!(choose(true, true, &hash, Require), Ok(sasl::SCRAM_SHA_256_PLUS));
+        assert_eq!(choose(true, true, &hash, Disable), Ok(sasl::SCRAM_SHA_256));
+        assert_eq!(choose(true, false, &hash, Prefer), Ok(sasl::SCRAM_SHA_256));
+        assert_eq!(choose(true, false, &None, Prefer), Ok(sasl::SCRAM_SHA_256));
+        assert_eq!(
+            choose(true, true, &Some(None), Prefer),
+            Ok(sasl::SCRAM_SHA_256),
+            "a certificate without binding data"
+        );
+        assert!(choose(true, false, &None, Require).unwrap_err().contains("channel_binding=require"));
+        assert!(choose(true, false, &hash, Require).is_err(), "an offer stripped of PLUS is not enough");
+        assert!(choose(false, false, &hash, Prefer).is_err());
     }
 
     fn message(tag: u8, body: &[u8]) -> Vec<u8> {

@@ -138,6 +138,17 @@ pub enum Transport {
     Tls(Box<RustlsStream<TcpStream>>),
 }
 
+impl Transport {
+    /// The channel binding data of a TLS connection (`Some(None)`: TLS, but
+    /// no binding for its certificate); `None` without TLS.
+    pub(super) fn tls_binding(&self) -> Option<Option<Vec<u8>>> {
+        match self {
+            Transport::Tls(stream) => Some(stream.server_end_point()),
+            Transport::Tcp(_) | Transport::Unix(_) => None,
+        }
+    }
+}
+
 macro_rules! by_transport {
     ($self:expr, $inner:ident => $call:expr) => {
         match $self.get_mut() {

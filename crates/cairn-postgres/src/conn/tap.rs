@@ -14,7 +14,7 @@
 //!
 //! Because the tap must see plaintext, such connections are set up by
 //! cairn (`super::socket`: socket, `SSLRequest`, TLS handshake) and given
-//! to tokio-postgres with TLS already done; the settings and their checks are the same as for
+//! to tokio-postgres with TLS already done (and its channel binding); the settings and their checks are the same as for
 //! [`PgTarget::connect`](super::PgTarget::connect), which the dump's first
 //! connection uses, so a bad URL or certificate is reported from there.
 
@@ -28,8 +28,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::config::{SslMode, SslNegotiation};
+use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
+use tokio_postgres::{Client, Config, Connection, NoTls};
 
 use super::socket;
 use super::tls::RustlsConnect;
@@ -129,23 +130,90 @@ pub(super) async fn connect(
     tls_mode: SslMode,
     tls: Option<RustlsConnect>,
 ) -> Result<(Client, CopyTap), String> {
-    let mut config = config.clone();
-    // TLS, when wanted, is done underneath by then.
-    config.ssl_mode(SslMode::Disable);
-    let config = &config;
     socket::connect_first(config, tls_mode, tls, |transport| async move {
+        let binding = transport.tls_binding();
         let (events_tx, events) = mpsc::channel(BATCHES_IN_FLIGHT);
         let state = Arc::new(Mutex::new(CopyState::Idle));
         let tapped = Tapped::new(transport, state.clone(), events_tx);
-        let (client, connection) = config.connect_raw(tapped, NoTls).await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection closed with an error");
+        let mut config = config.clone();
+        let client = match binding {
+            None => {
+                config.ssl_mode(SslMode::Disable);
+                spawn(config.connect_raw(tapped, NoTls).await)?
             }
-        });
+            // TLS is done underneath: tokio-postgres is told to "negotiate"
+            // it directly (no SSLRequest), through a connector that only
+            // hands over the channel binding, so SCRAM-SHA-256-PLUS and
+            // `channel_binding=require` work as on any other connection.
+            Some(binding) => {
+                config.ssl_mode(SslMode::Require).ssl_negotiation(SslNegotiation::Direct);
+                spawn(config.connect_raw(tapped, AlreadyEncrypted(binding)).await)?
+            }
+        };
         Ok((client, CopyTap { state, events, server_failed: AtomicBool::new(false) }))
     })
     .await
+}
+
+fn spawn<S, T>(connected: Result<(Client, Connection<S, T>), tokio_postgres::Error>) -> Result<Client, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = connected.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL connection closed with an error");
+        }
+    });
+    Ok(client)
+}
+
+/// tokio-postgres' TLS hook for a stream that is encrypted already.
+struct AlreadyEncrypted(Option<Vec<u8>>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for AlreadyEncrypted {
+    type Stream = Encrypted<S>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Encrypted<S>, std::convert::Infallible>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        std::future::ready(Ok(Encrypted { inner: stream, binding: self.0 }))
+    }
+}
+
+struct Encrypted<S> {
+    inner: S,
+    binding: Option<Vec<u8>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Encrypted<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Encrypted<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Encrypted<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        match &self.binding {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash.clone()),
+            None => ChannelBinding::none(),
+        }
+    }
 }
 
 /// The message being read: where its bytes go and how many are still due.

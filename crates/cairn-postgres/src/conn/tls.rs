@@ -294,13 +294,86 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
-    /// No `tls-server-end-point` binding: SCRAM then authenticates
-    /// without channel binding, as libpq's default `channel_binding=prefer`
-    /// allows.
-    fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+impl<S> RustlsStream<S> {
+    /// The `tls-server-end-point` channel binding data for this connection's
+    /// server certificate (see [`server_end_point`]).
+    pub(crate) fn server_end_point(&self) -> Option<Vec<u8>> {
+        let (_, connection) = self.0.get_ref();
+        server_end_point(connection.peer_certificates()?.first()?)
     }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
+    /// SCRAM-SHA-256-PLUS binds the login to this TLS session when the
+    /// server offers it (libpq's `channel_binding=prefer`), so a
+    /// man in the middle holding another certificate cannot relay it.
+    fn channel_binding(&self) -> ChannelBinding {
+        match self.server_end_point() {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
+    }
+}
+
+/// RFC 5929's `tls-server-end-point`: the server certificate hashed with
+/// its signature's hash function (SHA-256 in place of MD5 and SHA-1). None
+/// for signatures whose hash is not in the algorithm's name (RSA-PSS,
+/// Ed25519), for which PostgreSQL offers no binding either; SCRAM then goes
+/// without, as it would with libpq's default.
+pub(crate) fn server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let oid = signature_algorithm(certificate)?;
+    let hash = match oid.split_last()? {
+        // md5WithRSA, sha1WithRSA; ecdsa-with-SHA1
+        (4 | 5, prefix) if prefix == RSA => 256,
+        _ if oid == ECDSA_SHA1 => 256,
+        (11, prefix) if prefix == RSA => 256,
+        (12, prefix) if prefix == RSA => 384,
+        (13, prefix) if prefix == RSA => 512,
+        (14, prefix) if prefix == RSA => 224,
+        (1, prefix) if prefix == ECDSA_SHA2 => 224,
+        (2, prefix) if prefix == ECDSA_SHA2 => 256,
+        (3, prefix) if prefix == ECDSA_SHA2 => 384,
+        (4, prefix) if prefix == ECDSA_SHA2 => 512,
+        _ => return None,
+    };
+    Some(match hash {
+        224 => sha2::Sha224::digest(certificate).to_vec(),
+        256 => sha2::Sha256::digest(certificate).to_vec(),
+        384 => sha2::Sha384::digest(certificate).to_vec(),
+        _ => sha2::Sha512::digest(certificate).to_vec(),
+    })
+}
+
+/// The signature algorithm's OID of a DER certificate: `Certificate ::=
+/// SEQUENCE { tbsCertificate, signatureAlgorithm SEQUENCE { OID, … }, … }`.
+fn signature_algorithm(certificate: &[u8]) -> Option<&[u8]> {
+    let (0x30, certificate, _) = der_element(certificate)? else { return None };
+    let (_, _, after_tbs) = der_element(certificate)?;
+    let (0x30, algorithm, _) = der_element(after_tbs)? else { return None };
+    let (0x06, oid, _) = der_element(algorithm)? else { return None };
+    Some(oid)
+}
+
+/// One DER element: (tag, contents, what follows it).
+fn der_element(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *data.first()?;
+    let first = *data.get(1)?;
+    let (length, header) = if first < 0x80 {
+        (first as usize, 2)
+    } else {
+        let count = (first & 0x7f) as usize;
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let bytes = data.get(2..2 + count)?;
+        (bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)), 2 + count)
+    };
+    let contents = data.get(header..header.checked_add(length)?)?;
+    Some((tag, contents, &data[header + length..]))
 }
 
 #[cfg(test)]
@@ -308,6 +381,35 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// A certificate's outer shape: SEQUENCE { tbs SEQUENCE, algorithm SEQUENCE { OID }, BIT STRING }.
+    fn certificate_signed_with(oid: &[u8]) -> Vec<u8> {
+        let mut tbs = vec![0x30, 0x81, 130];
+        tbs.extend([0x55; 130]); // a long-form length, as real ones have
+        let mut algorithm = vec![0x30, oid.len() as u8 + 2, 0x06, oid.len() as u8];
+        algorithm.extend_from_slice(oid);
+        let signature = [0x03, 0x03, 0x00, 0xab, 0xcd];
+        let body: Vec<u8> = [&tbs[..], &algorithm, &signature].concat();
+        let mut certificate = vec![0x30, 0x81, body.len() as u8];
+        certificate.extend(body);
+        certificate
+    }
+
+    #[test]
+    fn channel_binding_hashes_follow_the_signature_algorithm() {
+        use sha2::Digest;
+        let ecdsa_sha256 = certificate_signed_with(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]);
+        assert_eq!(server_end_point(&ecdsa_sha256).unwrap(), sha2::Sha256::digest(&ecdsa_sha256).to_vec());
+        let rsa_sha384 = certificate_signed_with(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c]);
+        assert_eq!(server_end_point(&rsa_sha384).unwrap(), sha2::Sha384::digest(&rsa_sha384).to_vec());
+        // SHA-1 signatures bind with SHA-256 (RFC 5929).
+        let rsa_sha1 = certificate_signed_with(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05]);
+        assert_eq!(server_end_point(&rsa_sha1).unwrap(), sha2::Sha256::digest(&rsa_sha1).to_vec());
+        // Ed25519 names no hash: no binding.
+        assert_eq!(server_end_point(&certificate_signed_with(&[0x2b, 0x65, 0x70])), None);
+        assert_eq!(server_end_point(b"\x30\x05\x30"), None, "truncated input is not a certificate");
+        assert_eq!(server_end_point(&[]), None);
+    }
 
     #[test]
     fn client_keys_must_be_private_as_libpq_demands() {
