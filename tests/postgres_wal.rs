@@ -595,3 +595,103 @@ fn tablespaces_come_back_mapped_or_in_place() {
     assert_eq!(count(&port, "shop", "SELECT count(*) FROM orders"), "3000");
     drop(server);
 }
+
+/// With `--spool`, a `wal-push` that cannot reach the repository keeps the
+/// file durably in the spool and succeeds; the spool is bounded (fail, or
+/// drop with an error, when full); `cairn wal drain` and later pushes empty
+/// it into the repository, byte for byte.
+#[test]
+fn wal_push_spools_while_the_repository_is_away() {
+    let env = Env::new();
+    env.init();
+    let pg_wal = env.path("pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    let segment = |n: u8| {
+        let path = pg_wal.join(format!("0000000100000000000000{n:02X}"));
+        let content: Vec<u8> =
+            (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ n).collect();
+        std::fs::write(&path, content).unwrap();
+        path
+    };
+    let (first, second, third) = (segment(1), segment(2), segment(3));
+    let spool = env.path("spool");
+    let push = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["wal-push", file.to_str().unwrap(), "--spool", spool.to_str().unwrap()];
+        args.extend(["--spool-max-size", "2MiB"]);
+        args.extend(extra);
+        env.cairn(&args)
+    };
+    let spooled = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    };
+
+    let away = env.path("repo-away");
+    std::fs::rename(&env.repo, &away).unwrap();
+    let out = push(&first, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kept in the local spool"), "{}", describe(&out));
+    let out = push(&second, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(spooled(), ["000000010000000000000001", "000000010000000000000002"]);
+    // Full: PostgreSQL is told to keep the file, or it is dropped loudly.
+    let out = push(&third, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is full"), "{}", describe(&out));
+    let out = push(&third, &["--when-spool-full", "drop"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DROPPED"), "{}", describe(&out));
+    assert_eq!(spooled().len(), 2);
+    let out = env.cairn(&["wal", "drain", "--spool", spool.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "the repository is still away: {}", describe(&out));
+
+    std::fs::rename(&away, &env.repo).unwrap();
+    let drained = env.cairn_json(&["wal", "drain", "--spool", spool.to_str().unwrap(), "--json"]);
+    assert_eq!(drained["report"]["pushed"].as_array().unwrap().len(), 2, "{drained}");
+    assert_eq!(drained["report"]["remaining"], 0, "{drained}");
+    assert!(spooled().is_empty());
+    for file in [&first, &second] {
+        let back = env.path("fetched");
+        let name = file.file_name().unwrap().to_str().unwrap();
+        env.cairn_ok(&["wal-fetch", name, back.to_str().unwrap()]);
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(file).unwrap(), "{name} came back intact");
+    }
+    // An empty spool does not hold pushes back after the outage.
+    let out = push(&third, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(spooled().is_empty(), "archived, not spooled");
+    let back = env.path("fetched-third");
+    env.cairn_ok(&["wal-fetch", "000000010000000000000003", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&third).unwrap());
+}
+
+/// A real server archiving through the spool: while the repository is
+/// away its archiver keeps succeeding (pg_wal does not grow), and once the
+/// spool is drained the archive is whole again.
+#[test]
+fn a_server_keeps_archiving_through_the_spool() {
+    let env = Env::new();
+    let spool = env.path("spool");
+    let pg = archiving_cluster_with(&env, &format!("--spool '{}'", spool.display()));
+    make_and_archive_wal(&pg, 1);
+    let away = env.path("repo-away");
+    std::fs::rename(&env.repo, &away).unwrap();
+    make_and_archive_wal(&pg, 3); // asserts the archiver never failed
+    let held = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert!(held >= 3, "{held} files spooled");
+    std::fs::rename(&away, &env.repo).unwrap();
+    let drained = env.cairn_json(&["wal", "drain", "--spool", spool.to_str().unwrap(), "--json"]);
+    assert_eq!(drained["report"]["remaining"], 0, "{drained}");
+    let report = env.cairn_json(&["wal", "verify", "--read-data", "--json"]);
+    let timeline = &report["report"]["timelines"][0];
+    assert_eq!(timeline["gaps"].as_array().unwrap().len(), 0, "{report}");
+    assert!(timeline["segments"].as_u64().unwrap() >= 4, "{report}");
+}

@@ -140,10 +140,17 @@ fn postgres_wal_archiving_runbook_works_as_written() {
             ),
             ("/var/lib/postgresql/15/main", pg.data_dir.display().to_string()),
             ("/usr/lib/postgresql/15/bin", pg.bin.display().to_string()),
+            ("/var/lib/postgresql/cairn-spool", env.path("spool").display().to_string()),
         ],
     );
     assert!(out.status.success(), "runbook failed: {}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("archiving is set up"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 left"),
+        "the spool is empty: {}",
+        describe(&out)
+    );
+    assert!(pg.psql("postgres", "SHOW archive_command").contains("--spool"));
     let archived: u64 = pg.psql("postgres", "SELECT archived_count FROM pg_stat_archiver").parse().unwrap();
     assert!(archived > 0, "{}", describe(&out));
     assert_eq!(pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"), "0");

@@ -236,12 +236,17 @@ pub fn repo_files(repo: &Path, dir: &str) -> Vec<PathBuf> {
 
 /// A cluster archiving into `env`'s repository through the real binary.
 pub fn archiving_cluster(env: &Env) -> cairn_testkit::PgCluster {
+    archiving_cluster_with(env, "")
+}
+
+/// [`archiving_cluster`] with `extra` arguments for `wal-push`.
+pub fn archiving_cluster_with(env: &Env, extra: &str) -> cairn_testkit::PgCluster {
     env.init();
     let password_file = env.path("password");
     std::fs::write(&password_file, PASSWORD).unwrap();
     cairn_testkit::give_to_postgres(env.dir.path());
     let archive_command = format!(
-        "CAIRN_REPOSITORY='{}' CAIRN_PASSWORD_FILE='{}' '{}' wal-push %p",
+        "CAIRN_REPOSITORY='{}' CAIRN_PASSWORD_FILE='{}' '{}' wal-push %p {extra}",
         env.repo.display(),
         password_file.display(),
         env!("CARGO_BIN_EXE_cairn")

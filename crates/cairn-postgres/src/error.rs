@@ -82,6 +82,11 @@ pub enum PgError {
     )]
     WalConflict { name: String },
 
+    #[error(
+        "the WAL spool {} is full ({used} of {max} bytes) and cannot take {name}; PostgreSQL keeps it and retries. Make the repository reachable (then `cairn wal drain --spool {}`), raise --spool-max-size, or use --when-spool-full drop", dir.display(), dir.display()
+    )]
+    SpoolFull { dir: PathBuf, used: u64, max: u64, name: String },
+
     #[error("WAL file {name} is not in the archive")]
     WalNotFound { name: String },
 

@@ -37,6 +37,8 @@ use sha2::{Digest, Sha256};
 
 use crate::PgError;
 
+pub mod spool;
+
 const MAGIC: &[u8; 8] = b"CAIRNWAL";
 const VERSION: u8 = 1;
 const HEADER: usize = 8 + 1 + 32 + 8;

@@ -109,6 +109,44 @@ pub enum CatalogAction {
 pub struct WalPushArgs {
     /// The WAL file to archive (PostgreSQL's %p).
     pub path: PathBuf,
+    #[command(flatten)]
+    pub spool: SpoolArgs,
+}
+
+/// The optional local spool of `wal-push`.
+#[derive(Debug, Args)]
+pub struct SpoolArgs {
+    /// When the repository cannot be reached, keep the WAL file in this
+    /// directory (durably; best on another volume than pg_wal) and succeed,
+    /// so PostgreSQL's pg_wal does not grow; every later wal-push, and
+    /// `cairn wal drain`, pushes what it holds first.
+    #[arg(long, env = "CAIRN_WAL_SPOOL", value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// The most the spool may hold (e.g. 4GiB, 512MiB).
+    #[arg(long, env = "CAIRN_WAL_SPOOL_MAX_SIZE", default_value = "4GiB", value_parser = parse_size)]
+    pub spool_max_size: u64,
+    /// When a file does not fit: `fail` (PostgreSQL keeps it in pg_wal and
+    /// retries) or `drop` it (logged as an error; the archive has a gap
+    /// until the next base backup, but pg_wal cannot fill up).
+    #[arg(long, env = "CAIRN_WAL_SPOOL_FULL", default_value = "fail", value_parser = ["fail", "drop"])]
+    pub when_spool_full: String,
+}
+
+/// `4GiB`, `512MiB`, `64K`, `1000`: binary units, bytes without one.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{value:?} is not a size (e.g. 4GiB, 512MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(format!("unknown size unit in {value:?} (use KiB, MiB, GiB or TiB)")),
+    };
+    number.checked_mul(1 << shift).ok_or_else(|| format!("{value:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +174,15 @@ pub enum WalAction {
         /// The cluster's wal_segment_size in MiB.
         #[arg(long, default_value_t = 16)]
         segment_size_mib: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push what a `wal-push --spool` directory holds into the repository,
+    /// oldest first; exit 1 if anything is left (the repository still fails).
+    Drain {
+        /// The spool directory (as given to wal-push).
+        #[arg(long, env = "CAIRN_WAL_SPOOL", value_name = "DIR")]
+        spool: PathBuf,
         #[arg(long)]
         json: bool,
     },

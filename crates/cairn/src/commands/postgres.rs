@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use cairn_postgres::physical::{BaseBackupOptions, PitrOptions, RecoveryTarget};
 use cairn_postgres::wal::PushOutcome;
+use cairn_postgres::wal::spool::{self, Spool, Spooled, WhenFull};
 use cairn_postgres::{DumpOptions, DumpProgress, PgError, PgTarget, RestoreOptions, RestoreProgress};
 use cairn_repo::lock::LockGuard;
 
@@ -201,19 +202,107 @@ pub async fn restore(ctx: &Context, url: &str, args: RestoreArgs, stop: Arc<Stop
     Ok(exit::SUCCESS)
 }
 
-/// `archive_command`: succeeds only once the file is durably archived.
+/// `archive_command`: succeeds only once the file is durably archived (or,
+/// with `--spool`, durably spooled while the repository cannot be reached).
 pub async fn wal_push(ctx: &Context, args: WalPushArgs) -> Result<u8> {
-    let repo = ctx.open().await?;
+    let Some(dir) = &args.spool.spool else {
+        let repo = ctx.open().await?;
+        log_push(&args.path, cairn_postgres::wal::push(&repo, &args.path).await?, std::time::Instant::now());
+        return Ok(exit::SUCCESS);
+    };
+    let when_full = if args.spool.when_spool_full == "drop" { WhenFull::Drop } else { WhenFull::Fail };
+    let spool = Spool::open(dir, args.spool.spool_max_size, when_full)?;
     let started = std::time::Instant::now();
-    match cairn_postgres::wal::push(&repo, &args.path).await? {
-        PushOutcome::Stored { bytes, stored } => {
-            tracing::info!(file = %args.path.display(), bytes, stored, seconds = started.elapsed().as_secs_f64(), "WAL file archived");
+    // Right after a failure, straight into the spool: an outage costs
+    // PostgreSQL one retry cycle, not one per segment.
+    let resting = spool.failed_recently(spool::RETRY_AFTER) && !spool.entries()?.is_empty();
+    let attempt = async {
+        if resting {
+            anyhow::bail!("the repository failed less than {} s ago", spool::RETRY_AFTER.as_secs());
         }
-        PushOutcome::AlreadyArchived => {
-            tracing::info!(file = %args.path.display(), "WAL file was already archived with the same content");
+        let repo = ctx.open().await?;
+        let drained = spool.drain(&repo).await.map_err(|(_, e)| e)?;
+        if !drained.pushed.is_empty() {
+            tracing::info!(files = drained.pushed.len(), "spooled WAL files archived");
         }
+        Ok(cairn_postgres::wal::push(&repo, &args.path).await?)
+    }
+    .await;
+    let failure = match attempt {
+        Ok(outcome) => {
+            log_push(&args.path, outcome, started);
+            return Ok(exit::SUCCESS);
+        }
+        Err(e) => e,
+    };
+    if let Some(pg) = failure.downcast_ref::<PgError>()
+        && !spool::is_repository_failure(pg)
+    {
+        return Err(failure);
+    }
+    if !resting {
+        spool.note_failure();
+    }
+    match spool.put(&args.path)? {
+        Spooled::Kept { files, bytes: held } => tracing::error!(
+            file = %args.path.display(),
+            spooled_files = files,
+            spooled_bytes = held,
+            "WAL file kept in the local spool {}, not archived yet: {failure:#}",
+            dir.display()
+        ),
+        Spooled::Dropped { files, bytes: held } => tracing::error!(
+            file = %args.path.display(),
+            spooled_files = files,
+            spooled_bytes = held,
+            "WAL file DROPPED: the spool {} is full and the repository fails ({failure:#}); the WAL archive has a gap \
+             from here: take a new base backup once the repository works",
+            dir.display()
+        ),
     }
     Ok(exit::SUCCESS)
+}
+
+fn log_push(path: &std::path::Path, outcome: PushOutcome, started: std::time::Instant) {
+    match outcome {
+        PushOutcome::Stored { bytes, stored } => {
+            tracing::info!(file = %path.display(), bytes, stored, seconds = started.elapsed().as_secs_f64(), "WAL file archived");
+        }
+        PushOutcome::AlreadyArchived => {
+            tracing::info!(file = %path.display(), "WAL file was already archived with the same content");
+        }
+    }
+}
+
+/// `cairn wal drain`: empties a spool into the repository.
+async fn wal_drain(ctx: &Context, dir: &std::path::Path, json: bool) -> Result<u8> {
+    // The size bound only matters for putting files in.
+    let spool = Spool::open(dir, u64::MAX, WhenFull::Fail)?;
+    let repo = ctx.open().await?;
+    let (report, failure) = match spool.drain(&repo).await {
+        Ok(report) => (report, None),
+        Err((report, e)) => (report, Some(e)),
+    };
+    if json || ctx.json_logs() {
+        print_json(&serde_json::json!({
+            "message": "WAL spool drained",
+            "spool": dir,
+            "report": report,
+            "error": failure.as_ref().map(|e| e.to_string()),
+        }));
+    } else {
+        println!(
+            "{} WAL file(s) archived from {}; {} left ({})",
+            report.pushed.len(),
+            dir.display(),
+            report.remaining,
+            bytes(report.remaining_bytes)
+        );
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(exit::SUCCESS),
+    }
 }
 
 /// `restore_command`: exit 0 with the file in place; 1 when the archive
@@ -241,7 +330,10 @@ pub async fn wal_fetch(ctx: &Context, args: WalFetchArgs) -> Result<u8> {
 }
 
 pub async fn wal(ctx: &Context, args: WalArgs) -> Result<u8> {
-    let WalAction::Verify { read_data, segment_size_mib, json } = args.action;
+    let (read_data, segment_size_mib, json) = match args.action {
+        WalAction::Verify { read_data, segment_size_mib, json } => (read_data, segment_size_mib, json),
+        WalAction::Drain { spool, json } => return wal_drain(ctx, &spool, json).await,
+    };
     let repo = ctx.open().await?;
     let backups = base_backups(&repo).await?;
     let report = cairn_postgres::wal::verify(&repo, segment_size_mib << 20, read_data, &backups).await?;
