@@ -681,7 +681,8 @@ fn a_server_keeps_archiving_through_the_spool() {
     make_and_archive_wal(&pg, 1);
     let away = env.path("repo-away");
     std::fs::rename(&env.repo, &away).unwrap();
-    make_and_archive_wal(&pg, 3); // asserts the archiver never failed
+    make_and_archive_wal(&pg, 3);
+    archive_everything(&pg); // and waits until the archiver is done: it never failed
     let held = std::fs::read_dir(&spool)
         .unwrap()
         .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))

@@ -62,6 +62,8 @@ pub struct BaseBackupResult {
 /// Why a base backup over the replication connection failed.
 #[derive(Debug)]
 pub enum ReplicationError {
+    /// No host could be reached (the last one's reason).
+    Connect(String),
     /// The server's error message, with its SQLSTATE.
     Server {
         code: String,
@@ -78,7 +80,9 @@ pub enum ReplicationError {
 impl std::fmt::Display for ReplicationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReplicationError::Server { message, .. } => f.write_str(message),
+            ReplicationError::Server { message, .. } | ReplicationError::Connect(message) => {
+                f.write_str(message)
+            }
             ReplicationError::Io(e) => write!(f, "the connection failed: {e}"),
             ReplicationError::Protocol(m) => write!(f, "unexpected reply from the server: {m}"),
             ReplicationError::ReceiverGone => f.write_str("the backup stopped reading the archives"),
@@ -121,7 +125,7 @@ pub(super) async fn connect(
             Err(e) => {
                 let text = e.to_string();
                 // Keep the server's own word (code and all) over a later host's socket error.
-                if matches!(e, ReplicationError::Server { .. }) {
+                if !matches!(e, ReplicationError::Io(_)) {
                     *server_error.lock().expect("error slot") = Some(e);
                 }
                 Err(text)
@@ -130,7 +134,7 @@ pub(super) async fn connect(
     })
     .await;
     opened.map_err(|text| {
-        server_error.lock().expect("error slot").take().unwrap_or(ReplicationError::Protocol(text))
+        server_error.lock().expect("error slot").take().unwrap_or(ReplicationError::Connect(text))
     })
 }
 
