@@ -696,3 +696,39 @@ fn a_server_keeps_archiving_through_the_spool() {
     assert_eq!(timeline["gaps"].as_array().unwrap().len(), 0, "{report}");
     assert!(timeline["segments"].as_u64().unwrap() >= 4, "{report}");
 }
+
+/// `--max-rate` has the server pace the base backup: it takes at least as
+/// long as its size at that rate. A rate PostgreSQL would refuse is refused
+/// up front.
+#[test]
+fn a_capped_base_backup_keeps_to_its_rate() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE filler AS SELECT i, repeat('f', 200) AS pad FROM generate_series(1, 40000) i",
+    );
+    let out =
+        env.cairn(&["backup", "postgres", "--physical", "--max-rate", "16KiB", "--url", &pg.url("postgres")]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("32KiB to 1GiB"), "{}", describe(&out));
+
+    let rate: u64 = 16 << 20;
+    let started = Instant::now();
+    let backup = env.cairn_json(&[
+        "backup",
+        "--json",
+        "postgres",
+        "--physical",
+        "--max-rate",
+        "16MiB",
+        "--url",
+        &pg.url("postgres"),
+    ]);
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent = backup["bytes"].as_u64().unwrap();
+    assert!(sent > 30 << 20, "{backup}");
+    // The server's throttle works on samples; allow it a tenth.
+    let floor = sent as f64 / rate as f64 * 0.9;
+    assert!(elapsed >= floor, "{sent} bytes in {elapsed:.2} s, faster than 16 MiB/s");
+}

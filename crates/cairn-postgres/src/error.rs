@@ -36,6 +36,11 @@ pub enum PgError {
     )]
     TablespacePlace { name: String, directory: PathBuf, problem: String },
 
+    #[error(
+        "--max-rate {bytes_per_second} bytes/s is outside what PostgreSQL accepts (32KiB to 1GiB per second)"
+    )]
+    BadMaxRate { bytes_per_second: u64 },
+
     #[error("base backup of {target} failed: {message}")]
     BaseBackup { target: String, message: String },
 

@@ -75,7 +75,8 @@ pub struct PhysicalManifest {
 #[derive(Debug, Clone)]
 pub struct BaseBackupOptions {
     pub target: PgTarget,
-    pub pg_bin: Option<PathBuf>,
+    /// The most bytes per second the server sends (`MAX_RATE`), if capped.
+    pub max_rate: Option<u64>,
     pub tags: Vec<String>,
     pub hostname: Option<String>,
     pub source_name: Option<String>,
@@ -102,12 +103,24 @@ impl TablespaceInfo {
 /// The `BASE_BACKUP` command in the syntax the server's version speaks. The
 /// WAL the backup needs comes inside it (`pg_basebackup -X fetch`), so every
 /// base backup restores on its own.
-fn base_backup_command(server_version_num: u32) -> String {
+fn base_backup_command(server_version_num: u32, max_rate_kib: Option<u32>) -> String {
     if server_version_num >= 150_000 {
-        "BASE_BACKUP (LABEL 'cairn base backup', CHECKPOINT 'fast', WAL, MANIFEST 'no')".into()
+        let rate = max_rate_kib.map(|r| format!(", MAX_RATE {r}")).unwrap_or_default();
+        format!("BASE_BACKUP (LABEL 'cairn base backup', CHECKPOINT 'fast', WAL, MANIFEST 'no'{rate})")
     } else {
-        "BASE_BACKUP LABEL 'cairn base backup' FAST WAL".into()
+        let rate = max_rate_kib.map(|r| format!(" MAX_RATE {r}")).unwrap_or_default();
+        format!("BASE_BACKUP LABEL 'cairn base backup' FAST WAL{rate}")
     }
+}
+
+/// The server's `MAX_RATE` (kB/s) for a cap in bytes per second; the server
+/// takes 32 kB/s to 1 GB/s.
+fn max_rate_kib(bytes_per_second: u64) -> Result<u32, PgError> {
+    let kib = bytes_per_second / 1024;
+    if !(32..=1_048_576).contains(&kib) {
+        return Err(PgError::BadMaxRate { bytes_per_second });
+    }
+    Ok(kib as u32)
 }
 
 /// Runs a base backup into a new snapshot.
@@ -116,6 +129,7 @@ pub async fn base_backup(
     opts: BaseBackupOptions,
     progress: Arc<crate::DumpProgress>,
 ) -> Result<(Id, Snapshot, PhysicalManifest), PgError> {
+    let max_rate = opts.max_rate.map(max_rate_kib).transpose()?;
     let admin = opts.target.with_database(opts.target.database().unwrap_or("postgres"));
     let client = admin.connect().await?;
     let row = client
@@ -152,7 +166,7 @@ pub async fn base_backup(
     let archive = StreamArchive::start(repo, DUMP_CHUNKS, opts.saver.clone()).await?;
     let start_time = chrono::Local::now().fixed_offset();
     let (events_tx, mut events) = tokio::sync::mpsc::channel(ARCHIVE_EVENTS_IN_FLIGHT);
-    let command = base_backup_command(version_num);
+    let command = base_backup_command(version_num, max_rate);
     let produce = replication.base_backup(&command, version_num, events_tx);
     let consume = async {
         let mut totals = TarTotals::default();
@@ -857,6 +871,18 @@ async fn run_recovery(opts: &PitrOptions, manifest: &PhysicalManifest, uid: u32)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_backup_commands_speak_the_servers_syntax() {
+        assert_eq!(
+            base_backup_command(150_004, Some(51_200)),
+            "BASE_BACKUP (LABEL 'cairn base backup', CHECKPOINT 'fast', WAL, MANIFEST 'no', MAX_RATE 51200)"
+        );
+        assert_eq!(base_backup_command(140_010, None), "BASE_BACKUP LABEL 'cairn base backup' FAST WAL");
+        assert_eq!(max_rate_kib(50 << 20).unwrap(), 51_200);
+        assert!(max_rate_kib(16 << 10).is_err());
+        assert!(max_rate_kib(2 << 30).is_err());
+    }
 
     #[test]
     fn relation_files_are_recognised() {

@@ -271,6 +271,10 @@ pub struct PostgresArgs {
     /// COPY, like pg_dump's, reads them through a small ring instead).
     #[arg(long)]
     pub split_large_tables: bool,
+    /// With --physical: cap the rate the server sends the base backup at
+    /// (per second, e.g. 50MiB; 32KiB to 1GiB), to spare a busy primary's disks.
+    #[arg(long, value_name = "RATE", value_parser = parse_size, requires = "physical")]
+    pub max_rate: Option<u64>,
     /// Directory with pg_dump/pg_dumpall (default: the server's version under
     /// /usr/lib/postgresql, then PATH).
     #[arg(long, env = "CAIRN_PG_BIN")]

@@ -24,6 +24,12 @@
 //!     globals: true                                # roles and tablespaces (default)
 //!     jobs: 4
 //!     split_large_tables: false                    # default; see `cairn backup postgres --help`
+//!   - name: app-db-base
+//!     kind: postgres
+//!     url: postgresql://backup@db.internal:5432
+//!     password_file: /etc/cairn/pg-password
+//!     physical: true                               # base backup (BASE_BACKUP), tablespaces included
+//!     max_rate: 100MiB                             # per second, to spare the primary's disks
 //! ```
 //!
 //! `${NAME}` is replaced by the environment variable `NAME` before parsing
@@ -120,6 +126,9 @@ pub struct SourceConfig {
     /// `postgres`: physical base backups instead of logical dumps.
     #[serde(default)]
     pub physical: bool,
+    /// `postgres` with `physical`: cap on the base backup's rate per second (e.g. `50MiB`).
+    #[serde(default)]
+    pub max_rate: Option<String>,
 }
 
 /// Replaces `${NAME}` with the environment's value.

@@ -45,6 +45,13 @@ pub async fn run(ctx: &Context, args: BackupArgs, stop: Arc<Stop>) -> Result<u8>
                         tags: src.tags.clone(),
                         host: src.host.clone(),
                         physical: src.physical,
+                        max_rate: match &src.max_rate {
+                            Some(rate) => Some(
+                                crate::cli::parse_size(rate)
+                                    .map_err(|e| anyhow::anyhow!("source {name:?}: max_rate: {e}"))?,
+                            ),
+                            None => None,
+                        },
                     };
                     let code = super::postgres::backup(ctx, p, password, Some(name), args.json, stop).await?;
                     return finish_with_replicas(ctx, code, args.no_replicate, args.json).await;

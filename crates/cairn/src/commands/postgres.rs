@@ -457,7 +457,7 @@ async fn physical_backup(
     });
     let opts = BaseBackupOptions {
         target,
-        pg_bin: args.pg_bin.clone(),
+        max_rate: args.max_rate,
         tags: args.tags.clone(),
         hostname: args.host.clone(),
         source_name,
@@ -480,6 +480,8 @@ async fn physical_backup(
             "end_lsn": manifest.end_lsn,
             "timeline": manifest.timeline,
             "files": manifest.files,
+            "bytes": manifest.bytes,
+            "tablespaces": manifest.tablespaces,
             "bytes_processed": s.total_bytes_processed,
             "data_added": s.data_added,
             "data_added_packed": s.data_added_packed,
