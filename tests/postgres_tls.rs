@@ -384,18 +384,10 @@ fn scram_logins_bind_to_the_tls_session() {
     pg.psql("postgres", "SET password_encryption = 'md5'; CREATE ROLE unbound LOGIN SUPERUSER REPLICATION PASSWORD 'md5-secret'");
     pg.psql("postgres", "CREATE DATABASE app");
     pg.psql("app", "CREATE TABLE items AS SELECT generate_series(1, 1500) AS id");
-    let hba = pg.data_dir.join("pg_hba.conf");
-    let rest = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!(
-            "hostssl all bound 127.0.0.1/32 scram-sha-256\nhostssl replication bound 127.0.0.1/32 scram-sha-256\n\
-             hostssl all unbound 127.0.0.1/32 md5\nhostssl replication unbound 127.0.0.1/32 md5\n{rest}"
-        ),
-    )
-    .unwrap();
-    pg.psql("postgres", "SELECT pg_reload_conf()");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    pg.prepend_hba(
+        "hostssl all bound 127.0.0.1/32 scram-sha-256\nhostssl replication bound 127.0.0.1/32 scram-sha-256\n\
+         hostssl all unbound 127.0.0.1/32 md5\nhostssl replication unbound 127.0.0.1/32 md5\n",
+    );
     let url = |user: &str, password: &str, db: &str| {
         format!(
             "postgresql://{user}:{password}@127.0.0.1:{}/{db}?sslmode=verify-full&sslrootcert={}&channel_binding=require",

@@ -239,51 +239,13 @@ fn point_in_time_restore_brings_deleted_rows_back() {
         chrono::DateTime::parse_from_rfc3339(window["through_archived_at"].as_str().unwrap()).unwrap();
     assert!((chrono::Utc::now() - archived.to_utc()).num_seconds() < 120, "{report}");
 
-    let restored = env.path("pg/restored");
-    let port = cairn_testkit::free_port().to_string();
-    let out = with_password_file(&env)
-        .args([
-            "restore",
-            "latest",
-            "--physical",
-            "--to-time",
-            &noted,
-            "--data-dir",
-            restored.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port,
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let (out, copy) = restore_latest(&env, &env.path("pg/restored"), &["--to-time", &noted, "--json"]);
     assert!(out.status.success(), "{}", describe(&out));
     let report: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     let stop = report["report"]["recovery_stop"].as_str().unwrap_or_default();
     assert!(stop.contains("recovery stopping before"), "{report}");
-    let copy = RestoredServer { data_dir: restored.clone(), bin: pg.bin.clone() };
-    let psql = |sql: &str| {
-        let out = std::process::Command::new(pg.bin.join("psql"))
-            .args([
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-                &port,
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let psql = |sql: &str| copy.psql("postgres", sql);
     assert_eq!(psql("SELECT count(*) FROM orders"), "1500", "rows as of the noted time");
     assert_eq!(psql("SELECT count(*) FROM orders WHERE id = 9999"), "0");
     assert_eq!(psql("SELECT pg_is_in_recovery()"), "f", "promoted at the target");
@@ -297,10 +259,52 @@ fn with_password_file(env: &Env) -> std::process::Command {
     c
 }
 
+/// `cairn restore latest --physical --data-dir DIR --start` on a free port,
+/// with `extra` arguments; the server, stopped when the test ends, whether
+/// or not the restore succeeded.
+fn restore_latest(env: &Env, data_dir: &Path, extra: &[&str]) -> (std::process::Output, RestoredServer) {
+    let port = cairn_testkit::free_port().to_string();
+    let out = with_password_file(env)
+        .args(["restore", "latest", "--physical", "--data-dir", data_dir.to_str().unwrap()])
+        .args(["--start", "--port", &port])
+        .args(extra)
+        .output()
+        .unwrap();
+    let server =
+        RestoredServer { data_dir: data_dir.to_path_buf(), bin: cairn_testkit::postgres().bin, port };
+    (out, server)
+}
+
 /// Stops a restored server when the test ends.
 struct RestoredServer {
     data_dir: std::path::PathBuf,
     bin: std::path::PathBuf,
+    port: String,
+}
+
+impl RestoredServer {
+    /// `psql -At -c SQL` against `database` on the restored server.
+    fn psql(&self, database: &str, sql: &str) -> String {
+        let out = std::process::Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &self.port,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
 }
 
 impl Drop for RestoredServer {
@@ -337,23 +341,7 @@ fn damaged_wal_stops_recovery_instead_of_skipping_it() {
     flip_byte(&victim, 300);
 
     let restored = env.path("pg/restored");
-    let port = cairn_testkit::free_port().to_string();
-    let out = with_password_file(&env)
-        .args([
-            "restore",
-            "latest",
-            "--physical",
-            "--data-dir",
-            restored.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port,
-            "--recovery-timeout",
-            "120",
-        ])
-        .output()
-        .unwrap();
-    let _copy = RestoredServer { data_dir: restored.clone(), bin: pg.bin.clone() };
+    let (out, _copy) = restore_latest(&env, &restored, &["--recovery-timeout", "120"]);
     let log = std::fs::read_to_string(restored.join("log/cairn-recovery.log")).unwrap_or_default();
     assert_ne!(out.status.code(), Some(0), "{}\nflipped {}\n{log}", describe(&out), victim.display());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -414,29 +402,12 @@ fn recovery_follows_a_timeline_switch_in_the_archive() {
     drop(promoted);
 
     // The old base backup (timeline 1) recovers onto timeline 2's end.
-    let restored = env.path("pg/restored");
-    let port = cairn_testkit::free_port().to_string();
-    let out = with_password_file(&env)
-        .args([
-            "restore",
-            "latest",
-            "--physical",
-            "--data-dir",
-            restored.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port,
-        ])
-        .output()
-        .unwrap();
+    let (out, copy) = restore_latest(&env, &env.path("pg/restored"), &[]);
     assert!(out.status.success(), "{}", describe(&out));
-    let copy = RestoredServer { data_dir: restored.clone(), bin: cairn_testkit::postgres().bin };
-    let out = std::process::Command::new(copy.bin.join("psql"))
-        .args(["-X", "-At", "-h", "127.0.0.1", "-U", "postgres", "-p", &port, "-d", "postgres"])
-        .args(["-c", "SELECT count(*), count(*) FILTER (WHERE phase = 'timeline 2') FROM events"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "175|25", "{}", describe(&out));
+    assert_eq!(
+        copy.psql("postgres", "SELECT count(*), count(*) FILTER (WHERE phase = 'timeline 2') FROM events"),
+        "175|25"
+    );
 }
 
 /// Tablespaces outside the data directory are backed up through cairn's
@@ -466,18 +437,10 @@ fn tablespaces_come_back_mapped_or_in_place() {
     for role in ["backup_scram", "backup_md5"] {
         pg.psql("postgres", &format!("GRANT EXECUTE ON FUNCTION pg_control_system() TO {role}"));
     }
-    let hba = pg.data_dir.join("pg_hba.conf");
-    let rest = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!(
-            "host all backup_scram 127.0.0.1/32 scram-sha-256\nhost replication backup_scram 127.0.0.1/32 scram-sha-256\n\
-             host all backup_md5 127.0.0.1/32 md5\nhost replication backup_md5 127.0.0.1/32 md5\n{rest}"
-        ),
-    )
-    .unwrap();
-    pg.psql("postgres", "SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(500));
+    pg.prepend_hba(
+        "host all backup_scram 127.0.0.1/32 scram-sha-256\nhost replication backup_scram 127.0.0.1/32 scram-sha-256\n\
+         host all backup_md5 127.0.0.1/32 md5\nhost replication backup_md5 127.0.0.1/32 md5\n",
+    );
     let url =
         |user: &str, password: &str| format!("postgresql://{user}:{password}@127.0.0.1:{}/postgres", pg.port);
 
@@ -532,67 +495,27 @@ fn tablespaces_come_back_mapped_or_in_place() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fast (oid"), "{}", describe(&out));
 
-    let count = |port: &str, db: &str, sql: &str| {
-        let out = std::process::Command::new(pg.bin.join("psql"))
-            .args(["-X", "-At", "-h", "127.0.0.1", "-U", "postgres", "-p", port, "-d", db, "-c", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     let moved = env.path("pg/ts-moved");
     let mapped = env.path("pg/mapped");
-    let port = cairn_testkit::free_port().to_string();
-    let out = with_password_file(&env)
-        .args([
-            "restore",
-            "latest",
-            "--physical",
-            "--data-dir",
-            mapped.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port,
-        ])
-        .args(["--tablespace-map", &format!("fast={}", moved.display())])
-        .output()
-        .unwrap();
+    let (out, server) =
+        restore_latest(&env, &mapped, &["--tablespace-map", &format!("fast={}", moved.display())]);
     assert!(out.status.success(), "{}", describe(&out));
-    let server = RestoredServer { data_dir: mapped.clone(), bin: pg.bin.clone() };
     assert_eq!(std::fs::read_link(mapped.join("pg_tblspc").join(&oid)).unwrap(), moved);
-    assert_eq!(count(&port, "postgres", "SELECT count(*) FROM hot"), "20500", "replayed past the backup");
-    assert_eq!(count(&port, "shop", "SELECT count(*) FROM orders"), "3000");
+    assert_eq!(server.psql("postgres", "SELECT count(*) FROM hot"), "20500", "replayed past the backup");
+    assert_eq!(server.psql("shop", "SELECT count(*) FROM orders"), "3000");
     assert_eq!(
-        count(
-            &port,
-            "postgres",
-            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'fast'"
-        ),
+        server
+            .psql("postgres", "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'fast'"),
         moved.display().to_string()
     );
     drop(server);
 
     let inside = env.path("pg/in-place");
-    let port = cairn_testkit::free_port().to_string();
-    let out = with_password_file(&env)
-        .args([
-            "restore",
-            "latest",
-            "--physical",
-            "--data-dir",
-            inside.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port,
-        ])
-        .arg("--tablespaces-in-place")
-        .output()
-        .unwrap();
+    let (out, server) = restore_latest(&env, &inside, &["--tablespaces-in-place"]);
     assert!(out.status.success(), "{}", describe(&out));
-    let server = RestoredServer { data_dir: inside.clone(), bin: pg.bin.clone() };
     assert!(std::fs::symlink_metadata(inside.join("pg_tblspc").join(&oid)).unwrap().is_dir());
-    assert_eq!(count(&port, "postgres", "SELECT count(*) FROM hot"), "20500");
-    assert_eq!(count(&port, "shop", "SELECT count(*) FROM orders"), "3000");
+    assert_eq!(server.psql("postgres", "SELECT count(*) FROM hot"), "20500");
+    assert_eq!(server.psql("shop", "SELECT count(*) FROM orders"), "3000");
     drop(server);
 }
 

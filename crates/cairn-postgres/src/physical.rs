@@ -93,11 +93,10 @@ pub struct TablespaceInfo {
     pub location: String,
 }
 
-impl TablespaceInfo {
-    /// Where its files are in the snapshot.
-    pub fn snapshot_dir(&self) -> String {
-        format!("pg_tblspc/{}", self.oid)
-    }
+/// Where tablespace `oid`'s files are, in the snapshot and in a data
+/// directory (its link, or the directory itself when in place).
+fn tablespace_dir(oid: u32) -> String {
+    format!("pg_tblspc/{oid}")
 }
 
 /// The `BASE_BACKUP` command in the syntax the server's version speaks. The
@@ -174,7 +173,7 @@ pub async fn base_backup(
             let BaseBackupEvent::Archive(tablespace) = event else {
                 return Err(stream_error("archive data outside an archive"));
             };
-            let prefix = tablespace.map(|t| format!("pg_tblspc/{}/", t.oid)).unwrap_or_default();
+            let prefix = tablespace.map(|t| format!("{}/", tablespace_dir(t.oid))).unwrap_or_default();
             store_tar(&archive, ArchiveReader::new(&mut events), &prefix, &progress, &mut totals).await?;
         }
         Ok(totals)
@@ -589,7 +588,7 @@ pub async fn restore_physical(
         relocate: tablespaces
             .iter()
             .filter(|_| !opts.tablespaces_in_place)
-            .map(|t| (format!("pg_tblspc/{}", t.oid), t.directory.clone()))
+            .map(|t| (tablespace_dir(t.oid), t.directory.clone()))
             .collect(),
         ..cairn_volume::RestoreOptions::default()
     };
@@ -608,11 +607,11 @@ pub async fn restore_physical(
     // Only root may give files away (otherwise they are ours already). The
     // server refuses a data directory it does not own, and needs to write in
     // every directory of it, whatever the tar headers said.
-    if !opts.tablespaces_in_place {
+    if !opts.tablespaces_in_place && !tablespaces.is_empty() {
         // The server finds a tablespace through its link in pg_tblspc.
+        std::fs::create_dir_all(dir.join("pg_tblspc")).map_err(PgError::io("creating pg_tblspc"))?;
         for t in &tablespaces {
-            let link = dir.join("pg_tblspc").join(t.oid.to_string());
-            std::fs::create_dir_all(dir.join("pg_tblspc")).map_err(PgError::io("creating pg_tblspc"))?;
+            let link = dir.join(tablespace_dir(t.oid));
             std::os::unix::fs::symlink(&t.directory, &link).map_err(PgError::io(format!(
                 "linking {} to {}",
                 link.display(),
@@ -725,7 +724,7 @@ fn place_tablespaces(
             .find(|(key, _)| t.name == *key || t.oid.to_string() == *key || t.location == *key)
             .map(|(_, to)| to.clone());
         let directory = if opts.tablespaces_in_place {
-            opts.data_dir.join("pg_tblspc").join(t.oid.to_string())
+            opts.data_dir.join(tablespace_dir(t.oid))
         } else {
             mapped.unwrap_or_else(|| PathBuf::from(&t.location))
         };

@@ -700,6 +700,25 @@ impl PgCluster {
         give_to_postgres(&hba);
     }
 
+    /// Puts `lines` at the top of pg_hba.conf (the first line that matches
+    /// a login decides) and reloads; every later login sees them.
+    ///
+    /// # Panics
+    /// If the file cannot be written or the server does not reload.
+    pub fn prepend_hba(&self, lines: &str) {
+        let hba = self.data_dir.join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).expect("reading pg_hba.conf");
+        std::fs::write(&hba, format!("{lines}{rest}")).expect("writing pg_hba.conf");
+        give_to_postgres(&hba);
+        // A setting that changes in the same reload tells when it is done.
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos().to_string())
+            .unwrap_or_default();
+        self.append_conf(&format!("cairn.hba_generation = '{generation}'\n"));
+        self.reload_until("cairn.hba_generation", &generation);
+    }
+
     fn append_conf(&self, lines: &str) {
         let mut f =
             std::fs::OpenOptions::new().append(true).open(self.data_dir.join("postgresql.conf")).unwrap();

@@ -134,7 +134,7 @@ pub(super) async fn connect(
         let binding = transport.tls_binding();
         let (events_tx, events) = mpsc::channel(BATCHES_IN_FLIGHT);
         let state = Arc::new(Mutex::new(CopyState::Idle));
-        let tapped = Tapped::new(transport, state.clone(), events_tx);
+        let mut tapped = Tapped::new(transport, state.clone(), events_tx);
         let mut config = config.clone();
         let client = match binding {
             None => {
@@ -146,8 +146,9 @@ pub(super) async fn connect(
             // hands over the channel binding, so SCRAM-SHA-256-PLUS and
             // `channel_binding=require` work as on any other connection.
             Some(binding) => {
+                tapped.binding = binding;
                 config.ssl_mode(SslMode::Require).ssl_negotiation(SslNegotiation::Direct);
-                spawn(config.connect_raw(tapped, AlreadyEncrypted(binding)).await)?
+                spawn(config.connect_raw(tapped, AlreadyEncrypted).await)?
             }
         };
         Ok((client, CopyTap { state, events, server_failed: AtomicBool::new(false) }))
@@ -169,45 +170,21 @@ where
     Ok(client)
 }
 
-/// tokio-postgres' TLS hook for a stream that is encrypted already.
-struct AlreadyEncrypted(Option<Vec<u8>>);
+/// tokio-postgres' TLS hook for a [`Tapped`] stream that is encrypted
+/// already: it hands the stream back, which reports the channel binding.
+struct AlreadyEncrypted;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for AlreadyEncrypted {
-    type Stream = Encrypted<S>;
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<Tapped<T>> for AlreadyEncrypted {
+    type Stream = Tapped<T>;
     type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Encrypted<S>, std::convert::Infallible>>;
+    type Future = std::future::Ready<Result<Tapped<T>, std::convert::Infallible>>;
 
-    fn connect(self, stream: S) -> Self::Future {
-        std::future::ready(Ok(Encrypted { inner: stream, binding: self.0 }))
+    fn connect(self, stream: Tapped<T>) -> Self::Future {
+        std::future::ready(Ok(stream))
     }
 }
 
-struct Encrypted<S> {
-    inner: S,
-    binding: Option<Vec<u8>>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Encrypted<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Encrypted<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Encrypted<S> {
+impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream for Tapped<T> {
     fn channel_binding(&self) -> ChannelBinding {
         match &self.binding {
             Some(hash) => ChannelBinding::tls_server_end_point(hash.clone()),
@@ -240,6 +217,8 @@ struct Tapped<T> {
     rows: BytesMut,
     /// Events waiting for room in the channel.
     outbox: std::collections::VecDeque<TapEvent>,
+    /// The TLS session's `tls-server-end-point` data, for SCRAM-SHA-256-PLUS.
+    binding: Option<Vec<u8>>,
 }
 
 impl<T> Tapped<T> {
@@ -256,6 +235,7 @@ impl<T> Tapped<T> {
             current: None,
             rows: BytesMut::new(),
             outbox: Default::default(),
+            binding: None,
         }
     }
 

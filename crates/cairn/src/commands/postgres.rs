@@ -205,14 +205,14 @@ pub async fn restore(ctx: &Context, url: &str, args: RestoreArgs, stop: Arc<Stop
 /// `archive_command`: succeeds only once the file is durably archived (or,
 /// with `--spool`, durably spooled while the repository cannot be reached).
 pub async fn wal_push(ctx: &Context, args: WalPushArgs) -> Result<u8> {
+    let started = std::time::Instant::now();
     let Some(dir) = &args.spool.spool else {
         let repo = ctx.open().await?;
-        log_push(&args.path, cairn_postgres::wal::push(&repo, &args.path).await?, std::time::Instant::now());
+        log_push(&args.path, cairn_postgres::wal::push(&repo, &args.path).await?, started);
         return Ok(exit::SUCCESS);
     };
     let when_full = if args.spool.when_spool_full == "drop" { WhenFull::Drop } else { WhenFull::Fail };
     let spool = Spool::open(dir, args.spool.spool_max_size, when_full)?;
-    let started = std::time::Instant::now();
     // Right after a failure, straight into the spool: an outage costs
     // PostgreSQL one retry cycle, not one per segment.
     let resting = spool.failed_recently(spool::RETRY_AFTER) && !spool.entries()?.is_empty();
