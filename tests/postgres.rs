@@ -428,3 +428,115 @@ fn a_copy_the_server_cancels_fails_the_backup_with_the_servers_reason() {
         "a snapshot was written"
     );
 }
+
+/// Waits until the restore's `COPY … FROM STDIN` into `table` runs on `db`.
+fn wait_for_load(pg: &PgServer, db: &str, table: &str, child: &mut std::process::Child) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND query LIKE 'COPY %{table}% FROM STDIN'"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while pg.psql("postgres", &sql) != "1" {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the restore ended ({status}) before it loaded {table}");
+        }
+        assert!(std::time::Instant::now() < deadline, "the restore never started loading {table}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Flips a byte inside one data blob of a snapshot file: the middle blob of
+/// the first file whose path ends with `suffix`.
+fn damage_blob_of_file(env: &Env, snapshot: &str, suffix: &str) {
+    use cairn_repo::BlobType;
+    use cairn_repo::tree::NodeType;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let location = runtime.block_on(async {
+        let backend = cairn_store::open_location(env.repo.to_str().unwrap()).unwrap();
+        let repo = cairn_repo::Repository::open(backend, PASSWORD).await.unwrap();
+        let (_, snap) = repo.find_snapshot(snapshot).await.unwrap();
+        let index = repo.load_index().await.unwrap();
+        let mut stack = vec![(snap.tree, String::new())];
+        while let Some((tree, path)) = stack.pop() {
+            for node in repo.load_tree(&index, &tree).await.unwrap().nodes {
+                let child = format!("{path}/{}", node.name_lossy());
+                match node.node_type {
+                    NodeType::Dir => stack.push((node.subtree.unwrap(), child)),
+                    NodeType::File if child.ends_with(suffix) => {
+                        let content = node.content.unwrap();
+                        assert!(content.len() > 2, "{child} has too few blobs to damage one in the middle");
+                        return index.get(&content[content.len() / 2], BlobType::Data).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        panic!("no file ending with {suffix} in snapshot {snapshot}");
+    });
+    let pack = location.pack.to_hex();
+    flip_byte(
+        &env.repo.join("data").join(&pack[..2]).join(&pack),
+        u64::from(location.offset + location.length / 2),
+    );
+}
+
+/// `restore --overwrite` into a database that holds data: whatever makes it
+/// fail halfway — cairn killed, the repository gone, a damaged blob — every
+/// row of the target is still there afterwards, as it was; only a restore
+/// that completes replaces them.
+#[test]
+fn a_failed_overwrite_restore_leaves_the_target_as_it_was() {
+    let pg = cairn_testkit::postgres();
+    let env = Env::new();
+    env.init();
+    let src = make_database(&pg, 5);
+    let snap = env.cairn_json(&["backup", "--json", "postgres", "--url", &pg.db_url(&src)])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snapshot_state = table_digests(&pg, &src);
+    // Since the backup the database has moved on: rows gone, a new table.
+    pg.psql(
+        &src,
+        "DELETE FROM pgbench_accounts WHERE aid % 7 = 0; UPDATE shop.orders SET note = 'changed';
+         CREATE TABLE public.after_backup (x int); INSERT INTO public.after_backup VALUES (1);",
+    );
+    let before = table_digests(&pg, &src);
+    assert_ne!(before, snapshot_state);
+    let url = pg.db_url(&src);
+    let overwrite = restore_args(&snap, &url, &["--overwrite"]);
+
+    // cairn killed (SIGKILL) while it loads the biggest table.
+    let mut child = env.cairn_cmd().args(&overwrite).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for_load(&pg, &src, "pgbench_accounts", &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(table_digests(&pg, &src), before, "a killed restore changed the target");
+
+    // The repository disappears while the rows stream in.
+    let mut child = env.cairn_cmd().args(&overwrite).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    wait_for_load(&pg, &src, "pgbench_accounts", &mut child);
+    let gone = env.path("repo.gone");
+    std::fs::rename(&env.repo, &gone).unwrap();
+    let out = child.wait_with_output().unwrap();
+    std::fs::rename(&gone, &env.repo).unwrap();
+    assert!(!out.status.success(), "the restore succeeded without its repository");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left as it was"), "{}", describe(&out));
+    assert_eq!(table_digests(&pg, &src), before, "a restore that lost its repository changed the target");
+
+    // A damaged blob in the middle of the biggest table's rows.
+    damage_blob_of_file(&env, &snap, "public.pgbench_accounts.copy");
+    let out = env.cairn(&overwrite);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert_eq!(table_digests(&pg, &src), before, "a restore from damaged data changed the target");
+    damage_blob_of_file(&env, &snap, "public.pgbench_accounts.copy"); // flipped back
+
+    // Undamaged and reachable: the snapshot's rows replace the target's, and
+    // what the snapshot does not hold stays.
+    env.cairn_ok(&restore_args(&snap, &url, &["--overwrite", "--verify"]));
+    let after = table_digests(&pg, &src);
+    let kept: Vec<&String> = after.iter().filter(|t| t.starts_with("public.after_backup ")).collect();
+    assert_eq!(kept.len(), 1, "{after:?}");
+    let restored: Vec<String> =
+        after.into_iter().filter(|t| !t.starts_with("public.after_backup ")).collect();
+    assert_eq!(restored, snapshot_state);
+}

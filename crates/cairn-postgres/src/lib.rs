@@ -33,9 +33,10 @@
 //! ```
 //!
 //! Restore replays it with the client tools: `pg_restore --section=pre-data`,
-//! `COPY … FROM STDIN` per table (in parallel, every blob verified), the
-//! archive's remaining data, then `--section=post-data` (indexes and
-//! constraints, in parallel).
+//! `COPY … FROM STDIN` per table (every blob verified), the archive's
+//! remaining data, then `--section=post-data` (indexes and constraints) — in
+//! parallel into a database cairn creates, as one transaction into one that
+//! exists, so a failed restore never leaves an existing database changed.
 
 mod conn;
 mod dump;
@@ -43,6 +44,7 @@ mod error;
 mod manifest;
 pub mod physical;
 pub(crate) mod restore;
+mod script;
 mod tools;
 pub mod wal;
 

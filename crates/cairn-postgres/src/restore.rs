@@ -3,12 +3,23 @@
 //!
 //! Order (as `pg_restore` would do it, with cairn loading the rows):
 //! globals (optional) → create the database → `pg_restore --section=pre-data`
-//! → `COPY … FROM STDIN` per table, in parallel, every blob verified against
-//! its SHA-256 on the way → the archive's own data (sequence values, large
-//! objects) → `--section=post-data` (indexes, constraints, triggers; in
-//! parallel). Row counts are checked against the manifest as each table
-//! lands; `verify` also re-reads every restored table and compares its
-//! content hash.
+//! → `COPY … FROM STDIN` per table, every blob verified against its SHA-256
+//! on the way → the archive's own data (sequence values, large objects) →
+//! `--section=post-data` (indexes, constraints, triggers). Row counts are
+//! checked against the manifest as each table lands; `verify` also re-reads
+//! every restored table and compares its content digest.
+//!
+//! Two ways to run that order, chosen by what a failure must leave behind:
+//!
+//! * **Into a database cairn creates**, tables load on `--jobs` connections
+//!   and `pg_restore` builds indexes in parallel; a failure drops the
+//!   database again.
+//! * **Into a database that exists**, nothing may be lost: the whole restore
+//!   (dropping what `--overwrite` replaces included) is one transaction on
+//!   one connection, with the schema run from `pg_restore`'s SQL
+//!   ([`crate::script`]), committed only when every table is in and
+//!   verified. A damaged blob, an unreachable repository or a killed cairn
+//!   leaves the target exactly as it was.
 //!
 //! Partial restores pick entries from the archive's table of contents by
 //! the catalog OIDs the manifest recorded for each table (its indexes,
@@ -33,6 +44,7 @@ use tokio::io::AsyncWriteExt;
 use crate::conn::CopyTap;
 use crate::dump::run_tool;
 use crate::manifest::{DatabaseManifest, MANIFEST_VERSION, Manifest, Segment, TableManifest, quote_ident};
+use crate::script::{self, ScriptPart};
 use crate::{PgError, PgTarget, PgTools};
 
 /// What to restore and where.
@@ -94,6 +106,8 @@ pub struct RestorePlan {
     pub source_database: String,
     pub target: String,
     pub create_database: bool,
+    /// Into an existing database: one transaction, committed only when everything is in.
+    pub atomic: bool,
     /// Whole database, or only the selected schemas/tables.
     pub partial: bool,
     pub tables: Vec<PlannedTable>,
@@ -146,6 +160,13 @@ pub async fn load_manifest(
 }
 
 /// Restores one database of a logical snapshot.
+///
+/// Into a database cairn creates, the load runs in parallel and a failure
+/// drops the database again. Into a database that already exists, the whole
+/// restore is one transaction on one connection ([`load_atomic`]), so a
+/// failure at any point — a damaged blob, an unreachable repository, a row
+/// count that does not match, a killed process — leaves the database exactly
+/// as it was.
 pub async fn restore(
     repo: &Repository,
     index: Arc<Index>,
@@ -184,6 +205,9 @@ pub async fn restore(
     if exists && !opts.overwrite {
         refuse_if_occupied(&target, &target_db, partial.then_some(tables.as_slice())).await?;
     }
+    if exists && opts.overwrite && partial {
+        refuse_if_views_depend(&target, &tables, &opts.schemas).await?;
+    }
     // pg_restore reads archives of its own major version and older.
     let tools = PgTools::new(opts.pg_bin.clone(), server_version_num.max(manifest.server_version_num));
     let pg_restore = tools.find("pg_restore", false).await?;
@@ -197,6 +221,7 @@ pub async fn restore(
         source_database: db.name.clone(),
         target: target.display(),
         create_database: !exists,
+        atomic: exists,
         partial,
         tables: tables
             .iter()
@@ -218,32 +243,34 @@ pub async fn restore(
         warnings
             .extend(restore_globals(&psql, &path, &opts.target.with_database(admin_db(&admin).await)).await?);
     }
-    if !exists {
-        create_database(&admin, &target_db, db, &mut warnings).await?;
-    }
-    let loaded = load(
-        repo,
-        &index,
-        snapshot,
-        opts,
-        &target,
-        &tables,
-        &archive,
-        &pg_restore,
-        list.as_deref(),
-        exists,
-        &progress,
-        work.path(),
-        &digests,
-    )
-    .await;
-    match loaded {
-        Ok((rows, bytes, verified_tables, more)) => {
-            warnings.extend(more);
-            tracing::info!(database = %target_db, tables = tables.len(), rows, "restore complete");
-            Ok(RestoreReport { plan, rows, bytes, verified_tables, warnings })
+    let list_file = match &list {
+        Some(entries) => {
+            let path = work.path().join("restore.list");
+            let text: String = entries.iter().map(|e| format!("{}\n", e.line)).collect();
+            tokio::fs::write(&path, text).await.map_err(PgError::io("writing the restore list"))?;
+            Some(path)
         }
-        Err(e) if !exists => {
+        None => None,
+    };
+    let load = Load {
+        repo,
+        index: &index,
+        root: &snapshot.tree,
+        opts,
+        target: &target,
+        tables: &tables,
+        sections: Sections { pg_restore: &pg_restore, archive: &archive, list: list_file.as_deref(), opts },
+        progress: &progress,
+        digests: &digests,
+    };
+    progress.tables_total.store(tables.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(tables.iter().map(|t| t.bytes).sum(), Ordering::Relaxed);
+    let loaded = if exists {
+        load_atomic(&load).await
+    } else {
+        create_database(&admin, &target_db, db, &mut warnings).await?;
+        let loaded = load_fresh(&load).await;
+        if loaded.is_err() {
             // The database is ours and half-filled: leave nothing that looks like a restore.
             if let Err(drop_err) = admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&target_db)))
@@ -251,87 +278,214 @@ pub async fn restore(
             {
                 tracing::warn!(error = %drop_err, database = %target_db, "could not drop the half-restored database");
             }
-            Err(e)
         }
-        Err(e) => Err(e),
-    }
+        loaded
+    };
+    let (rows, bytes, verified_tables, more) = loaded?;
+    warnings.extend(more);
+    tracing::info!(database = %target_db, tables = tables.len(), rows, "restore complete");
+    Ok(RestoreReport { plan, rows, bytes, verified_tables, warnings })
 }
 
-/// Everything after the target database exists: schema, rows, post-data, verification.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
-async fn load(
-    repo: &Repository,
-    index: &Arc<Index>,
-    snapshot: &Snapshot,
-    opts: &RestoreOptions,
-    target: &PgTarget,
-    tables: &[TableManifest],
-    archive: &Path,
-    pg_restore: &Path,
-    list: Option<&[TocEntry]>,
-    exists: bool,
-    progress: &RestoreProgress,
-    work: &Path,
-    digests: &StreamDigests,
-) -> Result<(u64, u64, usize, Vec<String>), PgError> {
-    let partial = list.is_some();
-    let list_file = match list {
-        Some(entries) => {
-            let path = work.join("restore.list");
-            let text: String = entries.iter().map(|e| format!("{}\n", e.line)).collect();
-            tokio::fs::write(&path, text).await.map_err(PgError::io("writing the restore list"))?;
-            Some(path)
-        }
-        None => None,
-    };
-    if partial {
-        let client = target.connect().await?;
-        let schemas: BTreeSet<&str> =
-            tables.iter().map(|t| t.schema.as_str()).chain(opts.schemas.iter().map(String::as_str)).collect();
-        for s in schemas {
-            client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)))
-                .await
-                .map_err(PgError::query(format!("creating schema {s}")))?;
-        }
-    }
-    let step = |section: &str, jobs: usize| {
-        let mut cmd = tokio::process::Command::new(pg_restore);
+/// What loading a database needs, whichever way it goes.
+struct Load<'a> {
+    repo: &'a Repository,
+    index: &'a Arc<Index>,
+    root: &'a Id,
+    opts: &'a RestoreOptions,
+    target: &'a PgTarget,
+    tables: &'a [TableManifest],
+    sections: Sections<'a>,
+    progress: &'a RestoreProgress,
+    digests: &'a StreamDigests,
+}
+
+/// (rows, bytes, tables verified, warnings) of a finished load.
+type Loaded = (u64, u64, usize, Vec<String>);
+
+/// The archive's sections, as `pg_restore` runs or writes them.
+struct Sections<'a> {
+    pg_restore: &'a Path,
+    archive: &'a Path,
+    /// The entries of a partial restore (`--use-list`).
+    list: Option<&'a Path>,
+    opts: &'a RestoreOptions,
+}
+
+impl Sections<'_> {
+    /// `pg_restore` for one section; `clean` drops what it restores first.
+    fn command(&self, section: &str, clean: bool) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.pg_restore);
         cmd.arg(format!("--section={section}")).arg("--exit-on-error").arg("--no-password");
+        if let Some(l) = self.list {
+            cmd.arg(format!("--use-list={}", l.display()));
+        }
+        if self.opts.no_owner {
+            cmd.arg("--no-owner").arg("--no-privileges");
+        }
+        if clean {
+            cmd.arg("--clean").arg("--if-exists");
+        }
+        cmd
+    }
+
+    /// Runs one section into the target, `jobs` at a time.
+    async fn run(&self, section: &str, jobs: usize, target: &PgTarget) -> Result<(), PgError> {
+        let mut cmd = self.command(section, false);
         if jobs > 1 {
             cmd.arg(format!("--jobs={jobs}"));
         }
-        if let Some(l) = &list_file {
-            cmd.arg(format!("--use-list={}", l.display()));
-        }
-        if opts.no_owner {
-            cmd.arg("--no-owner").arg("--no-privileges");
-        }
-        if opts.overwrite && exists && section == "pre-data" {
-            cmd.arg("--clean").arg("--if-exists");
-        }
-        cmd.arg(format!("--dbname={}", target.conninfo())).arg(archive);
-        cmd
-    };
-    if opts.overwrite && exists && partial {
-        refuse_if_views_depend(target, tables, &opts.schemas).await?;
+        cmd.arg(format!("--dbname={}", target.conninfo())).arg(self.archive);
+        run_tool(cmd, &format!("pg_restore ({section})"), target).await?;
+        Ok(())
     }
-    let detached = if opts.overwrite && exists {
-        detach_foreign_keys(target, tables, partial).await?
-    } else {
-        Vec::new()
-    };
-    run_tool(step("pre-data", 1), "pg_restore (pre-data)", target).await?;
 
-    progress.tables_total.store(tables.len() as u64, Ordering::Relaxed);
-    progress.bytes_total.store(tables.iter().map(|t| t.bytes).sum(), Ordering::Relaxed);
-    let (rows, bytes) = load_tables(repo, index, &snapshot.tree, target, tables, opts.jobs, progress).await?;
-    run_tool(step("data", 1), "pg_restore (data)", target).await?;
-    run_tool(step("post-data", opts.jobs), "pg_restore (post-data)", target).await?;
+    /// One section as statements for cairn's own transaction.
+    async fn script(
+        &self,
+        section: &str,
+        clean: bool,
+        target: &PgTarget,
+    ) -> Result<Vec<ScriptPart>, PgError> {
+        let mut cmd = self.command(section, clean);
+        cmd.arg("--single-transaction").arg("--file=-").arg(self.archive);
+        let text = run_tool(cmd, &format!("pg_restore ({section}, as SQL)"), target).await?;
+        script::parse(&text, section == "data").map_err(|e| PgError::BadSnapshot {
+            path: format!("schema.dump ({section} section)"),
+            message: e.to_string(),
+        })
+    }
+}
 
-    let warnings = reattach_foreign_keys(target, detached).await?;
-    let verified_tables = if opts.verify { verify_tables(target, tables, digests).await? } else { 0 };
-    Ok((rows, bytes, verified_tables, warnings))
+/// Into a database cairn has just created: schema, then the rows on
+/// `--jobs` connections, then the archive's own data and the post-data
+/// objects (indexes, constraints) in parallel.
+async fn load_fresh(load: &Load<'_>) -> Result<Loaded, PgError> {
+    let (target, opts) = (load.target, load.opts);
+    if load.sections.list.is_some() {
+        let client = target.connect().await?;
+        create_schemas(&client, load.tables, &opts.schemas).await?;
+    }
+    load.sections.run("pre-data", 1, target).await?;
+    let (rows, bytes) = load_tables(load).await?;
+    load.sections.run("data", 1, target).await?;
+    load.sections.run("post-data", opts.jobs, target).await?;
+    let verified_tables =
+        if opts.verify { verify_tables(target, load.tables, load.digests).await? } else { 0 };
+    Ok((rows, bytes, verified_tables, Vec::new()))
+}
+
+/// Into a database that exists: everything in one transaction on one
+/// connection, committed only once every row is in, every count matched
+/// and (with `--verify`) every table re-read and compared. Until then other
+/// sessions keep seeing the old data (and wait on the tables being
+/// replaced); on any failure the transaction is rolled back, and a killed
+/// cairn takes its connection, and so its transaction, with it. The price is
+/// one connection: tables load one after another and indexes are built one
+/// at a time.
+async fn load_atomic(load: &Load<'_>) -> Result<Loaded, PgError> {
+    let (target, opts) = (load.target, load.opts);
+    let clean = opts.overwrite;
+    // Scripts first: a pg_restore that cannot write them fails before anything changes.
+    let pre_data = load.sections.script("pre-data", clean, target).await?;
+    let data = load.sections.script("data", false, target).await?;
+    let post_data = load.sections.script("post-data", false, target).await?;
+
+    let (client, mut tap) = target.connect_tapped().await?;
+    // An empty search_path makes every name cairn reads back from the
+    // catalog schema-qualified (the scripts set the same).
+    client
+        .batch_execute("BEGIN; SELECT pg_catalog.set_config('search_path', '', true)")
+        .await
+        .map_err(PgError::query("starting the restore transaction"))?;
+    let result = async {
+        if load.sections.list.is_some() {
+            create_schemas(&client, load.tables, &opts.schemas).await?;
+        }
+        let detached = if clean {
+            detach_foreign_keys(&client, load.tables, load.sections.list.is_some()).await?
+        } else {
+            Vec::new()
+        };
+        run_script(&client, &pre_data, "pre-data").await?;
+        let (mut rows, mut bytes) = (0, 0);
+        for table in load.tables {
+            if load.progress.cancel.load(Ordering::Relaxed) {
+                return Err(PgError::Interrupted);
+            }
+            rows += load_table(load, &client, table).await?;
+            bytes += table.bytes;
+        }
+        run_script(&client, &data, "data").await?;
+        run_script(&client, &post_data, "post-data").await?;
+        let warnings = reattach_foreign_keys(&client, detached).await?;
+        let verified = if opts.verify {
+            verify_tables_on(&client, &mut tap, load.tables, load.digests).await?
+        } else {
+            0
+        };
+        if load.progress.cancel.load(Ordering::Relaxed) {
+            return Err(PgError::Interrupted);
+        }
+        Ok((rows, bytes, verified, warnings))
+    }
+    .await;
+    match result {
+        Ok(loaded) => {
+            client.batch_execute("COMMIT").await.map_err(PgError::query("committing the restore"))?;
+            Ok(loaded)
+        }
+        Err(e) => {
+            // Dropping the connection would roll back too; saying so is quicker.
+            if let Err(rollback) = client.batch_execute("ROLLBACK").await {
+                tracing::debug!(error = %rollback, "rollback failed; the connection's end rolls back instead");
+            }
+            tracing::warn!(database = %target.database().unwrap_or_default(), "restore failed; the target database was left as it was");
+            Err(e)
+        }
+    }
+}
+
+/// Runs a script's parts on `client`, inside the caller's transaction.
+async fn run_script(
+    client: &tokio_postgres::Client,
+    parts: &[ScriptPart],
+    section: &str,
+) -> Result<(), PgError> {
+    for part in parts {
+        match part {
+            ScriptPart::Sql(sql) => client
+                .batch_execute(sql)
+                .await
+                .map_err(PgError::query(format!("restoring the archive's {section} section")))?,
+            ScriptPart::Copy { statement, rows } => {
+                let what = format!("restoring the archive's {section} section ({statement})");
+                let sink =
+                    client.copy_in::<_, Bytes>(statement.as_str()).await.map_err(PgError::query(&what))?;
+                let mut sink = std::pin::pin!(sink);
+                sink.send(Bytes::copy_from_slice(rows.as_bytes())).await.map_err(PgError::query(&what))?;
+                sink.as_mut().finish().await.map_err(PgError::query(&what))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `CREATE SCHEMA IF NOT EXISTS` for the schemas a partial restore writes into.
+async fn create_schemas(
+    client: &tokio_postgres::Client,
+    tables: &[TableManifest],
+    schemas: &[String],
+) -> Result<(), PgError> {
+    let all: BTreeSet<&str> =
+        tables.iter().map(|t| t.schema.as_str()).chain(schemas.iter().map(String::as_str)).collect();
+    for s in all {
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)))
+            .await
+            .map_err(PgError::query(format!("creating schema {s}")))?;
+    }
+    Ok(())
 }
 
 /// Replacing a table drops it, and PostgreSQL will not drop a table a view
@@ -386,13 +540,13 @@ struct DetachedKey {
 /// replaced tables come back from the archive; the others (tables kept in
 /// the target pointing at replaced ones, and in a partial restore replaced
 /// tables pointing at kept ones) are returned, to be re-created once the
-/// data is back.
+/// data is back. Runs inside the restore's transaction, under an empty
+/// search_path, so every name it keeps is schema-qualified.
 async fn detach_foreign_keys(
-    target: &PgTarget,
+    client: &tokio_postgres::Client,
     tables: &[TableManifest],
     partial: bool,
 ) -> Result<Vec<DetachedKey>, PgError> {
-    let client = target.connect().await?;
     let names: Vec<String> = tables.iter().map(|t| t.sql_name()).collect();
     let rows = client
         .query(
@@ -423,21 +577,31 @@ async fn detach_foreign_keys(
 }
 
 /// Re-creates the foreign keys [`detach_foreign_keys`] set aside; one the
-/// restored data no longer satisfies becomes a warning, not a failure.
-async fn reattach_foreign_keys(target: &PgTarget, keys: Vec<DetachedKey>) -> Result<Vec<String>, PgError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let client = target.connect().await?;
+/// restored data no longer satisfies becomes a warning, not a failure (its
+/// savepoint keeps the failed attempt from aborting the restore's
+/// transaction).
+async fn reattach_foreign_keys(
+    client: &tokio_postgres::Client,
+    keys: Vec<DetachedKey>,
+) -> Result<Vec<String>, PgError> {
     let mut warnings = Vec::new();
     for key in keys {
         let sql = format!("ALTER TABLE {} ADD CONSTRAINT {} {}", key.table, key.name, key.definition);
-        if let Err(e) = client.batch_execute(&sql).await {
-            let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-            warnings.push(format!(
-                "foreign key {} on {} could not be re-created ({message}); fix the rows, then run: {sql}",
-                key.name, key.table
-            ));
+        let savepoint = |sql: &'static str| async move {
+            client.batch_execute(sql).await.map_err(PgError::query("re-creating foreign keys"))
+        };
+        savepoint("SAVEPOINT cairn_foreign_key").await?;
+        match client.batch_execute(&sql).await {
+            Ok(()) => savepoint("RELEASE SAVEPOINT cairn_foreign_key").await?,
+            Err(e) => {
+                savepoint("ROLLBACK TO SAVEPOINT cairn_foreign_key").await?;
+                let message =
+                    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+                warnings.push(format!(
+                    "foreign key {} on {} could not be re-created ({message}); fix the rows, then run: {sql}",
+                    key.name, key.table
+                ));
+            }
         }
     }
     Ok(warnings)
@@ -747,77 +911,72 @@ pub(crate) fn select_entries(
     toc.iter().filter(|e| kept.contains(&e.id)).cloned().collect()
 }
 
-/// Streams each table's COPY file into the target, `jobs` tables at a
-/// time, checking row counts against the manifest. Returns (rows, bytes).
-async fn load_tables(
-    repo: &Repository,
-    index: &Arc<Index>,
-    root: &Id,
-    target: &PgTarget,
-    tables: &[TableManifest],
-    jobs: usize,
-    progress: &RestoreProgress,
-) -> Result<(u64, u64), PgError> {
-    let mut order: Vec<&TableManifest> = tables.iter().collect();
+/// Streams each table's COPY file into the target on `--jobs` connections
+/// of their own, largest tables first. Returns (rows, bytes).
+async fn load_tables(load: &Load<'_>) -> Result<(u64, u64), PgError> {
+    let mut order: Vec<&TableManifest> = load.tables.iter().collect();
     order.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     let queue = Mutex::new(order.into_iter());
     let totals = Mutex::new((0u64, 0u64));
     let worker = || async {
-        let client = target.connect().await?;
+        let client = load.target.connect().await?;
         client
             .batch_execute("SET synchronous_commit = off; SET statement_timeout = 0")
             .await
             .map_err(PgError::query("preparing a load connection"))?;
         loop {
-            if progress.cancel.load(Ordering::Relaxed) {
+            if load.progress.cancel.load(Ordering::Relaxed) {
                 return Err(PgError::Interrupted);
             }
             let Some(table) = queue.lock().expect("queue").next() else { break };
-            let mut nodes = Vec::new();
-            for segment in table.segments() {
-                nodes.push(find_file(repo, index, root, segment.file).await?);
-            }
-            let sql = table.copy_sql("FROM STDIN");
-            let sink = client
-                .copy_in::<_, Bytes>(sql.as_str())
-                .await
-                .map_err(PgError::query(format!("loading {}", table.qualified())))?;
-            let mut sink = std::pin::pin!(sink);
-            // Parts go in one after another, so the table's rows land in
-            // the order they were dumped and verification can re-read them
-            // part by part.
-            for node in &nodes {
-                let mut blobs = std::pin::pin!(file_stream(repo, index, node, 8));
-                while let Some(piece) = blobs.next().await {
-                    let piece = piece?;
-                    progress.bytes_done.fetch_add(piece.len() as u64, Ordering::Relaxed);
-                    sink.send(piece)
-                        .await
-                        .map_err(PgError::query(format!("loading {}", table.qualified())))?;
-                }
-            }
-            let rows = sink
-                .as_mut()
-                .finish()
-                .await
-                .map_err(PgError::query(format!("loading {}", table.qualified())))?;
-            if rows != table.rows {
-                return Err(PgError::RowCountMismatch {
-                    table: table.qualified(),
-                    restored: rows,
-                    expected: table.rows,
-                });
-            }
+            let rows = load_table(load, &client, table).await?;
             let mut t = totals.lock().expect("totals");
             t.0 += rows;
             t.1 += table.bytes;
-            progress.tables_done.fetch_add(1, Ordering::Relaxed);
         }
         Ok::<(), PgError>(())
     };
-    let workers = jobs.max(1).min(tables.len().max(1));
+    let workers = load.opts.jobs.max(1).min(load.tables.len().max(1));
     futures::future::try_join_all((0..workers).map(|_| worker())).await?;
     Ok(totals.into_inner().expect("totals"))
+}
+
+/// One table's COPY file (its parts one after another) into `client`, every
+/// blob verified before it is sent; the row count must match the manifest.
+async fn load_table(
+    load: &Load<'_>,
+    client: &tokio_postgres::Client,
+    table: &TableManifest,
+) -> Result<u64, PgError> {
+    let (repo, index, progress) = (load.repo, load.index, load.progress);
+    let mut nodes = Vec::new();
+    for segment in table.segments() {
+        nodes.push(find_file(repo, index, load.root, segment.file).await?);
+    }
+    let what = format!("loading {}", table.qualified());
+    let sql = table.copy_sql("FROM STDIN");
+    let sink = client.copy_in::<_, Bytes>(sql.as_str()).await.map_err(PgError::query(&what))?;
+    let mut sink = std::pin::pin!(sink);
+    // Parts go in one after another, so the table's rows land in the order
+    // they were dumped and verification can re-read them part by part.
+    for node in &nodes {
+        let mut blobs = std::pin::pin!(file_stream(repo, index, node, 8));
+        while let Some(piece) = blobs.next().await {
+            let piece = piece?;
+            progress.bytes_done.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            sink.send(piece).await.map_err(PgError::query(&what))?;
+        }
+    }
+    let rows = sink.as_mut().finish().await.map_err(PgError::query(&what))?;
+    if rows != table.rows {
+        return Err(PgError::RowCountMismatch {
+            table: table.qualified(),
+            restored: rows,
+            expected: table.rows,
+        });
+    }
+    progress.tables_done.fetch_add(1, Ordering::Relaxed);
+    Ok(rows)
 }
 
 /// One table of a database compared with a logical snapshot.
@@ -1035,12 +1194,23 @@ async fn verify_tables(
     digests: &StreamDigests,
 ) -> Result<usize, PgError> {
     let (client, mut tap) = target.connect_tapped().await?;
+    verify_tables_on(&client, &mut tap, tables, digests).await
+}
+
+/// [`verify_tables`] on a given connection (inside the restore's own
+/// transaction, for a restore into an existing database).
+async fn verify_tables_on(
+    client: &tokio_postgres::Client,
+    tap: &mut CopyTap,
+    tables: &[TableManifest],
+    digests: &StreamDigests,
+) -> Result<usize, PgError> {
     client
         .batch_execute("SET synchronize_seqscans = off")
         .await
         .map_err(PgError::query("preparing verification"))?;
     for table in tables {
-        let (rows, matches) = read_table(&client, &mut tap, table, digests).await?;
+        let (rows, matches) = read_table(client, tap, table, digests).await?;
         if rows != table.rows {
             return Err(PgError::RowCountMismatch {
                 table: table.qualified(),
