@@ -391,28 +391,33 @@ fn password_files_others_can_read_are_warned_about_once_each() {
 }
 
 /// A secret interpolated into cairn.yaml is one value, whatever it holds:
-/// before, `${PW}` was pasted into the text, and a newline in it added a key.
+/// before, `${PW}` was pasted into the text, where a newline added a key
+/// (`repository:`, here) and quotes, `: ` or `]` broke the file.
 #[test]
 fn an_interpolated_secret_cannot_rewrite_the_config() {
     let env = Env::new();
     let evil = env.path("evil-repo");
-    let pw = format!("pass # word: \"quoted' ]\n- x\nrepository: {}", evil.display());
     let cfg = write_config(&env, "cairn.yaml", "password: ${PW}\n");
-    let run = |args: &[&str]| {
-        let mut c = env.cairn_cmd();
-        c.env_remove("CAIRN_PASSWORD").env_remove("CAIRN_REPOSITORY").env("PW", &pw);
-        c.arg("--config").arg(&cfg).args(args).output().unwrap()
-    };
-    let out = run(&["init"]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(output_text(&out).contains("no repository given"), "{}", describe(&out));
-    assert!(!evil.exists(), "the interpolated value added a repository: key");
+    let injects = format!("pass # word\nrepository: {}", evil.display());
+    let breaks = "p: \"q' ]\n- x\n  {a: b}".to_string();
+    for (n, pw) in [injects, breaks].iter().enumerate() {
+        let run = |args: &[&str]| {
+            let mut c = env.cairn_cmd();
+            c.env_remove("CAIRN_PASSWORD").env_remove("CAIRN_REPOSITORY").env("PW", pw);
+            c.arg("--config").arg(&cfg).args(args).output().unwrap()
+        };
+        let out = run(&["init"]);
+        assert_eq!(out.status.code(), Some(1), "{pw:?}: {}", describe(&out));
+        assert!(output_text(&out).contains("no repository given"), "{pw:?}: {}", describe(&out));
+        assert!(!evil.exists(), "{pw:?}: the interpolated value added a repository: key");
 
-    let out = run(&["--repo", env.repo.to_str().unwrap(), "init"]);
-    assert!(out.status.success(), "{}", describe(&out));
-    // The whole value is the password.
-    let mut c = env.cairn_cmd();
-    let out = c.env("CAIRN_PASSWORD", &pw).arg("snapshots").output().unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(!evil.exists());
+        // The whole value is the password.
+        let repo = env.path(&format!("repo-{n}"));
+        let out = run(&["--repo", repo.to_str().unwrap(), "init"]);
+        assert!(out.status.success(), "{pw:?}: {}", describe(&out));
+        let mut c = env.cairn_cmd();
+        let out =
+            c.env("CAIRN_REPOSITORY", &repo).env("CAIRN_PASSWORD", pw).arg("snapshots").output().unwrap();
+        assert!(out.status.success(), "{pw:?}: {}", describe(&out));
+    }
 }
