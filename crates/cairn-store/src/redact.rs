@@ -133,7 +133,7 @@ fn mask_userinfo(text: &str, scope: Scope) -> String {
         // last `@` ends the userinfo, however many the password holds.
         let after = &lower[start..];
         let end = find(after, &SEPARATOR, false)
-            .map(|(n, _)| after[..n].rfind(|c: char| !is_scheme_char(c)).map_or(0, |s| s + 1))
+            .map(|(n, _)| run_start(&after[..n], is_scheme_char))
             .unwrap_or(after.len());
         let end = after[..end].find(|c| scope.ends_token(c)).unwrap_or(end);
         let Some((at, _)) = find(&after[..end], &AT, true) else { continue };
@@ -156,6 +156,11 @@ fn find(hay: &str, patterns: &[&str], last: bool) -> Option<(usize, usize)> {
     let found =
         patterns.iter().filter_map(|p| if last { hay.rfind(p) } else { hay.find(p) }.map(|i| (i, p.len())));
     if last { found.max_by_key(|&(i, _)| i) } else { found.min_by_key(|&(i, _)| i) }
+}
+
+/// Where the run of `part` characters that ends `text` starts.
+fn run_start(text: &str, part: fn(char) -> bool) -> usize {
+    text.char_indices().rev().find(|&(_, c)| !part(c)).map_or(0, |(i, c)| i + c.len_utf8())
 }
 
 fn is_scheme_char(c: char) -> bool {
@@ -185,7 +190,7 @@ fn mask_parameters(text: &str, scope: Scope) -> String {
         search = eq + 1;
         // The name before `=` (libpq allows spaces around it).
         let name_end = text[..eq].trim_end_matches(' ').len();
-        let name_start = text[..name_end].rfind(|c: char| !is_name_char(c)).map_or(0, |i| i + 1);
+        let name_start = run_start(&text[..name_end], is_name_char);
         let name = &text[name_start..name_end];
         if name.is_empty() || !is_secret_name(name) || name_start < copied {
             continue;
@@ -324,6 +329,28 @@ mod tests {
         assert!(shown.contains("postgresql://u:***@h/db and"), "{shown}");
         assert!(shown.contains("dbname=d") && shown.ends_with("then done"), "{shown}");
         assert_eq!(redact("nothing secret here: a=b"), "nothing secret here: a=b");
+        // Any text, any characters.
+        assert_eq!(redact("é://u:p@h ü password=x ä=1"), "é://u:***@h ü password=*** ä=1");
+        assert_eq!(one("€password=x€://a:b@c"), "€password=***");
+    }
+
+    /// Every short string over the characters the scanners care about:
+    /// no slicing mistake (a panic, in a message about to be shown) hides.
+    #[test]
+    fn any_text_is_handled() {
+        let alphabet: Vec<char> = "@:/?&=%'\"\\ é3apw".chars().collect();
+        let mut text = String::new();
+        for n in 0..alphabet.len().pow(4) {
+            text.clear();
+            let mut k = n;
+            for _ in 0..4 {
+                text.push(alphabet[k % alphabet.len()]);
+                k /= alphabet.len();
+            }
+            for candidate in [text.clone(), format!("postgresql://{text}"), format!("password={text}")] {
+                let _ = (redact(&candidate), one(&candidate));
+            }
+        }
     }
 
     #[test]
