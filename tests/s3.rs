@@ -1,7 +1,8 @@
 //! Repositories in S3, against real S3 servers started on loopback by the
 //! test kit (Ceph RGW for real semantics, moto for a second implementation):
-//! round trips, restic reading what cairn wrote to the bucket, resuming after
-//! `kill -9`, and clear errors for bad credentials.
+//! round trips, restic reading what cairn wrote to the bucket, restic's
+//! `s3:` spellings naming the same bucket, resuming after `kill -9`, and
+//! clear errors for bad credentials.
 
 mod common;
 
@@ -59,10 +60,14 @@ impl S3Env {
             .unwrap()
     }
 
+    /// The repository in restic's spelling, `s3:http://host:port/bucket/repo`.
+    fn restic_location(&self) -> String {
+        format!("s3:{}/{}/repo", self.server.endpoint.trim_end_matches('/'), self.bucket)
+    }
+
     fn restic_ok(&self, args: &[&str]) -> String {
         let mut c = self.env.restic_cmd();
-        let endpoint = self.server.endpoint.trim_end_matches('/');
-        c.env("RESTIC_REPOSITORY", format!("s3:{endpoint}/{}/repo", self.bucket));
+        c.env("RESTIC_REPOSITORY", self.restic_location());
         self.aws_env(&mut c);
         let out = c.args(args).output().unwrap();
         assert!(out.status.success(), "restic {args:?}: {}", describe(&out));
@@ -93,6 +98,54 @@ fn ceph_rgw_round_trip_and_restic_reads_the_bucket() {
     let by_restic = s3.env.path("by-restic");
     s3.restic_ok(&["restore", "latest", "--target", by_restic.to_str().unwrap()]);
     assert_same_tree(&src, &by_restic.join(src.strip_prefix("/").unwrap()), true);
+}
+
+/// restic's spellings (`s3:http://host:port/bucket/prefix`, and
+/// `s3:bucket/prefix` on the default endpoint) name the same repository as
+/// cairn's `s3://bucket/prefix?endpoint=…`, for cairn and for restic, and
+/// never become a local directory (`./s3:bucket`) as they once did.
+#[test]
+fn restic_s3_spellings_name_the_same_repository() {
+    let s3 = S3Env::new(cairn_testkit::ceph_rgw());
+    let endpoint = s3.server.endpoint.trim_end_matches('/').to_string();
+    let restic_form = s3.restic_location();
+    let bucket_form = format!("s3:{}/repo", s3.bucket);
+    let cwd = s3.env.path("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let src = s3.env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"named three ways").unwrap();
+    let run = |location: &str, args: &[&str]| {
+        let mut c = s3.cairn_cmd();
+        // `s3:bucket/…` names no host: the default endpoint, AWS_ENDPOINT_URL here.
+        c.env("CAIRN_REPOSITORY", location).env("AWS_ENDPOINT_URL", &endpoint).current_dir(&cwd);
+        let out = c.args(args).output().unwrap();
+        assert!(out.status.success(), "{location}: cairn {args:?}: {}", describe(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let snapshot_ids = |listing: &str| -> Vec<String> {
+        let list: serde_json::Value = serde_json::from_str(listing.trim()).unwrap();
+        list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+    };
+
+    run(&restic_form, &["init"]);
+    let backup: serde_json::Value = serde_json::from_str(
+        run(&restic_form, &["backup", "--json", "volume", src.to_str().unwrap()]).trim(),
+    )
+    .unwrap();
+    let id = backup["snapshot"].as_str().unwrap().to_string();
+    for location in [&s3.url(), &bucket_form] {
+        assert_eq!(
+            snapshot_ids(&run(location, &["snapshots", "--json"])),
+            std::slice::from_ref(&id),
+            "{location}"
+        );
+    }
+    // restic, given the same text.
+    assert_eq!(snapshot_ids(&s3.restic_ok(&["snapshots", "--json"])), [id]);
+    assert!(s3.restic_ok(&["check"]).contains("no errors were found"));
+    let left: Vec<_> = std::fs::read_dir(&cwd).unwrap().collect();
+    assert!(left.is_empty(), "an s3: location became a local directory: {left:?}");
 }
 
 #[test]

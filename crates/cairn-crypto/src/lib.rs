@@ -194,18 +194,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The master key as restic serialises it (base64 fields).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The master key as restic serialises it (base64 fields). Its `Debug`
+/// output hides the key, as [`Key`]'s does.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct MasterKeyJson {
     pub mac: MacKeyJson,
     pub encrypt: String,
 }
 
 /// The MAC half of [`MasterKeyJson`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct MacKeyJson {
     pub k: String,
     pub r: String,
+}
+
+impl std::fmt::Debug for MasterKeyJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKeyJson(<redacted>)")
+    }
+}
+
+impl std::fmt::Debug for MacKeyJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacKeyJson(<redacted>)")
+    }
 }
 
 /// scrypt parameters as stored in a key file.
@@ -285,6 +298,17 @@ mod tests {
         let json = serde_json::to_string(&key.to_json()).unwrap();
         let back: MasterKeyJson = serde_json::from_str(&json).unwrap();
         assert_eq!(Key::from_json(&back).unwrap(), key);
+    }
+
+    #[test]
+    fn debug_output_hides_key_material() {
+        let key = Key::random();
+        let json = key.to_json();
+        let shown = format!("{key:?} {json:?} {:?}", json.mac);
+        for secret in [&json.encrypt, &json.mac.k, &json.mac.r] {
+            assert!(!shown.contains(secret.as_str()), "{shown}");
+        }
+        assert!(shown.contains("redacted"), "{shown}");
     }
 
     /// Poly1305-AES test vectors from Bernstein's paper

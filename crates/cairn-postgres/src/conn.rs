@@ -20,6 +20,8 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Config, NoTls, Socket};
 
+use cairn_store::DisplaySafe;
+
 use crate::PgError;
 
 mod replication;
@@ -116,7 +118,7 @@ impl TlsSettings {
                 .or_else(|| std::env::var(env).ok())
                 .filter(|v| !v.is_empty())
         };
-        let bad = |message: String| PgError::Url { url: redact(url), message };
+        let bad = |message: String| PgError::Url { url: DisplaySafe::new(url), message };
         let root_cert = get("sslrootcert", "PGSSLROOTCERT").map(|v| match v.as_str() {
             "system" => Ok(RootCert::System),
             path => absolute(path).map(RootCert::File),
@@ -196,11 +198,18 @@ impl PgTarget {
     /// (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGSSLMODE`, ...), as they
     /// would for `psql`.
     pub fn parse(url: &str) -> Result<PgTarget, PgError> {
+        let bad = |message: String| PgError::Url { url: DisplaySafe::new(url), message };
+        if host_holds_at(url) {
+            // libpq and tokio-postgres end the userinfo at the first `@`: the
+            // password's tail would become the host (and be printed as such).
+            return Err(bad(
+                "a user name or password holds a raw '@'; write it as %40 (and ':' as %3A, '/' as %2F)"
+                    .into(),
+            ));
+        }
         let (rest, tls_params) = split_tls_params(url);
         let tls = TlsSettings::from_params(&tls_params, url)?;
-        let mut config: Config = rest
-            .parse()
-            .map_err(|e: tokio_postgres::Error| PgError::Url { url: redact(url), message: e.to_string() })?;
+        let mut config: Config = rest.parse().map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
         config.ssl_mode(tls.tokio_mode());
         if config.get_hosts().is_empty() {
             match std::env::var("PGHOST") {
@@ -653,26 +662,14 @@ fn quote_path(path: &Path) -> String {
     quote(&path.to_string_lossy())
 }
 
-/// The URL with any password replaced, for error messages.
-fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.split_once('@')
-        && let Some((user, _)) = userinfo.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
-    }
-    if !url.contains("://") && url.contains("password") {
-        // A keyword string: keep everything but the password's value.
-        if let Some(pairs) = keyword_pairs(url) {
-            return pairs
-                .into_iter()
-                .map(|(k, v)| if k == "password" { format!("{k}=***") } else { format!("{k}={}", quote(&v)) })
-                .collect::<Vec<_>>()
-                .join(" ");
-        }
-        return "(a keyword string with a password)".into();
-    }
-    url.to_string()
+/// Whether a `postgresql://` URL's host, as libpq reads it (after the first
+/// `@`), still holds an `@`, which no host can.
+fn host_holds_at(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("postgresql://").or_else(|| url.strip_prefix("postgres://")) else {
+        return false;
+    };
+    let Some((_, host)) = rest.split_once('@') else { return false };
+    host.split(['/', '?']).next().is_some_and(|h| h.contains('@'))
 }
 
 #[cfg(test)]
@@ -695,10 +692,36 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused_without_echoing_passwords() {
-        let e = PgTarget::parse("postgresql://bob:hunter2@host:notaport/db").unwrap_err().to_string();
-        assert!(e.contains("invalid PostgreSQL URL") && !e.contains("hunter2"), "{e}");
-        let e = PgTarget::parse("host=h password=hunter2 port=notaport").unwrap_err().to_string();
-        assert!(e.contains("invalid PostgreSQL URL") && !e.contains("hunter2"), "{e}");
+        for url in [
+            "postgresql://bob:hunter2@host:notaport/db",
+            "host=h password=hunter2 port=notaport",
+            "host=h password='hunter2 x' port=notaport",
+            "postgresql://bob@host/db?password=hunter2&port=notaport",
+            "postgresql://bob@host/db?port=notaport&password=hunter2",
+            "host=h sslpassword=hunter2 port=5432",
+            "postgresql://bob:pass@hunter2@host/db",
+            "postgresql://bob:pass@hunter2@host:notaport/db",
+        ] {
+            let e = PgTarget::parse(url).unwrap_err().to_string();
+            assert!(e.contains("invalid PostgreSQL URL") && !e.contains("hunter2"), "{url}: {e}");
+        }
+        let e = PgTarget::parse("postgresql://bob:p@ss@db.example/app").unwrap_err().to_string();
+        assert!(e.contains("raw '@'") && e.contains("%40") && e.contains("@db.example/app"), "{e}");
+        // A percent-encoded '@' is fine, and so is one in the database name.
+        let t = PgTarget::parse("postgresql://bob:p%40ss@db.example/app").unwrap();
+        assert_eq!(t.display(), "postgresql://db.example:5432/app");
+        assert!(PgTarget::parse("postgresql://bob@db.example/a@b").is_ok());
+    }
+
+    #[test]
+    fn debug_output_never_holds_the_password() {
+        let t = PgTarget::parse("postgresql://alice:hunter2@db.example/app?sslmode=disable").unwrap();
+        let t = t.with_password("other-secret");
+        let shown = format!("{t:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("other-secret") && shown.contains("db.example"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -645,7 +645,9 @@ pub(crate) async fn run_tool(
     cmd.kill_on_drop(true);
     let out = cmd.output().await.map_err(PgError::io(format!("running {tool}")))?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The tools never see the password (it is in their environment),
+        // but what they echo of a connection string is redacted all the same.
+        let stderr = cairn_store::redact(&String::from_utf8_lossy(&out.stderr));
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
         return Err(PgError::ToolFailed { tool: tool.into(), status: out.status.to_string(), stderr: tail });

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use cairn_repo::RepoError;
+use cairn_store::DisplaySafe;
 
 /// Everything that can go wrong backing up or restoring PostgreSQL. Each
 /// message says what happened and, where there is one, what to do.
@@ -9,7 +10,7 @@ pub enum PgError {
     #[error(
         "invalid PostgreSQL URL {url:?}: {message} (expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
     )]
-    Url { url: String, message: String },
+    Url { url: DisplaySafe, message: String },
 
     #[error("cannot connect to PostgreSQL at {target}: {message}")]
     Connect { target: String, message: String },

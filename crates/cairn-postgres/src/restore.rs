@@ -184,7 +184,7 @@ pub async fn restore(
         .database()
         .filter(|d| !d.is_empty())
         .ok_or_else(|| PgError::Url {
-            url: opts.target.display(),
+            url: opts.target.display().into(),
             message: "the target URL must name the database to restore into, e.g. postgresql://host/restored"
                 .into(),
         })?

@@ -96,8 +96,10 @@ fn gf2_gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// A key file (`keys/<id>`), stored as plain JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A key file (`keys/<id>`), stored as plain JSON. Its `Debug` output
+/// leaves out the sealed master key (with the salt and parameters, it is
+/// what a password guesser works on).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct KeyFile {
     pub created: DateTime<FixedOffset>,
     #[serde(default)]
@@ -113,6 +115,22 @@ pub struct KeyFile {
     pub salt: String,
     /// base64 of the sealed master key JSON
     pub data: String,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFile")
+            .field("created", &self.created)
+            .field("username", &self.username)
+            .field("hostname", &self.hostname)
+            .field("kdf", &self.kdf)
+            .field("n", &self.n)
+            .field("r", &self.r)
+            .field("p", &self.p)
+            .field("salt", &self.salt)
+            .field("data", &format_args!("<{} bytes, redacted>", self.data.len()))
+            .finish()
+    }
 }
 
 /// `snapshots/<id>`.
@@ -277,6 +295,24 @@ pub fn decode_unpacked(plain: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_file_debug_leaves_out_the_sealed_key() {
+        let kf = KeyFile {
+            created: chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap(),
+            username: "u".into(),
+            hostname: "h".into(),
+            kdf: "scrypt".into(),
+            n: 32768,
+            r: 8,
+            p: 1,
+            salt: "c2FsdA==".into(),
+            data: "c2VhbGVkLW1hc3Rlci1rZXk=".into(),
+        };
+        let shown = format!("{kf:?}");
+        assert!(!shown.contains("c2VhbGVkLW1hc3Rlci1rZXk="), "{shown}");
+        assert!(shown.contains("redacted") && shown.contains("scrypt"), "{shown}");
+    }
 
     #[test]
     fn generated_polynomials_are_irreducible_degree_53() {

@@ -37,7 +37,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use cairn_store::FileType;
+use cairn_store::{DisplaySafe, FileType};
 
 use crate::error::S3Error;
 
@@ -211,26 +211,49 @@ impl S3Config {
         }
     }
 
-    /// Parses `s3://bucket[/prefix][?region=R&endpoint=URL&path_style=true|false]`,
-    /// plus the per-object options of the module docs (`storage_class`,
-    /// `pack_storage_class`, `sse`, `sse_kms_key_id`, `object_lock`).
+    /// Parses an S3 location in any of its spellings, with the query
+    /// parameters `region=R`, `endpoint=URL`, `path_style=true|false` and the
+    /// per-object options of the module docs (`storage_class`,
+    /// `pack_storage_class`, `sse`, `sse_kms_key_id`, `object_lock`):
+    ///
+    /// | location | endpoint |
+    /// |---|---|
+    /// | `s3://BUCKET[/PREFIX]` (cairn's) | `endpoint=`, else `AWS_ENDPOINT_URL`, else AWS |
+    /// | `s3:https://HOST[:PORT]/BUCKET[/PREFIX]`, `s3:http://…` | that scheme, host and port; path-style |
+    /// | `s3:HOST/BUCKET[/PREFIX]`, HOST with a `.` or `:`, or `localhost` | `https://HOST`; path-style |
+    /// | `s3:BUCKET[/PREFIX]` | as for `s3://` |
+    ///
+    /// The last three are restic's, read as restic reads them (a first
+    /// component that looks like a host is the host), so `restic -r` with
+    /// the same text names the same repository. An AWS host
+    /// (`s3.amazonaws.com`, `s3.REGION.amazonaws.com`) keeps AWS's
+    /// virtual-hosted addressing and gives the region. Note that restic
+    /// reads `s3://HOST/BUCKET` with a host first, while cairn's `s3://`
+    /// names the bucket first, as the AWS CLI does.
     ///
     /// Credentials are never part of the location (it is printed and
     /// logged); they come from the standard AWS provider chain.
     pub fn from_url(url: &str) -> Result<Self, S3Error> {
-        let bad = |reason: &str| S3Error::InvalidUrl { url: redact(url), reason: reason.to_string() };
-        let rest = url.strip_prefix("s3://").ok_or_else(|| bad("expected s3://bucket/prefix"))?;
-        let (path, query) = match rest.split_once('?') {
+        let bad =
+            |reason: &str| S3Error::InvalidUrl { url: DisplaySafe::new(url), reason: reason.to_string() };
+        let spec = url.strip_prefix("s3:").ok_or_else(|| {
+            bad("expected s3://bucket/prefix, s3:https://host/bucket/prefix or s3:bucket/prefix")
+        })?;
+        let (spec, query) = match spec.split_once('?') {
             Some((p, q)) => (p, Some(q)),
-            None => (rest, None),
+            None => (spec, None),
         };
+        let (endpoint, path) = named_endpoint(spec).map_err(|r| bad(&r))?;
         let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
         if bucket.contains('@') {
-            return Err(bad("credentials do not belong in the location; \
-                 set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or use an IAM role"));
+            return Err(bad(CREDENTIALS_ELSEWHERE));
         }
         if bucket.is_empty() {
-            return Err(bad("the bucket name is missing (s3://bucket/prefix)"));
+            return Err(bad(if endpoint.is_some() {
+                "the bucket name is missing (s3:https://host/bucket/prefix)"
+            } else {
+                "the bucket name is missing (s3://bucket/prefix)"
+            }));
         }
         if bucket.contains(|c: char| c.is_whitespace() || c == ':' || c == '\\') {
             return Err(bad("the bucket name contains characters S3 does not allow"));
@@ -240,6 +263,11 @@ impl S3Config {
             return Err(bad("the prefix must not contain empty, '.' or '..' components"));
         }
         let mut config = S3Config::new(bucket, prefix);
+        if let Some(named) = &endpoint {
+            config.endpoint = Some(named.url.clone());
+            config.region = named.region.clone();
+            config.force_path_style = Some(named.path_style);
+        }
         let (mut sse, mut kms_key_id) = (None::<&str>, None::<String>);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -247,9 +275,19 @@ impl S3Config {
                 percent_decode(value).ok_or_else(|| bad("malformed %-escape in a query parameter"))?;
             match key {
                 "region" if !value.is_empty() => config.region = Some(value),
+                "endpoint" if endpoint.is_some() => {
+                    return Err(bad(
+                        "the location names its endpoint already; drop endpoint= (or use s3://bucket/prefix?endpoint=…)",
+                    ));
+                }
                 "endpoint" if !value.is_empty() => {
-                    if !(value.starts_with("http://") || value.starts_with("https://")) {
+                    let Some(authority) =
+                        value.strip_prefix("http://").or_else(|| value.strip_prefix("https://"))
+                    else {
                         return Err(bad("endpoint must be an http:// or https:// URL"));
+                    };
+                    if authority.split('/').next().is_some_and(|host| host.contains('@')) {
+                        return Err(bad(CREDENTIALS_ELSEWHERE));
                     }
                     config.endpoint = Some(value);
                 }
@@ -450,13 +488,68 @@ fn normalize_prefix(prefix: &str) -> String {
     prefix.trim_matches('/').to_string()
 }
 
-/// The location for error messages, without anything that looks like a
-/// secret (a `user:password@` part).
-fn redact(url: &str) -> String {
-    match url.strip_prefix("s3://").and_then(|rest| rest.split_once('@')) {
-        Some((_, after)) => format!("s3://***@{after}"),
-        None => url.to_string(),
+/// Why a location refuses `user:secret@`.
+const CREDENTIALS_ELSEWHERE: &str = "credentials do not belong in the location; \
+     set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or use an IAM role";
+
+/// An endpoint the location itself names (restic's spellings).
+struct NamedEndpoint {
+    /// `scheme://host[:port]`.
+    url: String,
+    /// The region an AWS host names (`s3.eu-west-1.amazonaws.com`).
+    region: Option<String>,
+    path_style: bool,
+}
+
+/// Splits what follows `s3:` into the endpoint it names, if any, and
+/// `BUCKET[/PREFIX]` (see [`S3Config::from_url`]).
+fn named_endpoint(spec: &str) -> Result<(Option<NamedEndpoint>, &str), String> {
+    if let Some(path) = spec.strip_prefix("//") {
+        return Ok((None, path));
     }
+    let (scheme, host, path) = match spec.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => {
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            (scheme, host, path)
+        }
+        Some((scheme, _)) => {
+            return Err(format!("the endpoint must be http:// or https://, not {scheme}://"));
+        }
+        None => match spec.split_once('/').unwrap_or((spec, "")) {
+            (host, path) if host.contains(['.', ':']) || host == "localhost" => ("https", host, path),
+            _ => return Ok((None, spec)),
+        },
+    };
+    if host.contains('@') {
+        return Err(CREDENTIALS_ELSEWHERE.into());
+    }
+    if host.is_empty() || host.starts_with(':') || host.contains(|c: char| c.is_whitespace() || c == '\\') {
+        return Err(
+            "the endpoint's host is missing or malformed (s3:https://host[:port]/bucket/prefix)".into()
+        );
+    }
+    let aws_region = (scheme == "https").then(|| aws_region(host)).flatten();
+    Ok((
+        Some(NamedEndpoint {
+            url: format!("{scheme}://{host}"),
+            path_style: aws_region.is_none(),
+            region: aws_region.flatten(),
+        }),
+        path,
+    ))
+}
+
+/// For an AWS S3 host: `Some(region)` (`None` for the global
+/// `s3.amazonaws.com`); `None` for any other host.
+fn aws_region(host: &str) -> Option<Option<String>> {
+    let name = host.strip_suffix(".amazonaws.com")?;
+    if name == "s3" {
+        return Some(None);
+    }
+    let region = name.strip_prefix("s3.").or(name.strip_prefix("s3-"))?;
+    let valid = !region.is_empty()
+        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    valid.then(|| Some(region.to_string()))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -503,6 +596,48 @@ mod tests {
     }
 
     #[test]
+    fn restic_spellings_name_the_same_bucket_and_endpoint() {
+        let parts = |url: &str| {
+            let c = S3Config::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            (c.bucket, c.prefix, c.endpoint, c.region, c.force_path_style)
+        };
+        let s = |v: &str| Some(v.to_string());
+        for (url, want) in [
+            (
+                "s3:http://127.0.0.1:7480/bucket/prod/db",
+                ("bucket", "prod/db", s("http://127.0.0.1:7480"), None, Some(true)),
+            ),
+            ("s3:https://minio.local/bucket", ("bucket", "", s("https://minio.local"), None, Some(true))),
+            (
+                "s3:minio.local:9000/bucket/p/",
+                ("bucket", "p", s("https://minio.local:9000"), None, Some(true)),
+            ),
+            ("s3:localhost/bucket/p", ("bucket", "p", s("https://localhost"), None, Some(true))),
+            (
+                "s3:s3.amazonaws.com/bucket/p",
+                ("bucket", "p", s("https://s3.amazonaws.com"), None, Some(false)),
+            ),
+            (
+                "s3:s3.eu-west-1.amazonaws.com/bucket/p",
+                ("bucket", "p", s("https://s3.eu-west-1.amazonaws.com"), s("eu-west-1"), Some(false)),
+            ),
+            (
+                "s3:https://s3-us-west-2.amazonaws.com/bucket",
+                ("bucket", "", s("https://s3-us-west-2.amazonaws.com"), s("us-west-2"), Some(false)),
+            ),
+            // No host: the bucket, on the default endpoint (AWS_ENDPOINT_URL or AWS).
+            ("s3:bucket/prod/db", ("bucket", "prod/db", None, None, None)),
+            ("s3:bucket", ("bucket", "", None, None, None)),
+            // Query parameters apply to every spelling and come last.
+            ("s3:http://h:1/b/p?region=r&path_style=false", ("b", "p", s("http://h:1"), s("r"), Some(false))),
+        ] {
+            let want = (want.0.to_string(), want.1.to_string(), want.2, want.3, want.4);
+            assert_eq!(parts(url), want, "{url}");
+        }
+        assert_eq!(S3Config::from_url("s3:http://h:1/b/p").unwrap().location(), "s3://b/p");
+    }
+
+    #[test]
     fn query_parameters() {
         let c = S3Config::from_url(
             "s3://b/p?region=eu-central-1&endpoint=http%3A%2F%2F127.0.0.1%3A9000&path_style=false",
@@ -525,6 +660,16 @@ mod tests {
             ("s3://", "bucket name is missing"),
             ("s3:///prefix", "bucket name is missing"),
             ("s3://AKIA:secret@bucket/p", "credentials"),
+            ("s3:https://AKIA:secret@host/bucket", "credentials"),
+            ("s3:AKIA:secret@host.example/bucket", "credentials"),
+            ("s3://b?endpoint=http://AKIA:secret@127.0.0.1:9000", "credentials"),
+            ("s3://b?endpoint=http%3A%2F%2Fu%3Asecret%40h", "credentials"),
+            ("s3:https://host.example", "bucket name is missing (s3:https://"),
+            ("s3:https://:9000/bucket", "host is missing"),
+            ("s3:ftp://host/bucket", "http:// or https://"),
+            ("s3:https://h:9000/b?endpoint=http://other", "names its endpoint already"),
+            ("s3:my.bucket", "bucket name is missing"),
+            ("s3://b?aws_session_token=secret", "unknown parameter \"aws_session_token\""),
             ("s3://b/a//c", "components"),
             ("s3://b/a/../c", "components"),
             ("s3://b?regoin=x", "unknown parameter"),

@@ -7,13 +7,13 @@
 
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use cairn_store::StoreError;
+use cairn_store::{DisplaySafe, StoreError};
 
 /// A failed S3 call (or bad S3 settings), with the object it concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum S3Error {
     #[error("invalid S3 location {url}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl { url: DisplaySafe, reason: String },
 
     #[error("invalid S3 settings for {location}: {reason}")]
     InvalidConfig { location: String, reason: String },
@@ -80,7 +80,7 @@ impl From<S3Error> for StoreError {
                 StoreError::UnsupportedLocation { location: url, hint: reason }
             }
             S3Error::InvalidConfig { location, reason } => {
-                StoreError::UnsupportedLocation { location, hint: reason }
+                StoreError::UnsupportedLocation { location: DisplaySafe::new(location), hint: reason }
             }
             S3Error::NotFound { path } => StoreError::NotFound { path },
             // "bucket s3://b does not exist": the repository is missing, which
@@ -101,9 +101,10 @@ impl From<S3Error> for StoreError {
             S3Error::Retained { ref path, .. } => {
                 StoreError::PermissionDenied { path: format!("{path} ({})", e.hint()) }
             }
-            S3Error::ObjectLockUnavailable { ref bucket } => {
-                StoreError::UnsupportedLocation { location: format!("s3://{bucket}"), hint: e.hint() }
-            }
+            S3Error::ObjectLockUnavailable { ref bucket } => StoreError::UnsupportedLocation {
+                location: DisplaySafe::new(format!("s3://{bucket}")),
+                hint: e.hint(),
+            },
             S3Error::Transient { path, operation, message } => {
                 StoreError::Transient { path, message: format!("{operation}: {message}") }
             }

@@ -1,6 +1,8 @@
 //! The one error type every backend reports, so callers (and the retry
 //! wrapper) can decide what to do without knowing which backend failed.
 
+use crate::redact::DisplaySafe;
+
 /// A storage failure, naming the object involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -27,7 +29,7 @@ pub enum StoreError {
     ShortRead { path: String, start: u64, end: u64, actual: u64 },
 
     #[error("unsupported repository location {location}: {hint}")]
-    UnsupportedLocation { location: String, hint: String },
+    UnsupportedLocation { location: DisplaySafe, hint: String },
 
     /// A failure that may succeed when retried (throttling, timeouts, resets).
     #[error("transient error on {path}: {message}")]

@@ -18,15 +18,24 @@
 //! * `list` may miss objects written concurrently but never returns partial ones.
 //! * Errors say whether a retry can help ([`StoreError::is_transient`]);
 //!   retrying is a wrapper's job, not each backend's.
+//!
+//! Two things every crate that handles locations needs live here too, as
+//! the lowest crate they all depend on: [`Location`], the one place that
+//! decides what a location string names, and [`redact`], which keeps the
+//! credentials of locations, URLs and connection strings out of messages.
 
 mod error;
 mod local;
+mod location;
 
 pub mod conformance;
+pub mod redact;
 pub mod retry;
 
 pub use error::StoreError;
 pub use local::LocalBackend;
+pub use location::Location;
+pub use redact::{DisplaySafe, redact};
 pub use retry::{RetryBackend, RetryPolicy};
 
 use std::fmt;
@@ -246,22 +255,4 @@ pub trait Backend: Send + Sync + fmt::Debug {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Opens a local-directory location (`/path` or `local:/path`). Other
-/// schemes are refused with a hint; `s3://` is opened by the binary through
-/// `cairn-store-s3`, which keeps the AWS SDK out of this crate.
-pub fn open_location(location: &str) -> Result<std::sync::Arc<dyn Backend>, StoreError> {
-    if let Some(rest) = location.strip_prefix("local:") {
-        return Ok(std::sync::Arc::new(LocalBackend::new(rest)));
-    }
-    if let Some((scheme, _)) = location.split_once("://") {
-        return Err(StoreError::UnsupportedLocation {
-            location: location.to_string(),
-            hint: format!(
-                "{scheme}:// is not a known repository scheme; use a directory path or s3://bucket/prefix"
-            ),
-        });
-    }
-    Ok(std::sync::Arc::new(LocalBackend::new(location)))
 }

@@ -31,8 +31,10 @@ Exit codes:
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Repository location: a directory path, or s3://bucket/prefix[?region=..&endpoint=..].
-    #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
+    /// Repository location: a directory (a path, or local:PATH), or S3:
+    /// s3://bucket/prefix[?region=..&endpoint=..], s3:https://host/bucket/prefix
+    /// or s3:bucket/prefix (restic's spellings). Other `scheme:` forms are refused.
+    #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", hide_env_values = true, global = true)]
     pub repo: Option<String>,
     /// File holding the repository password (else CAIRN_PASSWORD, else a prompt).
     #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]

@@ -32,13 +32,23 @@
 //!     max_rate: 100MiB                             # per second, to spare the primary's disks
 //! ```
 //!
-//! `${NAME}` is replaced by the environment variable `NAME` before parsing
-//! (`$${` writes a literal `${`); an unset variable is an error, never an
-//! empty string. Secrets come from `*_file` keys (mounted Kubernetes
-//! Secrets) or interpolation, never literal text in a checked-in file.
+//! `${NAME}` in a value is replaced by the environment variable `NAME`
+//! after parsing, inside that value only, so no value can change the
+//! document's structure (`$${` writes a literal `${`; an unset variable is an
+//! error, never an empty string; see [`interpolate`]). Secrets come from
+//! `*_file` keys (mounted Kubernetes Secrets) or interpolation, never literal
+//! text in a checked-in file; secret files others can read are warned about.
+//! `Debug` output masks the password and the credentials of URLs.
 
+mod interpolate;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use cairn_store::redact;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +65,7 @@ pub enum ConfigError {
     Secret { path: PathBuf, source: std::io::Error },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub repository: Option<String>,
@@ -84,7 +94,7 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub name: String,
@@ -131,46 +141,45 @@ pub struct SourceConfig {
     pub max_rate: Option<String>,
 }
 
-/// Replaces `${NAME}` with the environment's value.
-pub fn interpolate(
-    text: &str,
-    path: &Path,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let tail = &rest[pos..];
-        if let Some(t) = tail.strip_prefix("$${") {
-            out.push_str("${");
-            rest = t;
-        } else if let Some(t) = tail.strip_prefix("${") {
-            let end = t.find('}').ok_or_else(|| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: "unterminated ${ in the file".into(),
-            })?;
-            let name = &t[..end];
-            let value = env(name)
-                .ok_or_else(|| ConfigError::MissingEnv { path: path.to_path_buf(), name: name.into() })?;
-            out.push_str(&value);
-            rest = &t[end + 1..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
+/// Shows every setting but the password, and locations with their
+/// credentials masked. Fields left out here are not shown at all.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("repository", &self.repository.as_deref().map(redact))
+            .field("replicas", &self.replicas.iter().map(|r| redact(r)).collect::<Vec<_>>())
+            .field("password", &self.password.as_ref().map(|_| redact::MASK))
+            .field("password_file", &self.password_file)
+            .field("log_format", &self.log_format)
+            .field("lock_table", &self.lock_table)
+            .field("lock_wait", &self.lock_wait)
+            .field("lock_lease", &self.lock_lease)
+            .field("catalog_table", &self.catalog_table)
+            .field("sources", &self.sources)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
-    out.push_str(rest);
-    Ok(out)
+}
+
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("paths", &self.paths)
+            .field("url", &self.url.as_deref().map(redact))
+            .field("password_file", &self.password_file)
+            .field("databases", &self.databases)
+            .field("physical", &self.physical)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let text = interpolate(&text, path, |n| std::env::var(n).ok())?;
-        let mut cfg: Config = serde_yaml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let mut cfg: Config = interpolate::from_str(&text, path, &|n| std::env::var(n).ok())?;
         cfg.path = path.to_path_buf();
         Ok(cfg)
     }
@@ -184,11 +193,46 @@ impl Config {
     }
 }
 
-/// Reads a secret file, dropping one trailing newline (as `echo pw > file` leaves).
+/// Reads a secret file (every password file: `--password-file`,
+/// `--new-password-file`, `password_file:` of the config and of a source),
+/// dropping one trailing newline (as `echo pw > file` leaves).
 pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Secret { path: path.into(), source })?;
+    if let Ok(meta) = std::fs::metadata(path)
+        && let Some(readers) = other_readers(meta.mode(), meta.uid())
+    {
+        warn_once(path, readers);
+    }
     Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string())
+}
+
+/// Who besides its owner can read a file of this mode and owner, if anyone
+/// should not. As libpq judges private keys: a group may read a file only
+/// when root owns it, which is how Kubernetes shares a secret volume with a
+/// pod's `fsGroup` (it adds group read to whatever `defaultMode` says).
+fn other_readers(mode: u32, owner: u32) -> Option<&'static str> {
+    match (mode & 0o040 != 0 && owner != 0, mode & 0o004 != 0) {
+        (true, true) => Some("its group and everyone else"),
+        (false, true) => Some("everyone"),
+        (true, false) => Some("its group"),
+        (false, false) => None,
+    }
+}
+
+/// One warning per file per run, however often the file is read.
+fn warn_once(path: &Path, readers: &str) {
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if WARNED.lock().unwrap_or_else(|e| e.into_inner()).insert(key) {
+        tracing::warn!(
+            file = %path.display(),
+            "password file {} can be read by {readers}; run `chmod 600 {}` (in Kubernetes, mount the secret \
+             with defaultMode: 0400)",
+            path.display(),
+            path.display()
+        );
+    }
 }
 
 #[cfg(test)]
@@ -196,12 +240,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn interpolation() {
-        let env = |n: &str| (n == "HOME").then(|| "/root".to_string());
-        let p = Path::new("c.yaml");
-        assert_eq!(interpolate("a: ${HOME}/x $${LIT} $5", p, env).unwrap(), "a: /root/x ${LIT} $5");
-        assert!(matches!(interpolate("${NOPE}", p, env), Err(ConfigError::MissingEnv { .. })));
-        assert!(interpolate("${HOME", p, env).is_err());
+    fn debug_output_masks_secrets() {
+        let source = SourceConfig {
+            name: "db".into(),
+            kind: "postgres".into(),
+            paths: vec![],
+            exclude: vec![],
+            exclude_file: vec![],
+            one_file_system: false,
+            tags: vec![],
+            host: None,
+            url: Some("postgresql://backup:hunter2@db.internal/app?sslpassword=hunter3".into()),
+            password_file: Some("/etc/cairn/pg-password".into()),
+            databases: vec![],
+            globals: None,
+            jobs: None,
+            split_large_tables: false,
+            pg_bin: None,
+            physical: false,
+            max_rate: None,
+        };
+        let cfg = Config {
+            repository: Some("s3:https://AKIA:hunter4@host/bucket".into()),
+            replicas: vec!["rest:https://u:hunter5@host/".into()],
+            password: Some("hunter6".into()),
+            sources: vec![source],
+            ..Config::default()
+        };
+        let shown = format!("{cfg:?}");
+        for secret in ["hunter2", "hunter3", "hunter4", "hunter5", "hunter6"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("db.internal/app") && shown.contains("/etc/cairn/pg-password"), "{shown}");
+    }
+
+    #[test]
+    fn secret_files_others_can_read_are_told_apart() {
+        assert_eq!(other_readers(0o100600, 1000), None);
+        assert_eq!(other_readers(0o100400, 0), None);
+        assert_eq!(other_readers(0o100440, 0), None, "root-owned, shared with a group (fsGroup)");
+        assert_eq!(other_readers(0o100640, 1000), Some("its group"));
+        assert_eq!(other_readers(0o100644, 1000), Some("its group and everyone else"));
+        assert_eq!(other_readers(0o100604, 0), Some("everyone"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use cairn_repo::Repository;
-use cairn_store::{Backend, RetryBackend, RetryPolicy, StoreError};
+use cairn_store::{Backend, DisplaySafe, LocalBackend, Location, RetryBackend, RetryPolicy, StoreError};
 
 use crate::cli::GlobalArgs;
 use crate::config::{Config, read_secret_file};
@@ -57,30 +57,32 @@ impl Context {
         }
     }
 
-    /// The backend the repository location names: `s3://bucket/prefix`
-    /// (wrapped in the retry policy), or a local directory.
+    /// The backend the repository location names (see [`backend_for`]).
     pub async fn backend(&self) -> Result<Arc<dyn Backend>> {
         backend_for(&self.location()?).await
     }
 
-    /// Replica locations: `--to` flags if given, else `replicas:` in cairn.yaml.
-    pub fn replicas(&self, flags: &[String]) -> Vec<String> {
-        if !flags.is_empty() {
-            return flags.to_vec();
-        }
-        self.config.as_ref().map(|c| c.replicas.clone()).unwrap_or_default()
+    /// Replica locations: `--to` flags if given, else `replicas:` in
+    /// cairn.yaml; shown with their credentials masked.
+    pub fn replicas(&self, flags: &[String]) -> Vec<DisplaySafe> {
+        let given = if flags.is_empty() {
+            self.config.as_ref().map(|c| c.replicas.clone()).unwrap_or_default()
+        } else {
+            flags.to_vec()
+        };
+        given.into_iter().map(DisplaySafe::from).collect()
     }
 }
 
-/// Opens any repository location (local directory or `s3://`).
+/// Opens any repository location ([`Location`] says which kinds there are):
+/// a local directory, or S3 wrapped in the retry policy.
 pub async fn backend_for(location: &str) -> Result<Arc<dyn Backend>> {
-    {
-        let location = location.to_string();
-        if location.starts_with("s3://") {
-            let s3 = cairn_store_s3::S3Backend::from_url(&location).await.map_err(StoreError::from)?;
-            return Ok(Arc::new(RetryBackend::new(s3, s3_retry_policy()?)));
+    match Location::parse(location)? {
+        Location::Local(path) => Ok(Arc::new(LocalBackend::new(path))),
+        Location::S3(url) => {
+            let s3 = cairn_store_s3::S3Backend::from_url(&url).await.map_err(StoreError::from)?;
+            Ok(Arc::new(RetryBackend::new(s3, s3_retry_policy()?)))
         }
-        Ok(cairn_store::open_location(&location)?)
     }
 }
 

@@ -3,6 +3,7 @@
 use anyhow::{Result, bail};
 use cairn_repo::Repository;
 use cairn_repo::replicate::{repair_replica, replicate, verify_replica};
+use cairn_store::DisplaySafe;
 
 use super::{Damage, print_json};
 use crate::cli::ReplicateArgs;
@@ -33,11 +34,11 @@ pub async fn run(ctx: &Context, args: ReplicateArgs) -> Result<u8> {
 pub async fn copy_to(
     ctx: &Context,
     repo: &Repository,
-    target: &str,
+    target: &DisplaySafe,
     concurrency: usize,
     json: bool,
 ) -> Result<()> {
-    let replica = backend_for(target).await?;
+    let replica = backend_for(target.expose()).await?;
     let started = std::time::Instant::now();
     let copies_before = cairn_repo::replicate::SERVER_SIDE_COPIES.load(std::sync::atomic::Ordering::Relaxed);
     let report = replicate(repo, replica, concurrency).await?;
@@ -47,7 +48,7 @@ pub async fn copy_to(
     if json || ctx.json_logs() {
         print_json(&serde_json::json!({
             "message": "replication complete",
-            "replica": target,
+            "replica": target.to_string(),
             "objects_copied": objects,
             "bytes_copied": total,
             "already_present": report.already_present,
@@ -64,13 +65,18 @@ pub async fn copy_to(
     Ok(())
 }
 
-async fn verify_one(ctx: &Context, repo: &Repository, target: &str, args: &ReplicateArgs) -> Result<()> {
-    let replica = backend_for(target).await?;
+async fn verify_one(
+    ctx: &Context,
+    repo: &Repository,
+    target: &DisplaySafe,
+    args: &ReplicateArgs,
+) -> Result<()> {
+    let replica = backend_for(target.expose()).await?;
     let mut report = verify_replica(repo, replica.clone(), args.concurrency).await?;
     if args.repair && !report.is_complete() {
         let fixed = repair_replica(repo, replica.clone(), &report).await?;
         tracing::warn!(
-            replica = target,
+            replica = %target,
             objects = fixed,
             "repaired missing or damaged objects on the replica"
         );
@@ -80,7 +86,7 @@ async fn verify_one(ctx: &Context, repo: &Repository, target: &str, args: &Repli
     if args.json || ctx.json_logs() {
         print_json(&serde_json::json!({
             "message": "replica verified",
-            "replica": target,
+            "replica": target.to_string(),
             "complete": report.is_complete(),
             "objects_checked": report.objects_checked,
             "checked_by_store_checksum": report.checked_by_store_checksum,
