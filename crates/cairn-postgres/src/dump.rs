@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_repo::archive::{SnapshotInfo, StreamArchive, StreamFile};
+use cairn_repo::archive::StreamFile;
+use cairn_source::{BackupJob, ObjectEntry, SnapshotWriter};
 use cairn_repo::chunker::ChunkerParams;
-use cairn_repo::{Id, Repository, SaverOptions, Snapshot};
+use cairn_repo::{Id, SaverOptions, Snapshot};
 use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
@@ -59,9 +60,6 @@ pub struct DumpOptions {
     pub jobs: usize,
     /// Directory holding `pg_dump` and `pg_dumpall`.
     pub pg_bin: Option<PathBuf>,
-    pub tags: Vec<String>,
-    pub hostname: Option<String>,
-    pub source_name: Option<String>,
     /// Also copy tables larger than a quarter of `shared_buffers` in block
     /// ranges (see [`split_limit`]).
     pub split_large_tables: bool,
@@ -77,9 +75,6 @@ impl DumpOptions {
             globals: true,
             jobs: 2,
             pg_bin: None,
-            tags: Vec::new(),
-            hostname: None,
-            source_name: None,
             split_large_tables: false,
             chunks: DUMP_CHUNKS,
             saver: SaverOptions::default(),
@@ -106,7 +101,7 @@ pub struct DumpResult {
 }
 
 struct Ctx {
-    archive: Arc<StreamArchive>,
+    archive: Arc<SnapshotWriter>,
     pg_dump: PathBuf,
     jobs: usize,
     progress: Arc<DumpProgress>,
@@ -117,7 +112,7 @@ struct Ctx {
 
 /// Dumps the chosen databases into one snapshot.
 pub async fn dump(
-    repo: &Repository,
+    job: &BackupJob<'_>,
     opts: DumpOptions,
     progress: Arc<DumpProgress>,
 ) -> Result<DumpResult, PgError> {
@@ -165,7 +160,9 @@ pub async fn dump(
         databases.push(d.clone());
     }
 
-    let archive = Arc::new(StreamArchive::start(repo, opts.chunks, opts.saver.clone()).await?);
+    let writer = SnapshotWriter::start(job, "postgres", "logical", opts.chunks, opts.saver.clone()).await?;
+    writer.set_source_version(format!("PostgreSQL {server_version}"));
+    let archive = Arc::new(writer);
     // Roles and tablespaces come from their own process, beside the databases.
     let globals = async {
         if !opts.globals {
@@ -229,17 +226,21 @@ pub async fn dump(
             "rows": d.tables.iter().map(|t| t.rows).sum::<u64>(),
         })).collect::<Vec<_>>(),
     });
-    let (snapshot_id, snapshot) = archive
-        .finish(SnapshotInfo {
-            paths: manifest.databases.iter().map(|d| format!("{}/{}", manifest.server, d.name)).collect(),
-            tags: opts.tags,
-            hostname: opts.hostname,
-            source_kind: "postgres".into(),
-            source_name: opts.source_name,
-            warnings: Vec::new(),
-            metadata: summary,
-        })
-        .await?;
+    for db in &manifest.databases {
+        archive.add_total("databases", 1);
+        for t in &db.tables {
+            archive.add_total("tables", 1);
+            archive.add_total("rows", t.rows);
+            archive.add_object(ObjectEntry {
+                kind: "table".into(),
+                name: format!("{}.{}", db.name, t.qualified()),
+                count: t.rows,
+                streams: t.segments().iter().map(|s| s.file.to_string()).collect(),
+            });
+        }
+    }
+    let paths = manifest.databases.iter().map(|d| format!("{}/{}", manifest.server, d.name)).collect();
+    let (snapshot_id, snapshot) = archive.finish(paths, Vec::new(), summary).await?;
     Ok(DumpResult { snapshot_id, snapshot, manifest })
 }
 
@@ -542,7 +543,7 @@ struct CopyShared {
 }
 
 async fn copy_worker(
-    archive: Arc<StreamArchive>,
+    archive: Arc<SnapshotWriter>,
     progress: Arc<DumpProgress>,
     target: PgTarget,
     snapshot: String,

@@ -99,6 +99,14 @@ pub enum PgError {
     #[error("archived WAL file {name} is damaged: {message}")]
     WalDamaged { name: String, message: String },
 
+    #[error("{0}")]
+    Usage(String),
+
+    #[error(
+        "no physical base backup in this repository precedes the target; take one with `cairn backup postgres --physical`, or choose a later target"
+    )]
+    NoBaseBackup,
+
     #[error("interrupted")]
     Interrupted,
 

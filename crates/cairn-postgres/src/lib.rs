@@ -44,6 +44,7 @@ mod error;
 mod manifest;
 pub mod physical;
 pub(crate) mod restore;
+pub mod source;
 mod script;
 mod tools;
 pub mod wal;
@@ -56,4 +57,5 @@ pub use restore::{
     PlannedTable, RestoreOptions, RestorePlan, RestoreProgress, RestoreReport, TableCheck, compare_database,
     load_manifest, restore,
 };
+pub use source::{PostgresRestoreSettings, PostgresSettings, PostgresSource};
 pub use tools::PgTools;

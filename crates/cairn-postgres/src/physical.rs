@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_repo::archive::{Chunking, EntryMeta, SnapshotInfo, StreamArchive};
+use cairn_repo::archive::{Chunking, EntryMeta};
+use cairn_source::{BackupJob, SnapshotWriter};
 use cairn_repo::{Id, Index, Repository, SaverOptions, Snapshot};
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::{Deserialize, Serialize};
@@ -77,9 +78,6 @@ pub struct BaseBackupOptions {
     pub target: PgTarget,
     /// The most bytes per second the server sends (`MAX_RATE`), if capped.
     pub max_rate: Option<u64>,
-    pub tags: Vec<String>,
-    pub hostname: Option<String>,
-    pub source_name: Option<String>,
     pub saver: SaverOptions,
 }
 
@@ -114,7 +112,7 @@ fn base_backup_command(server_version_num: u32, max_rate_kib: Option<u32>) -> St
 
 /// The server's `MAX_RATE` (kB/s) for a cap in bytes per second; the server
 /// takes 32 kB/s to 1 GB/s.
-fn max_rate_kib(bytes_per_second: u64) -> Result<u32, PgError> {
+pub(crate) fn max_rate_kib(bytes_per_second: u64) -> Result<u32, PgError> {
     let kib = bytes_per_second / 1024;
     if !(32..=1_048_576).contains(&kib) {
         return Err(PgError::BadMaxRate { bytes_per_second });
@@ -124,7 +122,7 @@ fn max_rate_kib(bytes_per_second: u64) -> Result<u32, PgError> {
 
 /// Runs a base backup into a new snapshot.
 pub async fn base_backup(
-    repo: &Repository,
+    job: &BackupJob<'_>,
     opts: BaseBackupOptions,
     progress: Arc<crate::DumpProgress>,
 ) -> Result<(Id, Snapshot, PhysicalManifest), PgError> {
@@ -162,7 +160,9 @@ pub async fn base_backup(
     let version_num = version_num as u32;
     let replication = admin.connect_replication().await?;
 
-    let archive = StreamArchive::start(repo, DUMP_CHUNKS, opts.saver.clone()).await?;
+    // The tree is the data directory: its files are not listed one by one.
+    let archive =
+        SnapshotWriter::start(job, "postgres", "physical", DUMP_CHUNKS, opts.saver.clone()).await?.without_stream_list();
     let start_time = chrono::Local::now().fixed_offset();
     let (events_tx, mut events) = tokio::sync::mpsc::channel(ARCHIVE_EVENTS_IN_FLIGHT);
     let command = base_backup_command(version_num, max_rate);
@@ -233,17 +233,8 @@ pub async fn base_backup(
         "end_time": manifest.end_time,
         "tablespaces": manifest.tablespaces.len(),
     });
-    let (id, snapshot) = archive
-        .finish(SnapshotInfo {
-            paths: vec![format!("{}/physical", manifest.server)],
-            tags: opts.tags,
-            hostname: opts.hostname,
-            source_kind: "postgres".into(),
-            source_name: opts.source_name,
-            warnings,
-            metadata,
-        })
-        .await?;
+    archive.set_source_version(format!("PostgreSQL {}", manifest.server_version));
+    let (id, snapshot) = archive.finish(vec![format!("{}/physical", manifest.server)], warnings, metadata).await?;
     Ok((id, snapshot, manifest))
 }
 
@@ -380,7 +371,7 @@ struct TarTotals {
 /// Reads one tar archive, storing each entry under `prefix` (empty for the
 /// data directory, `pg_tblspc/<oid>/` for a tablespace).
 async fn store_tar<R: AsyncRead + Unpin>(
-    archive: &StreamArchive,
+    archive: &SnapshotWriter,
     mut reader: R,
     prefix: &str,
     progress: &crate::DumpProgress,
@@ -559,7 +550,7 @@ pub async fn load_physical_manifest(
     if kind != Some("physical") {
         return Err(PgError::NotPostgres { snapshot: snapshot.tree.short(), kind: "non-physical".into() });
     }
-    let data = crate::restore::read_file(repo, index, &snapshot.tree, MANIFEST_FILE).await?;
+    let data = cairn_repo::reader::SnapshotReader::new(repo, index, snapshot).read(MANIFEST_FILE).await?;
     serde_json::from_slice(&data)
         .map_err(|e| PgError::BadSnapshot { path: MANIFEST_FILE.into(), message: e.to_string() })
 }
@@ -597,7 +588,9 @@ pub async fn restore_physical(
             cairn_volume::VolumeError::Repo(r) => PgError::Repo(r),
             other => PgError::BadSnapshot { path: dir.display().to_string(), message: other.to_string() },
         })?;
+    // cairn's own files are not part of the data directory.
     let _ = std::fs::remove_file(dir.join(MANIFEST_FILE));
+    let _ = std::fs::remove_dir_all(dir.join(".cairn"));
     // The data directory itself is not in the tar: give it PG_VERSION's owner and mode 0700.
     let owner = std::fs::metadata(dir.join("PG_VERSION"))
         .map_err(|e| PgError::BadSnapshot { path: "PG_VERSION".into(), message: e.to_string() })?;

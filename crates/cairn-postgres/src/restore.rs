@@ -35,11 +35,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use cairn_repo::archive::ChunkDigest;
 use cairn_repo::chunker::ChunkerParams;
-use cairn_repo::tree::{Node, NodeType};
-use cairn_repo::{BlobType, Id, Index, Repository, Snapshot};
-use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
+use cairn_repo::reader::{READ_AHEAD, SnapshotReader};
+use cairn_repo::{Index, Repository, Snapshot};
+use futures::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::conn::CopyTap;
 use crate::dump::run_tool;
@@ -144,7 +143,7 @@ pub async fn load_manifest(
     if kind != "postgres" {
         return Err(PgError::NotPostgres { snapshot: snapshot.tree.short(), kind: kind.into() });
     }
-    let data = read_file(repo, index, &snapshot.tree, "manifest.json").await?;
+    let data = SnapshotReader::new(repo, index, snapshot).read("manifest.json").await?;
     let manifest: Manifest = serde_json::from_slice(&data)
         .map_err(|e| PgError::BadSnapshot { path: "manifest.json".into(), message: e.to_string() })?;
     if manifest.version > MANIFEST_VERSION {
@@ -214,7 +213,8 @@ pub async fn restore(
 
     let work = tempfile::tempdir().map_err(PgError::io("creating a temporary directory"))?;
     let archive = work.path().join("schema.dump");
-    write_file(repo, &index, &snapshot.tree, &db.schema_file, &archive).await?;
+    let reader = SnapshotReader::new(repo, &index, snapshot);
+    reader.copy_to(&db.schema_file, &archive).await?;
     let toc = read_toc(&pg_restore, &archive, &target).await?;
     let list = if partial { Some(select_entries(&toc, &opts.schemas, &tables)) } else { None };
     let plan = RestorePlan {
@@ -238,8 +238,7 @@ pub async fn restore(
     if plan.globals {
         let psql = tools.find("psql", false).await?;
         let path = work.path().join("globals.sql");
-        write_file(repo, &index, &snapshot.tree, manifest.globals.as_deref().unwrap_or_default(), &path)
-            .await?;
+        reader.copy_to(manifest.globals.as_deref().unwrap_or_default(), &path).await?;
         warnings
             .extend(restore_globals(&psql, &path, &opts.target.with_database(admin_db(&admin).await)).await?);
     }
@@ -253,9 +252,7 @@ pub async fn restore(
         None => None,
     };
     let load = Load {
-        repo,
-        index: &index,
-        root: &snapshot.tree,
+        reader,
         opts,
         target: &target,
         tables: &tables,
@@ -289,9 +286,7 @@ pub async fn restore(
 
 /// What loading a database needs, whichever way it goes.
 struct Load<'a> {
-    repo: &'a Repository,
-    index: &'a Arc<Index>,
-    root: &'a Id,
+    reader: SnapshotReader<'a>,
     opts: &'a RestoreOptions,
     target: &'a PgTarget,
     tables: &'a [TableManifest],
@@ -948,10 +943,10 @@ async fn load_table(
     client: &tokio_postgres::Client,
     table: &TableManifest,
 ) -> Result<u64, PgError> {
-    let (repo, index, progress) = (load.repo, load.index, load.progress);
+    let (reader, progress) = (load.reader, load.progress);
     let mut nodes = Vec::new();
     for segment in table.segments() {
-        nodes.push(find_file(repo, index, load.root, segment.file).await?);
+        nodes.push(reader.file(segment.file).await?);
     }
     let what = format!("loading {}", table.qualified());
     let sql = table.copy_sql("FROM STDIN");
@@ -960,7 +955,7 @@ async fn load_table(
     // Parts go in one after another, so the table's rows land in the order
     // they were dumped and verification can re-read them part by part.
     for node in &nodes {
-        let mut blobs = std::pin::pin!(file_stream(repo, index, node, 8));
+        let mut blobs = std::pin::pin!(reader.stream(node, READ_AHEAD));
         while let Some(piece) = blobs.next().await {
             let piece = piece?;
             progress.bytes_done.fetch_add(piece.len() as u64, Ordering::Relaxed);
@@ -1231,87 +1226,6 @@ async fn verify_tables_on(
         }
     }
     Ok(tables.len())
-}
-
-/// Finds the file node at `path` (`/`-separated) below `root`.
-pub(crate) async fn find_file(
-    repo: &Repository,
-    index: &Index,
-    root: &Id,
-    path: &str,
-) -> Result<Node, PgError> {
-    let mut tree_id = *root;
-    let mut parts = path.split('/').peekable();
-    while let Some(part) = parts.next() {
-        let tree = repo.load_tree(index, &tree_id).await?;
-        let Some(node) = tree.nodes.iter().find(|n| n.name == part.as_bytes()) else {
-            return Err(PgError::BadSnapshot {
-                path: path.into(),
-                message: "missing from the snapshot".into(),
-            });
-        };
-        if parts.peek().is_none() {
-            return match node.node_type {
-                NodeType::File => Ok(node.clone()),
-                _ => Err(PgError::BadSnapshot { path: path.into(), message: "not a file".into() }),
-            };
-        }
-        tree_id = node.subtree.ok_or_else(|| PgError::BadSnapshot {
-            path: path.into(),
-            message: format!("{part} is not a directory"),
-        })?;
-    }
-    Err(PgError::BadSnapshot { path: path.into(), message: "empty path".into() })
-}
-
-/// A small file of the snapshot (a manifest), whole and verified.
-pub(crate) async fn read_file(
-    repo: &Repository,
-    index: &Index,
-    root: &Id,
-    path: &str,
-) -> Result<Vec<u8>, PgError> {
-    let node = find_file(repo, index, root, path).await?;
-    let mut data = Vec::with_capacity(node.size as usize);
-    let mut stream = std::pin::pin!(file_stream(repo, index, &node, 4));
-    while let Some(piece) = stream.next().await {
-        data.extend_from_slice(&piece?);
-    }
-    Ok(data)
-}
-
-/// A file's content, blob by blob, each verified against its SHA-256 before
-/// it is handed out; `prefetch` blobs are read ahead.
-pub(crate) fn file_stream<'a>(
-    repo: &'a Repository,
-    index: &'a Index,
-    node: &Node,
-    prefetch: usize,
-) -> impl Stream<Item = Result<Bytes, PgError>> + 'a {
-    let ids = node.content.clone().unwrap_or_default();
-    futures::stream::iter(ids)
-        .map(move |id| async move {
-            repo.read_blob(index, BlobType::Data, &id).await.map(Bytes::from).map_err(PgError::from)
-        })
-        .buffered(prefetch.max(1))
-}
-
-async fn write_file(
-    repo: &Repository,
-    index: &Index,
-    root: &Id,
-    path: &str,
-    dest: &Path,
-) -> Result<(), PgError> {
-    let node = find_file(repo, index, root, path).await?;
-    let mut file =
-        tokio::fs::File::create(dest).await.map_err(PgError::io(format!("creating {}", dest.display())))?;
-    let mut blobs = std::pin::pin!(file_stream(repo, index, &node, 8));
-    while let Some(piece) = blobs.try_next().await? {
-        file.write_all(&piece).await.map_err(PgError::io(format!("writing {}", dest.display())))?;
-    }
-    file.flush().await.map_err(PgError::io(format!("writing {}", dest.display())))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -202,6 +202,8 @@ pub struct SnapshotInfo {
     pub tags: Vec<String>,
     pub hostname: Option<String>,
     pub source_kind: String,
+    /// How the source was taken (`logical`, `physical`, ...).
+    pub mode: String,
     pub source_name: Option<String>,
     pub warnings: Vec<String>,
     /// Source-specific facts stored in the snapshot's `cairn.metadata`.
@@ -415,6 +417,7 @@ impl StreamArchive {
             summary: Some(summary),
             cairn: Some(CairnSnapshotMeta {
                 source_kind: info.source_kind,
+                mode: info.mode,
                 source_name: info.source_name,
                 warnings: info.warnings,
                 metadata: info.metadata,

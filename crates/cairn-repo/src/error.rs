@@ -33,6 +33,9 @@ pub enum RepoError {
     #[error("no snapshot matches {spec:?}; run `cairn snapshots` to see the ids")]
     SnapshotNotFound { spec: String },
 
+    #[error("snapshot {} is a {kind}{} snapshot, which this command does not act on (it takes snapshots {filter})", id.short(), if mode.is_empty() { String::new() } else { format!("/{mode}") })]
+    SnapshotExcluded { id: Id, kind: String, mode: String, filter: String },
+
     #[error("snapshot prefix {spec:?} is ambiguous ({count} snapshots match); give more digits")]
     AmbiguousSnapshot { spec: String, count: usize },
 
@@ -49,6 +52,12 @@ pub enum RepoError {
 
     #[error("the backup pipeline stopped: {0}")]
     Pipeline(String),
+
+    #[error("the snapshot's {path} {problem}; the snapshot is not what this command expects, or it is damaged")]
+    SnapshotFile { path: String, problem: String },
+
+    #[error("{}: {source}", path.display())]
+    LocalFile { path: std::path::PathBuf, source: std::io::Error },
 
     #[error("interrupted")]
     Interrupted,

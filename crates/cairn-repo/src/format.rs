@@ -202,8 +202,13 @@ pub struct SnapshotSummary {
 /// What cairn records about where a snapshot came from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CairnSnapshotMeta {
-    /// Source kind: `volume`, later `postgres`, `redis`, ...
+    /// Source kind: `volume`, `postgres`, ...
     pub source_kind: String,
+    /// How the source was taken (`files`, `logical`, `physical`, ...); empty
+    /// in snapshots written before modes were recorded (see
+    /// [`crate::select::kind_and_mode`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
     /// The source's name in `cairn.yaml`, if it came from there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_name: Option<String>,

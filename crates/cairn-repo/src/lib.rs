@@ -12,7 +12,8 @@
 //! * [`tree`] and [`format`] are the documents: trees, snapshots, indexes,
 //!   locks, keys, config.
 //! * [`chunker`] cuts streams into content-defined chunks (keyed FastCDC).
-//! * [`archive`] turns named byte streams (database dumps) into snapshots.
+//! * [`archive`] turns named byte streams (database dumps) into snapshots;
+//!   [`reader`] reads a snapshot's files back, every blob verified.
 //! * [`check`] verifies a repository and names what damage affects.
 //! * [`lock`] implements restic-compatible repository locks.
 //!
@@ -29,8 +30,10 @@ mod id;
 pub mod index;
 pub mod lock;
 pub mod pack;
+pub mod reader;
 pub mod replicate;
 mod repository;
+pub mod select;
 pub mod saver;
 pub mod tree;
 pub mod verify;
@@ -39,5 +42,6 @@ pub use error::{RepoError, Result};
 pub use format::{BlobType, CairnSnapshotMeta, Snapshot, SnapshotSummary};
 pub use id::{Id, ParseIdError};
 pub use index::Index;
+pub use select::{SnapshotFilter, kind_and_mode};
 pub use repository::{CommitCheck, KeyInfo, Repository, decode_blob, host_and_user};
 pub use saver::{BlobSaver, SavedBlob, SaverOptions, SaverStats, SaverSummary};

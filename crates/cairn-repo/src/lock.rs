@@ -106,6 +106,11 @@ fn new_lock_file(exclusive: bool) -> LockFile {
 }
 
 impl LockGuard {
+    /// The repository this lock is held on.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
     /// Takes a lock, failing with [`RepoError::Locked`] on conflict.
     pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
         let existing = list_locks(repo).await?;

@@ -230,11 +230,17 @@ pub async fn backup(
         ParentChoice::None => None,
         ParentChoice::Snapshot(id) => Some((*id, repo.load_json::<Snapshot>(FileType::Snapshot, id).await?)),
         ParentChoice::Auto => {
+            // A named source is the same source whichever pod runs it; an
+            // unnamed one is known by its host, as restic does it.
             let (all, _) = repo.snapshots().await?;
             all.into_iter().rev().find(|(_, s)| {
                 let mut sp = s.paths.clone();
                 sp.sort();
-                s.hostname == hostname && sp == path_strings
+                let same_source = match &opts.source_name {
+                    Some(name) => s.cairn.as_ref().and_then(|c| c.source_name.as_ref()) == Some(name),
+                    None => s.hostname == hostname,
+                };
+                same_source && sp == path_strings && cairn_repo::kind_and_mode(s).0 == "volume"
             })
         }
     };
@@ -352,6 +358,7 @@ pub async fn backup(
         summary: Some(summary),
         cairn: Some(CairnSnapshotMeta {
             source_kind: "volume".into(),
+            mode: "files".into(),
             source_name: opts.source_name.clone(),
             warnings: warnings.clone(),
             metadata: serde_json::Value::Null,

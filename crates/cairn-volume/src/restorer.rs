@@ -254,6 +254,21 @@ async fn build_plan(
     Ok(plan)
 }
 
+/// The files a restore with `include` would write, where (relative to the
+/// target) and with what content: what comparing a directory with the
+/// snapshot walks.
+pub(crate) async fn planned_files(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    include: &[String],
+) -> Result<Vec<(PathBuf, Node)>, VolumeError> {
+    let opts = RestoreOptions { include: include.to_vec(), ..RestoreOptions::default() };
+    let plan = build_plan(repo, index, snapshot, &opts).await?;
+    let files = plan.files.into_iter().map(|f| (f.rel, f.node));
+    Ok(files.chain(plan.hardlinks.into_iter().map(|(rel, _, node)| (rel, node))).collect())
+}
+
 /// Restores `snapshot` according to `opts`.
 pub async fn restore(
     repo: &Repository,

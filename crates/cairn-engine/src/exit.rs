@@ -1,0 +1,82 @@
+//! Exit codes: the one table. `--help`, `docs/DESIGN.md`, the README and
+//! the runbooks show this table (a test compares them); scripts and CronJob
+//! alerting depend on it, so a code never changes meaning.
+
+use cairn_source::ErrorClass;
+
+use crate::StopReason;
+
+pub const SUCCESS: u8 = 0;
+pub const FAILURE: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const PARTIAL: u8 = 3;
+pub const DAMAGED: u8 = 4;
+pub const REPLICA_FAILED: u8 = 5;
+pub const REPLICA_LAGGING: u8 = 6;
+pub const NO_REPOSITORY: u8 = 10;
+pub const LOCKED: u8 = 11;
+pub const WRONG_PASSWORD: u8 = 12;
+pub const STOP_RECOVERY: u8 = 126;
+pub const INTERRUPTED: u8 = 130;
+pub const TERMINATED: u8 = 143;
+
+/// Every exit code and what it means, in order.
+pub const TABLE: &[(u8, &str)] = &[
+    (SUCCESS, "success"),
+    (FAILURE, "failure (the one-line message says why and what to do)"),
+    (USAGE, "bad usage (a flag, or a snapshot of another kind than the command takes; the message names the right command)"),
+    (PARTIAL, "backup written, but some files could not be read (listed in the snapshot)"),
+    (DAMAGED, "check/verify/restore found damage, or a target differs from its snapshot"),
+    (REPLICA_FAILED, "snapshot saved, but bringing a replica up to date failed (run `cairn replicate`)"),
+    (REPLICA_LAGGING, "`replicate --verify --max-lag`: the replica is complete but lags more than allowed"),
+    (NO_REPOSITORY, "repository does not exist"),
+    (LOCKED, "repository is locked by another process, or this run lost its lease or lock"),
+    (WRONG_PASSWORD, "wrong password"),
+    (STOP_RECOVERY, "`wal-fetch` only: the WAL file may exist but could not be delivered; PostgreSQL stops recovery"),
+    (INTERRUPTED, "interrupted (SIGINT)"),
+    (TERMINATED, "terminated (SIGTERM), e.g. a Kubernetes pod shutdown"),
+];
+
+/// The table for `--help`.
+pub fn help_text() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for (code, meaning) in TABLE {
+        text.push_str(&format!("  {code:<3} {meaning}\n"));
+    }
+    text
+}
+
+/// The exit code of a failure of `class`, given why the run stopped (if it did).
+pub fn code_for(class: ErrorClass, stopped: Option<&StopReason>) -> u8 {
+    match (stopped, class) {
+        (Some(StopReason::Signal(2)), _) => INTERRUPTED,
+        (Some(StopReason::Signal(_)), _) => TERMINATED,
+        (Some(StopReason::Lost(_)), _) => LOCKED,
+        (None, ErrorClass::Failure) => FAILURE,
+        (None, ErrorClass::Usage) => USAGE,
+        (None, ErrorClass::Damaged) => DAMAGED,
+        (None, ErrorClass::NoRepository) => NO_REPOSITORY,
+        (None, ErrorClass::Locked) => LOCKED,
+        (None, ErrorClass::WrongPassword) => WRONG_PASSWORD,
+        // Cancelled without a signal or a loss on record: say so plainly.
+        (None, ErrorClass::Interrupted) => INTERRUPTED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_and_losses_win_over_the_error_they_cause() {
+        assert_eq!(code_for(ErrorClass::Interrupted, Some(&StopReason::Signal(15))), TERMINATED);
+        assert_eq!(code_for(ErrorClass::Failure, Some(&StopReason::Signal(2))), INTERRUPTED);
+        assert_eq!(code_for(ErrorClass::Interrupted, Some(&StopReason::Lost("lease".into()))), LOCKED);
+        assert_eq!(code_for(ErrorClass::Damaged, None), DAMAGED);
+        let codes: Vec<u8> = TABLE.iter().map(|(c, _)| *c).collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(codes, sorted, "codes are listed once each, in order");
+    }
+}
