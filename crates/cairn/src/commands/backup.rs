@@ -88,7 +88,8 @@ async fn finish_with_replicas(ctx: &Context, code: u8, no_replicate: bool, json:
             for target in replicas {
                 // The snapshot is safe in the primary; a replica failure is
                 // reported (and fails the run) but loses nothing.
-                super::replicate::copy_to(ctx, &repo, &target, 8, json).await.map_err(|e| {
+                let keep = cairn_repo::replicate::ExtraKeys::Keep;
+                super::replicate::copy_to(ctx, &repo, &target, 8, keep, json).await.map_err(|e| {
                     e.context(format!(
                         "snapshot saved, but replicating to {target} failed; run `cairn replicate` to retry"
                     ))
