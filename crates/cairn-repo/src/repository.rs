@@ -44,13 +44,13 @@ pub struct Repository {
     /// pack wait for one download instead of each starting their own.
     tree_fetch: Arc<tokio::sync::Mutex<()>>,
     /// Asked right before any snapshot is written (shared by clones).
-    commit_check: Arc<std::sync::Mutex<Option<CommitCheck>>>,
+    commit_checks: Arc<std::sync::Mutex<Vec<CommitCheck>>>,
 }
 
 /// A last word before a snapshot is written, from outside the repository
-/// (a DynamoDB lease still held with time to spare): an error stops the
-/// write and the run, with every pack and index already durable and no
-/// snapshot naming them.
+/// (the repository lock still held and fresh, a DynamoDB lease still held
+/// with time to spare): an error stops the write and the run, with every
+/// pack and index already durable and no snapshot naming them.
 pub type CommitCheck =
     Arc<dyn Fn() -> futures::future::BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
 
@@ -131,7 +131,7 @@ impl Repository {
             config,
             tree_packs: Default::default(),
             tree_fetch: Default::default(),
-            commit_check: Default::default(),
+            commit_checks: Default::default(),
         }
     }
 
@@ -251,8 +251,8 @@ impl Repository {
     /// Encrypts, compresses and stores a JSON document; returns its id.
     pub async fn save_json<T: Serialize>(&self, kind: FileType, value: &T) -> Result<Id> {
         if kind == FileType::Snapshot {
-            let check = self.commit_check.lock().expect("commit check lock").clone();
-            if let Some(check) = check {
+            let checks = self.commit_checks.lock().expect("commit check lock").clone();
+            for check in checks {
                 check().await.map_err(RepoError::CommitRefused)?;
             }
         }
@@ -265,10 +265,10 @@ impl Repository {
         Ok(id)
     }
 
-    /// Installs the check every snapshot write of this repository (and its
-    /// clones) must pass first; see [`CommitCheck`].
-    pub fn set_commit_check(&self, check: CommitCheck) {
-        *self.commit_check.lock().expect("commit check lock") = Some(check);
+    /// Adds a check every snapshot write of this repository (and its clones)
+    /// must pass first; with several, all must pass. See [`CommitCheck`].
+    pub fn add_commit_check(&self, check: CommitCheck) {
+        self.commit_checks.lock().expect("commit check lock").push(check);
     }
 
     /// Loads and verifies a JSON document.

@@ -4,11 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Result, bail};
-use cairn_repo::lock::LockGuard;
 use cairn_repo::{Id, SaverOptions};
 use cairn_volume::{BackupOptions, BackupProgress, Excludes, ParentChoice};
 
-use super::{Stop, print_json};
+use super::{RepoLock, Stop, print_json};
 use crate::cli::{BackupArgs, BackupKind, PostgresArgs, VolumeArgs};
 use crate::context::Context;
 use crate::exit;
@@ -130,11 +129,10 @@ async fn volume_backup(
         (false, None) => ParentChoice::Auto,
     };
     let progress = Arc::new(BackupProgress::default());
-    let lease = {
+    let lock = {
         let p = progress.clone();
-        super::acquire_lease(ctx, &repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
+        RepoLock::for_backup(ctx, &repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
     };
-    let lock = LockGuard::acquire(&repo, false).await?;
     clean_abandoned_uploads(&repo, upload_age).await;
     {
         let p = progress.clone();
@@ -160,9 +158,7 @@ async fn volume_backup(
     tracing::info!(paths = ?args.paths, repository = %repo.location(), "backup started");
     let result = cairn_volume::backup(&repo, opts, progress.clone()).await;
     ticker.finish();
-    lock.release().await?;
-    super::finish_lease(lease).await?;
-    let result = result?;
+    let result = lock.finish(result.map_err(Into::into)).await?;
     super::record_snapshot(ctx, &result.snapshot_id, &result.snapshot).await;
     let s = result.snapshot.summary.clone().unwrap_or_default();
     let seconds = (s.backup_end - s.backup_start).num_milliseconds() as f64 / 1000.0;
