@@ -144,3 +144,47 @@ fn locks_block_exclusive_commands_and_unlock_clears_stale_ones() {
     assert!(repo_files(&env.repo, "locks").is_empty());
     env.cairn_ok(&["key", "remove", &spare]);
 }
+
+/// A lock removed under a running backup (`unlock --remove-all`, or a
+/// process that judged it stale) no longer protects it from a prune: the
+/// backup stops with exit 11, writes no snapshot, and leaves a sound
+/// repository.
+#[test]
+fn a_backup_whose_lock_is_removed_stops_with_exit_11_and_no_snapshot() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6 {
+        std::fs::write(src.join(format!("f{i}.bin")), pseudo_random(900 + i, 16 << 20)).unwrap();
+    }
+    env.init();
+    let child = env
+        .cairn_cmd()
+        .env("CAIRN_LOCK_REFRESH_INTERVAL", "200ms")
+        .args(["backup", "volume", "--pack-size", "2", src.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while repo_files(&env.repo, "locks").is_empty() {
+        assert!(Instant::now() < deadline, "no lock appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Frozen while its lock is taken away, so it cannot finish first.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // One lock, or two if it was frozen in the middle of a refresh.
+    let removed = env.cairn_ok(&["unlock", "--remove-all"]);
+    assert!(removed.starts_with("removed 1 ") || removed.starts_with("removed 2 "), "{removed}");
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(11), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lock was lost") && stderr.contains("removed by someone else"), "{stderr}");
+    assert!(
+        env.cairn_json(&["snapshots", "--json"]).as_array().unwrap().is_empty(),
+        "a snapshot was written"
+    );
+    env.cairn_ok(&["check"]);
+}

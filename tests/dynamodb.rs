@@ -116,7 +116,7 @@ async fn a_stalled_lease_holder_cannot_write_a_snapshot() {
     let backend = std::sync::Arc::new(cairn_store::LocalBackend::new(&env.repo));
     let repo = cairn_repo::Repository::open(backend, PASSWORD).await.unwrap();
     let guard = check.clone();
-    repo.set_commit_check(std::sync::Arc::new(move || {
+    repo.add_commit_check(std::sync::Arc::new(move || {
         let guard = guard.clone();
         Box::pin(async move { guard.confirm().await.map_err(|e| e.to_string()) })
     }));

@@ -222,3 +222,85 @@ fn replica_on_the_same_service_is_copied_server_side() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_same_tree(&src, &restored, true);
 }
+
+/// Keys the primary no longer has stay on the replica unless they were
+/// revoked there and the run asks for it: a mistaken or compromised primary
+/// must not lock the owners out of their disaster-recovery copy.
+#[test]
+fn replicas_keep_removed_keys_unless_revoked_ones_are_removed_on_request() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"alpha").unwrap();
+    let replica = env.path("replica");
+    let target = replica.to_str().unwrap();
+    env.init();
+    let add_key = |location: &std::path::Path, password: &str| {
+        let mut add = env.cairn_cmd();
+        add.env("CAIRN_REPOSITORY", location).env("CAIRN_NEW_PASSWORD", password).args(["key", "add"]);
+        let out = add.output().unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        let line = String::from_utf8(out.stdout).unwrap();
+        line.trim().strip_prefix("added key ").unwrap().to_string()
+    };
+    let spare_short = add_key(&env.repo, "spare");
+    env.backup(&src);
+    env.cairn_ok(&["replicate", "--to", target]);
+    // A password the owners keep for the replica alone.
+    let dr_only_short = add_key(&replica, "dr-only");
+    let full_id = |location: &std::path::Path, short: &str| -> String {
+        let mut list = env.cairn_cmd();
+        list.env("CAIRN_REPOSITORY", location).args(["key", "list", "--json"]);
+        let keys: serde_json::Value = serde_json::from_slice(&list.output().unwrap().stdout).unwrap();
+        let key = keys.as_array().unwrap().iter().find(|k| k["id"].as_str().unwrap().starts_with(short));
+        key.unwrap()["id"].as_str().unwrap().to_string()
+    };
+    let spare = full_id(&env.repo, &spare_short);
+    let dr_only = full_id(&replica, &dr_only_short);
+    let opens_replica = |password: &str| {
+        let mut c = env.cairn_cmd();
+        c.env("CAIRN_REPOSITORY", &replica).env("CAIRN_PASSWORD", password).args(["snapshots"]);
+        c.output().unwrap().status.code()
+    };
+    let replicate = |extra: &[&str]| -> (serde_json::Value, String) {
+        let out = env.cairn(&[&["replicate", "--json", "--to", target], extra].concat());
+        assert!(out.status.success(), "{}", describe(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let line = stdout.lines().find(|l| l.starts_with('{')).unwrap();
+        (serde_json::from_str(line).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect()
+    };
+
+    // Removed on the primary (which records the revocation): reported, kept.
+    env.cairn_ok(&["key", "remove", &spare_short]);
+    assert_eq!(repo_files(&env.repo, "cairn/revoked-keys").len(), 1, "no revocation record");
+    let (report, log) = replicate(&[]);
+    let mut both = vec![spare.clone(), dr_only.clone()];
+    both.sort();
+    assert_eq!(ids(&report["extra_keys"]), both, "{report}");
+    assert!(ids(&report["removed_keys"]).is_empty(), "{report}");
+    assert!(log.contains(&spare[..8]) && log.contains(&dr_only[..8]), "the warning names the keys: {log}");
+    assert_eq!(opens_replica("spare"), Some(0), "the replica must still open with the removed password");
+    assert!(replica.join("cairn/revoked-keys").join(&spare).is_file(), "the revocation was not replicated");
+
+    // Extra keys are reported by --verify, and are not damage.
+    let out = env.cairn(&["replicate", "--verify", "--json", "--to", target]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let verified: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(verified["complete"], true, "{verified}");
+    assert_eq!(ids(&verified["extra_keys"]), both, "{verified}");
+
+    // Asked for: the revoked key goes; the one without a record stays.
+    let (report, _) = replicate(&["--remove-revoked-keys"]);
+    assert_eq!(ids(&report["removed_keys"]), std::slice::from_ref(&spare), "{report}");
+    assert_eq!(ids(&report["extra_keys"]), std::slice::from_ref(&dr_only), "{report}");
+    assert_eq!(opens_replica("spare"), Some(12), "the revoked password still opens the replica");
+    assert_eq!(opens_replica("dr-only"), Some(0));
+    assert_eq!(opens_replica(PASSWORD), Some(0));
+    let (again, _) = replicate(&["--remove-revoked-keys"]);
+    assert_eq!(ids(&again["extra_keys"]), [dr_only], "{again}");
+    assert!(ids(&again["removed_keys"]).is_empty(), "{again}");
+}

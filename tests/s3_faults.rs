@@ -297,3 +297,89 @@ async fn s3_backend(s3: &FaultEnv) -> cairn_store_s3::S3Backend {
         Some(cairn_store_s3::S3Credentials::new(&s3.server.access_key, &s3.server.secret_key));
     cairn_store_s3::S3Backend::new(config).await.unwrap()
 }
+
+/// The server refuses to delete lock files, so every run ends with a failed
+/// lock release. That must not turn a saved snapshot into a failure, nor
+/// hide a failed backup's own error and exit code; the warning says how
+/// the lock goes away.
+#[test]
+fn a_failed_lock_release_neither_fails_a_saved_backup_nor_hides_a_real_error() {
+    let s3 = FaultEnv::new(cairn_testkit::moto());
+    let src = s3.env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), pseudo_random(31, 3 << 20)).unwrap();
+    s3.proxy.set_policy(
+        FaultPolicy::new(1)
+            .rule(FaultRule::new(Fault::InternalError).method("DELETE").path_contains("/locks/")),
+    );
+
+    let saved = run_bounded(s3.proxied().args(backup_args(&src)));
+    assert_eq!(saved.status.code(), Some(0), "{}\n{}", describe(&saved), s3.proxy.counts());
+    let stderr = String::from_utf8_lossy(&saved.stderr);
+    assert!(
+        stderr.contains("could not remove the repository lock") && stderr.contains("cairn unlock"),
+        "{stderr}"
+    );
+    assert_eq!(last_json(&saved)["message"], "backup complete");
+    assert_eq!(s3.snapshot_count(), 1);
+    assert!(s3.proxy.counts().get("DELETE", FaultKind::InternalError) >= 2, "{}", s3.proxy.counts());
+    // What the warning promises: the lock is there, and `cairn unlock` removes it.
+    let unlocked = s3.direct_ok(&["unlock"]);
+    assert!(unlocked.contains("removed 1 stale"), "{unlocked}");
+
+    // A damaged index fails the next backup (exit 4); the lock release
+    // fails after it, and must not take the error's place.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = runtime.block_on(s3_backend(&s3));
+    runtime.block_on(async {
+        use cairn_store::{Backend, FileType, Handle, PutOptions};
+        let index = backend.list(FileType::Index).await.unwrap().pop().unwrap();
+        let handle = Handle::new(FileType::Index, index.name);
+        let mut bytes = backend.get(&handle, None).await.unwrap().to_vec();
+        bytes[40] ^= 1;
+        backend.put(&handle, bytes.into(), PutOptions::default()).await.unwrap();
+    });
+    let failed = run_bounded(s3.proxied().args(backup_args(&src)));
+    assert_eq!(failed.status.code(), Some(4), "{}", describe(&failed));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    let error = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(error.starts_with("cairn: damaged repository object") && error.contains("index/"), "{stderr}");
+    assert!(stderr.contains("could not remove the repository lock"), "{stderr}");
+    assert_eq!(s3.snapshot_count(), 1, "the failed backup wrote a snapshot");
+}
+
+/// Lock refreshes that keep failing: well before the lock could look stale
+/// to others (and be removed under a prune), the backup stops with exit 11
+/// and no snapshot, and the repository checks clean.
+#[test]
+fn a_backup_whose_lock_refreshes_keep_failing_stops_before_the_lock_goes_stale() {
+    let s3 = FaultEnv::new(cairn_testkit::moto());
+    let src = source(&s3.env);
+    // The lock is taken; every rewrite of it then fails, while slow pack
+    // uploads keep the backup going for several seconds.
+    s3.proxy.set_policy(
+        FaultPolicy::new(1)
+            .rule(FaultRule::new(Fault::InternalError).method("PUT").path_contains("/locks/").skip_first(1))
+            .rule(FaultRule::new(Fault::Delay(Duration::from_secs(1))).method("PUT").path_contains("/data/")),
+    );
+    let started = Instant::now();
+    let out = run_bounded(
+        s3.proxied()
+            .env("CAIRN_LOCK_REFRESH_INTERVAL", "300ms")
+            .env("CAIRN_LOCK_LOST_AFTER", "2s")
+            .args(backup_args(&src)),
+    );
+    let counts = s3.proxy.counts();
+    assert_eq!(out.status.code(), Some(11), "{}\n{counts}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(error.contains("lock was lost") && error.contains("no refresh succeeded"), "{stderr}");
+    assert!(
+        stderr.contains("could not refresh the repository lock"),
+        "refresh failures are logged: {stderr}"
+    );
+    assert!(counts.get("PUT", FaultKind::InternalError) >= 2, "{counts}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert_eq!(s3.snapshot_count(), 0, "a backup without a valid lock wrote a snapshot");
+    s3.direct_ok(&["check"]);
+}

@@ -47,6 +47,11 @@ pub enum RepoError {
     )]
     Locked { holder: String },
 
+    #[error(
+        "the repository lock was lost: {reason}; stopped without writing a snapshot or anything else that needs the lock; run the command again"
+    )]
+    LockLost { reason: String },
+
     #[error("not committing the snapshot: {0}")]
     CommitRefused(String),
 

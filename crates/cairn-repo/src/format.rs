@@ -220,6 +220,18 @@ pub struct CairnSnapshotMeta {
     pub metadata: serde_json::Value,
 }
 
+/// `cairn/revoked-keys/<key id>` (cairn only): who removed which key file,
+/// and when. Sealed under the master key as plain JSON, so only holders of
+/// the repository's key can write one that authenticates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyRevocation {
+    /// The removed key file's id (also the record's name).
+    pub key: String,
+    pub time: DateTime<FixedOffset>,
+    pub hostname: String,
+    pub username: String,
+}
+
 /// `locks/<id>`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LockFile {

@@ -6,21 +6,28 @@
 //! names and hashes. The copy order keeps the replica a consistent
 //! repository at every moment, by the same invariants as a backup:
 //!
-//! 1. key files, then `config` (until `config` exists the replica is not a
-//!    repository at all; once it does, every password opens it);
+//! 1. key files and key revocation records, then `config` (until `config`
+//!    exists the replica is not a repository at all; once it does, every
+//!    password opens it);
 //! 2. packs;
 //! 3. index files (they only name packs already copied);
 //! 4. snapshots (they only name blobs whose packs and index are copied).
 //!
 //! Locks are not copied. Objects the primary no longer has (after a prune)
 //! stay on the replica: deleting data there is a separate, deliberate act.
-//! Key files are the exception: a key removed from the primary (a revoked
-//! password) is removed from the replica too.
+//! So do key files: the replica is the copy that must still open when the
+//! primary is lost, mistaken or in the wrong hands, and a primary that
+//! dropped every key but an attacker's must not lock the owners out of it
+//! too. Keys the replica has and the primary lacks are reported; only
+//! [`ExtraKeys::RemoveRevoked`], asked for per run, removes those the
+//! primary holds an authenticated revocation record for (`cairn key
+//! remove` writes one, `cairn/revoked-keys/<id>`), and never the replica's
+//! last key.
 //!
 //! Every byte copied is checked against its name while in transit, so a
 //! damaged primary object is reported, never replicated.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,6 +39,17 @@ use crate::format::Snapshot;
 use crate::id::Id;
 use crate::repository::Repository;
 
+/// What to do with key files the replica has and the primary lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExtraKeys {
+    /// Keep them all (the default): report them, remove nothing.
+    #[default]
+    Keep,
+    /// Remove those the primary has a revocation record for; keep the rest,
+    /// and never remove the replica's last key.
+    RemoveRevoked,
+}
+
 /// What a replication run did.
 #[derive(Debug, Default, Clone)]
 pub struct ReplicationReport {
@@ -39,6 +57,10 @@ pub struct ReplicationReport {
     pub copied: Vec<(FileType, u64, u64)>,
     /// Objects already present on the replica.
     pub already_present: u64,
+    /// Key files (ids) the replica has and the primary lacks, kept there.
+    pub extra_keys: Vec<String>,
+    /// Key files removed from the replica as revoked on the primary.
+    pub removed_keys: Vec<String>,
 }
 
 /// What `replicate --verify` found.
@@ -55,6 +77,9 @@ pub struct VerificationReport {
     pub lag: chrono::Duration,
     /// Snapshots on the primary that are not on the replica.
     pub snapshots_missing: usize,
+    /// Key files (ids) the replica has and the primary lacks: reported, not
+    /// damage (see the module docs).
+    pub extra_keys: Vec<String>,
 }
 
 /// One repository object, by type and name.
@@ -78,8 +103,23 @@ impl VerificationReport {
 
 /// WAL files (`cairn/wal/`, PostgreSQL point-in-time recovery) go before
 /// snapshots: a replica's base backups are only as recoverable as its WAL.
-const COPY_ORDER: [FileType; 6] =
-    [FileType::Key, FileType::Config, FileType::Pack, FileType::Index, FileType::Wal, FileType::Snapshot];
+/// Key revocations go with the keys, before any key is removed for one.
+const COPY_ORDER: [FileType; 7] = [
+    FileType::Key,
+    FileType::KeyRevocation,
+    FileType::Config,
+    FileType::Pack,
+    FileType::Index,
+    FileType::Wal,
+    FileType::Snapshot,
+];
+
+/// Objects named by the SHA-256 of their bytes; the others (`config`, and
+/// cairn's own WAL files and key revocations, named by what they are about)
+/// are compared with the primary's copy instead.
+fn named_by_hash(kind: FileType) -> bool {
+    !matches!(kind, FileType::Config | FileType::Wal | FileType::KeyRevocation)
+}
 
 /// Objects copied server-side by this process (reported by `replicate --json`).
 pub static SERVER_SIDE_COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -92,11 +132,13 @@ fn handle_for(kind: FileType, name: &str) -> Handle {
     Handle::new(kind, name.to_string())
 }
 
-/// Copies to `replica` whatever it lacks of `primary`, in the safe order.
+/// Copies to `replica` whatever it lacks of `primary`, in the safe order;
+/// `extra_keys` says what becomes of keys only the replica has.
 pub async fn replicate(
     primary: &Repository,
     replica: Arc<dyn Backend>,
     concurrency: usize,
+    extra_keys: ExtraKeys,
 ) -> Result<ReplicationReport> {
     let source = primary.backend().clone();
     // Refuse to mix two different repositories in one place.
@@ -142,15 +184,9 @@ pub async fn replicate(
             copied.1 += bytes;
         }
         drop(results);
-        if kind == FileType::Key {
-            // A password removed from the primary must stop opening the
-            // replica too: key files are the one thing replication deletes.
-            let ours: std::collections::HashSet<String> =
-                source.list(FileType::Key).await?.into_iter().map(|o| o.name).collect();
-            for stale in theirs.keys().filter(|name| !ours.contains(*name)) {
-                replica.delete(&handle_for(FileType::Key, stale)).await?;
-                tracing::info!(key = %stale, "removed a key from the replica that the primary no longer has");
-            }
+        if kind == FileType::KeyRevocation {
+            (report.extra_keys, report.removed_keys) =
+                settle_extra_keys(primary, replica.as_ref(), extra_keys).await?;
         }
         if copied.0 > 0 {
             tracing::info!(kind = kind.noun(), objects = copied.0, bytes = copied.1, "replicated");
@@ -158,6 +194,76 @@ pub async fn replicate(
         report.copied.push((kind, copied.0, copied.1));
     }
     Ok(report)
+}
+
+/// Key files (ids) the replica has and the primary lacks, sorted.
+async fn keys_only_on(replica: &dyn Backend, primary: &dyn Backend) -> Result<Vec<String>> {
+    let ours: HashSet<String> = primary.list(FileType::Key).await?.into_iter().map(|o| o.name).collect();
+    let mut extra: Vec<String> = replica
+        .list(FileType::Key)
+        .await?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| !ours.contains(n))
+        .collect();
+    extra.sort();
+    Ok(extra)
+}
+
+/// Reports the keys only the replica has and, when asked, removes those the
+/// primary revoked; returns (kept, removed).
+async fn settle_extra_keys(
+    primary: &Repository,
+    replica: &dyn Backend,
+    policy: ExtraKeys,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let extra = keys_only_on(replica, primary.backend().as_ref()).await?;
+    if extra.is_empty() {
+        return Ok((extra, Vec::new()));
+    }
+    let revocations = primary.key_revocations().await?;
+    let revoked = |name: &String| name.parse::<Id>().is_ok_and(|id| revocations.contains_key(&id));
+    let (mut remove, mut keep): (Vec<String>, Vec<String>) = match policy {
+        ExtraKeys::Keep => (Vec::new(), extra),
+        ExtraKeys::RemoveRevoked => extra.into_iter().partition(|name| revoked(name)),
+    };
+    // The primary's keys were copied just before, so some key always stays;
+    // should the listings say otherwise, keeping every key is the safe side.
+    if !remove.is_empty() && replica.list(FileType::Key).await?.len() <= remove.len() {
+        tracing::warn!("not removing revoked keys: the replica would be left without any key");
+        keep.append(&mut remove);
+        keep.sort();
+    }
+    for name in &remove {
+        replica.delete(&handle_for(FileType::Key, name)).await?;
+        let r = &revocations[&name.parse::<Id>().expect("revoked keys have id names")];
+        tracing::info!(
+            key = %name,
+            "removed from the replica a key revoked on the primary by {}@{} at {}",
+            r.username,
+            r.hostname,
+            r.time.format("%Y-%m-%d %H:%M:%S %:z")
+        );
+    }
+    if !keep.is_empty() {
+        let (revoked_kept, unrecorded): (Vec<&String>, Vec<&String>) = keep.iter().partition(|n| revoked(n));
+        let short =
+            |names: &[&String]| names.iter().map(|n| &n[..n.len().min(8)]).collect::<Vec<_>>().join(", ");
+        if !revoked_kept.is_empty() {
+            tracing::warn!(
+                "the replica keeps key(s) {} that the primary revoked; `cairn replicate --remove-revoked-keys` removes them",
+                short(&revoked_kept)
+            );
+        }
+        if !unrecorded.is_empty() {
+            tracing::warn!(
+                "the replica keeps key(s) {} that the primary lacks without a revocation record; if they should go, \
+                 remove them on the replica with `cairn key remove`",
+                short(&unrecorded)
+            );
+        }
+    }
+    Ok((keep, remove))
 }
 
 /// Copies one object, checking it against its name on the way.
@@ -194,8 +300,8 @@ async fn copy_object(
     }
     let data: Bytes = source.get(&handle, None).await?;
     let mut opts = PutOptions::default();
-    if kind == FileType::Wal {
-        // Named by WAL file name, not by hash: authenticate it instead.
+    if matches!(kind, FileType::Wal | FileType::KeyRevocation) {
+        // Named by what it is about, not by hash: authenticate it instead.
         let (checked, hash) = tokio::task::spawn_blocking({
             let (data, key) = (data.clone(), key.clone());
             move || (key.open(&data).map(|_| ()), Id::hash(&data))
@@ -203,9 +309,13 @@ async fn copy_object(
         .await
         .expect("checking panicked");
         if checked.is_err() {
+            let hint = match kind {
+                FileType::Wal => " (run `cairn wal verify --read-data`)",
+                _ => "",
+            };
             return Err(RepoError::damaged(
                 handle.path(),
-                "fails authentication on the primary; not replicated (run `cairn wal verify --read-data`)",
+                format!("fails authentication on the primary; not replicated{hint}"),
             ));
         }
         opts.sha256 = Some(hash.0);
@@ -267,11 +377,10 @@ pub async fn verify_replica(
                 async move {
                     let h = handle_for(kind, &name);
                     let (hash, by_store) = object_sha256(replica.as_ref(), &h).await?;
-                    let same = if kind == FileType::Wal {
-                        // Not named by hash: compare with the primary's copy.
-                        object_sha256(source.as_ref(), &h).await?.0 == hash
-                    } else {
+                    let same = if named_by_hash(kind) {
                         hash.to_hex() == name
+                    } else {
+                        object_sha256(source.as_ref(), &h).await?.0 == hash
                     };
                     Ok::<_, RepoError>((ObjectRef { kind, name }, same, by_store))
                 }
@@ -298,6 +407,7 @@ pub async fn verify_replica(
     if let Some((_, newest)) = lacking.iter().max_by_key(|(_, s)| s.time) {
         report.lag = crate::repository::now().signed_duration_since(newest.time);
     }
+    report.extra_keys = keys_only_on(replica.as_ref(), source.as_ref()).await?;
     Ok(report)
 }
 
@@ -313,7 +423,7 @@ async fn object_sha256(backend: &dyn Backend, handle: &Handle) -> Result<(Id, bo
 }
 
 /// Copies again what a verification found missing or different, in the
-/// safe order (keys, config, packs, indexes, WAL, snapshots).
+/// safe order (keys, key revocations, config, packs, indexes, WAL, snapshots).
 pub async fn repair_replica(
     primary: &Repository,
     replica: Arc<dyn Backend>,

@@ -9,6 +9,7 @@
 //! damage is named precisely, before decryption), then its MAC. Blobs are
 //! additionally checked against their plaintext SHA-256 after decompression.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -21,7 +22,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{RepoError, Result};
-use crate::format::{BlobType, IndexFile, KeyFile, RepoConfig, Snapshot, decode_unpacked, encode_unpacked};
+use crate::format::{
+    BlobType, IndexFile, KeyFile, KeyRevocation, RepoConfig, Snapshot, decode_unpacked, encode_unpacked,
+};
 use crate::id::Id;
 use crate::index::{BlobLocation, Index};
 use crate::tree::Tree;
@@ -41,13 +44,13 @@ pub struct Repository {
     /// pack wait for one download instead of each starting their own.
     tree_fetch: Arc<tokio::sync::Mutex<()>>,
     /// Asked right before any snapshot is written (shared by clones).
-    commit_check: Arc<std::sync::Mutex<Option<CommitCheck>>>,
+    commit_checks: Arc<std::sync::Mutex<Vec<CommitCheck>>>,
 }
 
 /// A last word before a snapshot is written, from outside the repository
-/// (a DynamoDB lease still held with time to spare): an error stops the
-/// write and the run, with every pack and index already durable and no
-/// snapshot naming them.
+/// (the repository lock still held and fresh, a DynamoDB lease still held
+/// with time to spare): an error stops the write and the run, with every
+/// pack and index already durable and no snapshot naming them.
 pub type CommitCheck =
     Arc<dyn Fn() -> futures::future::BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
 
@@ -128,7 +131,7 @@ impl Repository {
             config,
             tree_packs: Default::default(),
             tree_fetch: Default::default(),
-            commit_check: Default::default(),
+            commit_checks: Default::default(),
         }
     }
 
@@ -248,8 +251,8 @@ impl Repository {
     /// Encrypts, compresses and stores a JSON document; returns its id.
     pub async fn save_json<T: Serialize>(&self, kind: FileType, value: &T) -> Result<Id> {
         if kind == FileType::Snapshot {
-            let check = self.commit_check.lock().expect("commit check lock").clone();
-            if let Some(check) = check {
+            let checks = self.commit_checks.lock().expect("commit check lock").clone();
+            for check in checks {
                 check().await.map_err(RepoError::CommitRefused)?;
             }
         }
@@ -262,10 +265,10 @@ impl Repository {
         Ok(id)
     }
 
-    /// Installs the check every snapshot write of this repository (and its
-    /// clones) must pass first; see [`CommitCheck`].
-    pub fn set_commit_check(&self, check: CommitCheck) {
-        *self.commit_check.lock().expect("commit check lock") = Some(check);
+    /// Adds a check every snapshot write of this repository (and its clones)
+    /// must pass first; with several, all must pass. See [`CommitCheck`].
+    pub fn add_commit_check(&self, check: CommitCheck) {
+        self.commit_checks.lock().expect("commit check lock").push(check);
     }
 
     /// Loads and verifies a JSON document.
@@ -483,8 +486,8 @@ impl Repository {
         write_key_file(self.backend.as_ref(), &self.key, password, kdf).await
     }
 
-    /// Removes a key file. Refuses to remove the key in use (which would also
-    /// guard against removing the last one).
+    /// Removes a key file, recording the revocation first. Refuses to remove
+    /// the key in use (which would also guard against removing the last one).
     pub async fn remove_key(&self, id: &Id) -> Result<()> {
         if *id == self.key_id {
             return Err(RepoError::damaged(
@@ -496,18 +499,60 @@ impl Repository {
         if !self.backend.exists(&handle).await? {
             return Err(StoreError::NotFound { path: handle.path() }.into());
         }
-        self.backend.delete(&handle).await?;
-        Ok(())
+        self.revoke_key(id).await
     }
 
     /// Replaces the current key with one for `new_password`: the new key is
-    /// written before the old one is removed, so a crash leaves both usable.
+    /// written before the old one is revoked, so a crash leaves both usable.
     pub async fn change_password(&mut self, new_password: &str, kdf: KdfParams) -> Result<Id> {
         let new_id = self.add_key(new_password, kdf).await?;
         let old = self.key_id;
         self.key_id = new_id;
-        self.backend.delete(&Handle::new(FileType::Key, old.to_hex())).await?;
+        self.revoke_key(&old).await?;
         Ok(new_id)
+    }
+
+    /// Records that key file `id` is revoked (`cairn/revoked-keys/<id>`),
+    /// then deletes it. The record comes first: a key gone without a record
+    /// is one replication never removes from a replica, so a crash in
+    /// between errs on the side of keeping the password working there.
+    async fn revoke_key(&self, id: &Id) -> Result<()> {
+        let (hostname, username) = host_and_user();
+        let record = KeyRevocation { key: id.to_hex(), time: now(), hostname, username };
+        let sealed = self.key.seal(&serde_json::to_vec(&record).expect("revocations serialise"));
+        let opts = PutOptions { sha256: Some(Id::hash(&sealed).0), ..PutOptions::default() };
+        self.backend
+            .put(&Handle::new(FileType::KeyRevocation, id.to_hex()), Bytes::from(sealed), opts)
+            .await?;
+        self.backend.delete(&Handle::new(FileType::Key, id.to_hex())).await?;
+        Ok(())
+    }
+
+    /// The key revocation records of this repository, by key id. A record
+    /// that fails authentication, or names another key than its own name,
+    /// proves nothing: it is left out with a warning.
+    pub async fn key_revocations(&self) -> Result<HashMap<Id, KeyRevocation>> {
+        let mut out = HashMap::new();
+        for info in self.backend.list(FileType::KeyRevocation).await? {
+            let Ok(id) = info.name.parse::<Id>() else { continue };
+            let handle = Handle::new(FileType::KeyRevocation, info.name.clone());
+            let sealed = self.backend.get(&handle, None).await?;
+            let record = self
+                .key
+                .open(&sealed)
+                .ok()
+                .and_then(|plain| serde_json::from_slice::<KeyRevocation>(&plain).ok())
+                .filter(|r| r.key == info.name);
+            match record {
+                Some(r) => {
+                    out.insert(id, r);
+                }
+                None => {
+                    tracing::warn!(record = %handle.path(), "key revocation record fails authentication; ignored")
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -582,4 +627,41 @@ pub fn decode_blob(key: &Key, sealed: &[u8], id: &Id, loc: &BlobLocation) -> Res
         return Err(RepoError::damaged(where_(), "blob content does not match its SHA-256 id"));
     }
     Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::LocalBackend;
+
+    const CHEAP: KdfParams = KdfParams { n: 1 << 10, r: 8, p: 1 };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removed_keys_leave_authenticated_revocation_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_with(Arc::new(LocalBackend::new(dir.path())), "pw", CHEAP).await.unwrap();
+        let spare = repo.add_key("spare", CHEAP).await.unwrap();
+        let other = repo.add_key("other", CHEAP).await.unwrap();
+        repo.remove_key(&spare).await.unwrap();
+        assert!(!repo.backend().exists(&Handle::new(FileType::Key, spare.to_hex())).await.unwrap());
+        let records = repo.key_revocations().await.unwrap();
+        assert_eq!(records.keys().collect::<Vec<_>>(), [&spare]);
+        assert_eq!(records[&spare].key, spare.to_hex());
+
+        // A record renamed to revoke another key proves nothing, nor does garbage.
+        let sealed =
+            repo.backend().get(&Handle::new(FileType::KeyRevocation, spare.to_hex()), None).await.unwrap();
+        let put = |name: String, data: Bytes| {
+            let backend = repo.backend().clone();
+            async move {
+                backend
+                    .put(&Handle::new(FileType::KeyRevocation, name), data, PutOptions::default())
+                    .await
+                    .unwrap()
+            }
+        };
+        put(other.to_hex(), sealed).await;
+        put("ab".repeat(32), Bytes::from_static(b"not sealed")).await;
+        assert_eq!(repo.key_revocations().await.unwrap().keys().collect::<Vec<_>>(), [&spare]);
+    }
 }

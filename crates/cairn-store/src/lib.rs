@@ -63,6 +63,11 @@ pub enum FileType {
     /// Not a restic type: restic ignores the `cairn/` prefix, and
     /// [`FileType::ALL`] leaves it out so hash-named walks never meet it.
     Wal,
+    /// Records of removed keys (`cairn/revoked-keys/`), named by the removed
+    /// key's id; replication reads them to tell a revoked password from a
+    /// key the primary merely lacks. Not a restic type either, and not in
+    /// [`FileType::ALL`].
+    KeyRevocation,
 }
 
 impl FileType {
@@ -86,6 +91,7 @@ impl FileType {
             FileType::Pack => "data",
             FileType::Lock => "locks",
             FileType::Wal => "cairn/wal",
+            FileType::KeyRevocation => "cairn/revoked-keys",
         }
     }
 
@@ -99,6 +105,7 @@ impl FileType {
             FileType::Pack => "pack",
             FileType::Lock => "lock",
             FileType::Wal => "WAL file",
+            FileType::KeyRevocation => "key revocation",
         }
     }
 }

@@ -207,6 +207,14 @@ pub struct ReplicateArgs {
     /// Objects copied or checked at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// Remove from the replica the keys (passwords) that were removed on the
+    /// primary with `cairn key remove`, which records each revocation. By
+    /// default no key is ever removed from a replica: keys only the replica
+    /// has are reported, so a mistaken or compromised primary cannot lock
+    /// you out of your disaster-recovery copy. Keys the primary lacks
+    /// without a revocation record, and the replica's last key, always stay.
+    #[arg(long, conflicts_with = "verify")]
+    pub remove_revoked_keys: bool,
     #[arg(long)]
     pub json: bool,
 }

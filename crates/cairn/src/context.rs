@@ -113,6 +113,37 @@ pub fn abandoned_upload_age() -> Result<std::time::Duration> {
     }
 }
 
+/// How held repository locks are refreshed and when they count as lost:
+/// `CAIRN_LOCK_REFRESH_INTERVAL` (5m unless set; failed refreshes are
+/// retried after a tenth of it) and `CAIRN_LOCK_LOST_AFTER` (15m). Test and
+/// operations knobs: the lost bound must exceed the interval and stay
+/// under the 30 minutes after which others treat a lock as stale.
+pub fn lock_timing() -> Result<cairn_repo::lock::LockTiming> {
+    use cairn_repo::lock::{LockTiming, STALE_AFTER};
+    let defaults = LockTiming::default();
+    let read =
+        |name: &str, default: std::time::Duration| match std::env::var(name).ok().filter(|v| !v.is_empty()) {
+            Some(value) => crate::cli::parse_duration(&value).map_err(|e| anyhow::anyhow!("{name}: {e}")),
+            None => Ok(default),
+        };
+    let timing = LockTiming {
+        refresh_every: read("CAIRN_LOCK_REFRESH_INTERVAL", defaults.refresh_every)?,
+        lost_after: read("CAIRN_LOCK_LOST_AFTER", defaults.lost_after)?,
+    };
+    if timing.refresh_every.is_zero()
+        || timing.lost_after <= timing.refresh_every
+        || timing.lost_after >= STALE_AFTER
+    {
+        bail!(
+            "CAIRN_LOCK_LOST_AFTER ({:?}) must be longer than CAIRN_LOCK_REFRESH_INTERVAL ({:?}) and shorter than {} minutes",
+            timing.lost_after,
+            timing.refresh_every,
+            STALE_AFTER.as_secs() / 60
+        );
+    }
+    Ok(timing)
+}
+
 impl Context {
     /// The password from settings alone: --password-file / CAIRN_PASSWORD_FILE,
     /// then CAIRN_PASSWORD, then the config file.

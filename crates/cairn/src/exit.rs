@@ -18,7 +18,8 @@ pub const PARTIAL: u8 = 3;
 pub const DAMAGED: u8 = 4;
 /// The repository does not exist (no config file at the location).
 pub const NO_REPOSITORY: u8 = 10;
-/// The repository is locked by another process.
+/// The repository is locked by another process, or this run lost its lock
+/// or lease (and stopped without committing).
 pub const LOCKED: u8 = 11;
 /// The password opens no key of the repository.
 pub const WRONG_PASSWORD: u8 = 12;
@@ -78,7 +79,7 @@ fn repo_code(e: &RepoError) -> u8 {
     match e {
         RepoError::NotARepository { .. } => NO_REPOSITORY,
         RepoError::WrongPassword { .. } => WRONG_PASSWORD,
-        RepoError::Locked { .. } | RepoError::CommitRefused(_) => LOCKED,
+        RepoError::Locked { .. } | RepoError::LockLost { .. } | RepoError::CommitRefused(_) => LOCKED,
         RepoError::Damaged { .. } | RepoError::BlobNotFound { .. } => DAMAGED,
         RepoError::Interrupted => INTERRUPTED,
         RepoError::Store(StoreError::NotFound { .. }) => FAILURE,

@@ -4,11 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Result, bail};
-use cairn_repo::lock::LockGuard;
 use cairn_repo::{Id, SaverOptions};
 use cairn_volume::{BackupOptions, BackupProgress, Excludes, ParentChoice};
 
-use super::{Stop, print_json};
+use super::{RepoLock, Stop, print_json};
 use crate::cli::{BackupArgs, BackupKind, PostgresArgs, VolumeArgs};
 use crate::context::Context;
 use crate::exit;
@@ -88,7 +87,8 @@ async fn finish_with_replicas(ctx: &Context, code: u8, no_replicate: bool, json:
             for target in replicas {
                 // The snapshot is safe in the primary; a replica failure is
                 // reported (and fails the run) but loses nothing.
-                super::replicate::copy_to(ctx, &repo, &target, 8, json).await.map_err(|e| {
+                let keep = cairn_repo::replicate::ExtraKeys::Keep;
+                super::replicate::copy_to(ctx, &repo, &target, 8, keep, json).await.map_err(|e| {
                     e.context(format!(
                         "snapshot saved, but replicating to {target} failed; run `cairn replicate` to retry"
                     ))
@@ -129,11 +129,10 @@ async fn volume_backup(
         (false, None) => ParentChoice::Auto,
     };
     let progress = Arc::new(BackupProgress::default());
-    let lease = {
+    let lock = {
         let p = progress.clone();
-        super::acquire_lease(ctx, &repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
+        RepoLock::for_backup(ctx, &repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
     };
-    let lock = LockGuard::acquire(&repo, false).await?;
     clean_abandoned_uploads(&repo, upload_age).await;
     {
         let p = progress.clone();
@@ -159,9 +158,7 @@ async fn volume_backup(
     tracing::info!(paths = ?args.paths, repository = %repo.location(), "backup started");
     let result = cairn_volume::backup(&repo, opts, progress.clone()).await;
     ticker.finish();
-    lock.release().await?;
-    super::finish_lease(lease).await?;
-    let result = result?;
+    let result = lock.finish(result.map_err(Into::into)).await?;
     super::record_snapshot(ctx, &result.snapshot_id, &result.snapshot).await;
     let s = result.snapshot.summary.clone().unwrap_or_default();
     let seconds = (s.backup_end - s.backup_start).num_milliseconds() as f64 / 1000.0;

@@ -10,6 +10,8 @@ mod restore;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use cairn_repo::lock::LockGuard;
+
 use crate::cli::{Cli, Command};
 use crate::context::Context;
 use crate::exit;
@@ -21,19 +23,137 @@ use crate::output::init_logging;
 #[error("{0:#}; recovery must stop here (exit 126), not end early")]
 pub struct StopRecovery(pub anyhow::Error);
 
+/// What a command holds on the repository while it works: the repository
+/// lock and, for runs that write snapshots, the DynamoDB lease when
+/// `lock_table` is configured. Taken with [`RepoLock::for_backup`] or
+/// [`RepoLock::acquire`], given back with [`RepoLock::finish`], which also
+/// decides how the run ends. While held:
+///
+/// * every snapshot write of the repository first proves the lock is
+///   still held and fresh, and the lease (if any) still ours with a third
+///   of it to spare ([`LockGuard::commit_check`],
+///   [`cairn_dynamodb::Lease::commit_check`]); either failing refuses the
+///   write (exit 11), so a run that stalled is fenced off even if it wakes
+///   up just before its commit;
+/// * when either is lost (refreshes failing past the bound, the lock file
+///   removed, the lease taken over), the command's `cancel` hook is called,
+///   so it stops at its next step.
+pub struct RepoLock {
+    lock: LockGuard,
+    lease: Option<cairn_dynamodb::Lease>,
+    /// Calls the cancel hook once the lock or the lease is lost.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A command's way to stop early (sets its progress' cancel flag).
+pub type CancelHook = Box<dyn Fn() + Send + 'static>;
+
+impl RepoLock {
+    /// The lease (if configured), then a shared lock: for runs that write snapshots.
+    pub async fn for_backup(
+        ctx: &Context,
+        repo: &cairn_repo::Repository,
+        cancel: impl Fn() + Send + 'static,
+    ) -> anyhow::Result<RepoLock> {
+        let lease = acquire_lease(ctx).await?;
+        Self::take(repo, false, lease, Some(Box::new(cancel))).await
+    }
+
+    /// The repository lock alone; `cancel`, when the command has one, stops
+    /// it once the lock is lost.
+    pub async fn acquire(
+        repo: &cairn_repo::Repository,
+        exclusive: bool,
+        cancel: Option<CancelHook>,
+    ) -> anyhow::Result<RepoLock> {
+        Self::take(repo, exclusive, None, cancel).await
+    }
+
+    async fn take(
+        repo: &cairn_repo::Repository,
+        exclusive: bool,
+        lease: Option<cairn_dynamodb::Lease>,
+        cancel: Option<CancelHook>,
+    ) -> anyhow::Result<RepoLock> {
+        let lock = LockGuard::acquire_with(repo, exclusive, crate::context::lock_timing()?).await?;
+        repo.add_commit_check(lock.commit_check());
+        let mut lost = vec![lock.lost_flag()];
+        if let Some(lease) = &lease {
+            let check = lease.commit_check();
+            repo.add_commit_check(Arc::new(move || {
+                let check = check.clone();
+                Box::pin(async move { check.confirm().await.map_err(|e| e.to_string()) })
+            }));
+            lost.push(lease.lost_flag());
+        }
+        let watcher = cancel.map(|cancel| {
+            tokio::spawn(async move {
+                while !lost.iter().any(|flag| flag.load(Ordering::Relaxed)) {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                cancel();
+            })
+        });
+        Ok(RepoLock { lock, lease, watcher })
+    }
+
+    /// Gives the lock (and lease) back and returns the run's outcome. The
+    /// command's own result wins over a failed release, which is only a
+    /// warning (a saved snapshot stays saved, an error keeps its exit
+    /// code). A lost lock or lease fails a run that did not finish: it is
+    /// why a cancelled run stopped (exit 11), and it makes any other error
+    /// suspect (named together with it). A run that finished before the
+    /// loss stands, with a warning.
+    pub async fn finish<T>(self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+        let mut lost: Option<anyhow::Error> = self.lock.lost_error().map(Into::into);
+        let lease_lost = match &self.lease {
+            Some(lease) if lease.is_lost() => lease.check().await.err(),
+            _ => None,
+        };
+        if let Err(e) = self.lock.release().await {
+            tracing::warn!(
+                error = %e,
+                "could not remove the repository lock: it goes stale {} minutes after its last refresh, \
+                 and `cairn unlock` on this host removes it as soon as this process has ended",
+                cairn_repo::lock::STALE_AFTER.as_secs() / 60
+            );
+        }
+        match (self.lease, lease_lost) {
+            (_, Some(e)) => lost = lost.or(Some(e.into())),
+            (Some(lease), None) => {
+                if let Err(e) = lease.release().await {
+                    tracing::warn!(
+                        error = %e,
+                        "could not release the DynamoDB lease: it expires by itself once its lock_lease runs out"
+                    );
+                }
+            }
+            (None, None) => {}
+        }
+        match (result, lost) {
+            (result, None) => result,
+            (Ok(value), Some(lost)) => {
+                tracing::warn!(
+                    error = %format!("{lost:#}"),
+                    "the lock was lost only after the command had finished; its result stands"
+                );
+                Ok(value)
+            }
+            (Err(e), Some(lost)) if matches!(exit::code_for(&e), exit::INTERRUPTED | exit::LOCKED) => {
+                Err(lost)
+            }
+            (Err(e), Some(lost)) => Err(lost.context(format!("{e:#}"))),
+        }
+    }
+}
+
 /// The DynamoDB lease on the repository, when `lock_table` is configured
 /// (`CAIRN_LOCK_TABLE` or cairn.yaml): taken before the repository lock,
-/// held by a heartbeat for the whole run. When it is lost (another run took
-/// over after this one stalled past its lease), `cancel` is set so the run
-/// stops at its next step; and whatever happens, `repo` writes a snapshot
-/// only after proving the lease is still held with a third of it to spare
-/// ([`cairn_dynamodb::Lease::commit_check`]), so a run that stalled is
-/// fenced off even if it wakes up just before its commit.
-pub async fn acquire_lease(
-    ctx: &Context,
-    repo: &cairn_repo::Repository,
-    cancel: impl Fn() + Send + 'static,
-) -> anyhow::Result<Option<cairn_dynamodb::Lease>> {
+/// held by a heartbeat for the whole run.
+async fn acquire_lease(ctx: &Context) -> anyhow::Result<Option<cairn_dynamodb::Lease>> {
     let cfg = ctx.config.as_ref();
     let Some(table) = std::env::var("CAIRN_LOCK_TABLE")
         .ok()
@@ -62,31 +182,7 @@ pub async fn acquire_lease(
     };
     let (host, user) = cairn_repo::host_and_user();
     let owner = format!("{user}@{host}/{}", std::process::id());
-    let lease = cairn_dynamodb::Lease::acquire(&config, &ctx.location()?, &owner).await?;
-    let check = lease.commit_check();
-    repo.set_commit_check(Arc::new(move || {
-        let check = check.clone();
-        Box::pin(async move { check.confirm().await.map_err(|e| e.to_string()) })
-    }));
-    let lost = lease.lost_flag();
-    tokio::spawn(async move {
-        while !lost.load(Ordering::Relaxed) {
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
-        cancel();
-    });
-    Ok(Some(lease))
-}
-
-/// After a run under a lease: a lost lease fails the run (exit 11), else it is released.
-pub async fn finish_lease(lease: Option<cairn_dynamodb::Lease>) -> anyhow::Result<()> {
-    if let Some(lease) = lease {
-        if lease.is_lost() {
-            lease.check().await?;
-        }
-        lease.release().await?;
-    }
-    Ok(())
+    Ok(Some(cairn_dynamodb::Lease::acquire(&config, &ctx.location()?, &owner).await?))
 }
 
 /// The snapshot catalog, when `catalog_table` (or `CAIRN_CATALOG_TABLE`) is set.

@@ -8,9 +8,8 @@ use cairn_postgres::physical::{BaseBackupOptions, PitrOptions, RecoveryTarget};
 use cairn_postgres::wal::PushOutcome;
 use cairn_postgres::wal::spool::{self, Spool, Spooled, WhenFull};
 use cairn_postgres::{DumpOptions, DumpProgress, PgError, PgTarget, RestoreOptions, RestoreProgress};
-use cairn_repo::lock::LockGuard;
 
-use super::{Stop, StopRecovery, print_json};
+use super::{RepoLock, Stop, StopRecovery, print_json};
 use crate::cli::{OverwriteArg, PostgresArgs, RestoreArgs, WalAction, WalArgs, WalFetchArgs, WalPushArgs};
 use crate::context::Context;
 use crate::exit;
@@ -34,11 +33,10 @@ pub async fn backup(
         return physical_backup(ctx, &repo, args, target, source_name, json).await;
     }
     let progress = Arc::new(DumpProgress::default());
-    let lease = {
+    let lock = {
         let p = progress.clone();
-        super::acquire_lease(ctx, &repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
+        RepoLock::for_backup(ctx, &repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
     };
-    let lock = LockGuard::acquire(&repo, false).await?;
     super::backup::clean_abandoned_uploads(&repo, upload_age).await;
     {
         let p = progress.clone();
@@ -70,9 +68,7 @@ pub async fn backup(
     tracing::info!(server = %target.display(), repository = %repo.location(), "PostgreSQL backup started");
     let result = cairn_postgres::dump(&repo, opts, progress).await;
     ticker.finish();
-    lock.release().await?;
-    super::finish_lease(lease).await?;
-    let result = result?;
+    let result = lock.finish(result.map_err(Into::into)).await?;
     super::record_snapshot(ctx, &result.snapshot_id, &result.snapshot).await;
     let s = result.snapshot.summary.clone().unwrap_or_default();
     let seconds = (s.backup_end - s.backup_start).num_milliseconds() as f64 / 1000.0;
@@ -115,8 +111,12 @@ pub async fn restore(ctx: &Context, url: &str, args: RestoreArgs, stop: Arc<Stop
     }
     let repo = ctx.open().await?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot).await?;
-    let lock = LockGuard::acquire(&repo, false).await?;
-    let index = Arc::new(repo.load_index().await?);
+    let progress = Arc::new(RestoreProgress::default());
+    let lock = {
+        let p = progress.clone();
+        RepoLock::acquire(&repo, false, Some(Box::new(move || p.cancel.store(true, Ordering::Relaxed))))
+            .await?
+    };
     let pg = &args.postgres;
     let opts = RestoreOptions {
         database: pg.database.clone(),
@@ -131,7 +131,6 @@ pub async fn restore(ctx: &Context, url: &str, args: RestoreArgs, stop: Arc<Stop
         verify: pg.verify,
         ..RestoreOptions::new(target.clone())
     };
-    let progress = Arc::new(RestoreProgress::default());
     {
         let p = progress.clone();
         stop.on_stop(move || p.cancel.store(true, Ordering::Relaxed));
@@ -149,10 +148,13 @@ pub async fn restore(ctx: &Context, url: &str, args: RestoreArgs, stop: Arc<Stop
         )
     });
     let started = std::time::Instant::now();
-    let result = cairn_postgres::restore(&repo, index, &snapshot, &opts, progress).await;
+    let result = async {
+        let index = Arc::new(repo.load_index().await?);
+        Ok(cairn_postgres::restore(&repo, index, &snapshot, &opts, progress).await?)
+    }
+    .await;
     ticker.finish();
-    lock.release().await?;
-    let report = result?;
+    let report = lock.finish(result).await?;
     let seconds = started.elapsed().as_secs_f64();
     let plan = &report.plan;
     if args.json || ctx.json_logs() {
@@ -446,11 +448,10 @@ async fn physical_backup(
     json: bool,
 ) -> Result<u8> {
     let progress = Arc::new(DumpProgress::default());
-    let lease = {
+    let lock = {
         let p = progress.clone();
-        super::acquire_lease(ctx, repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
+        RepoLock::for_backup(ctx, repo, move || p.cancel.store(true, Ordering::Relaxed)).await?
     };
-    let lock = LockGuard::acquire(repo, false).await?;
     let p = progress.clone();
     let ticker = Ticker::start(ctx.progress, "base backup", move || {
         (p.bytes_done.load(Ordering::Relaxed), 0, String::new())
@@ -465,9 +466,7 @@ async fn physical_backup(
     };
     let result = cairn_postgres::physical::base_backup(repo, opts, progress).await;
     ticker.finish();
-    lock.release().await?;
-    super::finish_lease(lease).await?;
-    let (id, snapshot, manifest) = result?;
+    let (id, snapshot, manifest) = lock.finish(result.map_err(Into::into)).await?;
     super::record_snapshot(ctx, &id, &snapshot).await;
     let s = snapshot.summary.clone().unwrap_or_default();
     let warnings = snapshot.cairn.as_ref().map(|c| c.warnings.clone()).unwrap_or_default();
@@ -538,8 +537,7 @@ pub async fn restore_physical(ctx: &Context, args: RestoreArgs) -> Result<u8> {
     );
     let repo = ctx.open().await?;
     let (id, snapshot) = pick_base_backup(&repo, &args.snapshot, &target).await?;
-    let lock = LockGuard::acquire(&repo, false).await?;
-    let index = Arc::new(repo.load_index().await?);
+    let lock = RepoLock::acquire(&repo, false, None).await?;
     let opts = PitrOptions {
         data_dir: data_dir.clone(),
         target: target.clone(),
@@ -553,9 +551,12 @@ pub async fn restore_physical(ctx: &Context, args: RestoreArgs) -> Result<u8> {
         tablespace_map: pg.tablespace_map.clone(),
         tablespaces_in_place: pg.tablespaces_in_place,
     };
-    let result = cairn_postgres::physical::restore_physical(&repo, index, &snapshot, &opts).await;
-    lock.release().await?;
-    let report = result?;
+    let result = async {
+        let index = Arc::new(repo.load_index().await?);
+        Ok(cairn_postgres::physical::restore_physical(&repo, index, &snapshot, &opts).await?)
+    }
+    .await;
+    let report = lock.finish(result).await?;
     if args.json || ctx.json_logs() {
         print_json(&serde_json::json!({
             "message": "physical restore complete",

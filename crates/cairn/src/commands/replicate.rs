@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 use cairn_repo::Repository;
-use cairn_repo::replicate::{repair_replica, replicate, verify_replica};
+use cairn_repo::replicate::{ExtraKeys, repair_replica, replicate, verify_replica};
 use cairn_store::DisplaySafe;
 
 use super::{Damage, print_json};
@@ -24,7 +24,9 @@ pub async fn run(ctx: &Context, args: ReplicateArgs) -> Result<u8> {
                 failures.push(format!("{target}: {e:#}"));
             }
         } else {
-            copy_to(ctx, &repo, target, args.concurrency, args.json).await?;
+            let extra_keys =
+                if args.remove_revoked_keys { ExtraKeys::RemoveRevoked } else { ExtraKeys::Keep };
+            copy_to(ctx, &repo, target, args.concurrency, extra_keys, args.json).await?;
         }
     }
     if failures.is_empty() { Ok(exit::SUCCESS) } else { Err(Damage(failures.join("; ")).into()) }
@@ -36,12 +38,13 @@ pub async fn copy_to(
     repo: &Repository,
     target: &DisplaySafe,
     concurrency: usize,
+    extra_keys: ExtraKeys,
     json: bool,
 ) -> Result<()> {
     let replica = backend_for(target.expose()).await?;
     let started = std::time::Instant::now();
     let copies_before = cairn_repo::replicate::SERVER_SIDE_COPIES.load(std::sync::atomic::Ordering::Relaxed);
-    let report = replicate(repo, replica, concurrency).await?;
+    let report = replicate(repo, replica, concurrency, extra_keys).await?;
     let server_side =
         cairn_repo::replicate::SERVER_SIDE_COPIES.load(std::sync::atomic::Ordering::Relaxed) - copies_before;
     let (objects, total): (u64, u64) = report.copied.iter().fold((0, 0), |a, (_, n, b)| (a.0 + n, a.1 + b));
@@ -53,16 +56,33 @@ pub async fn copy_to(
             "bytes_copied": total,
             "already_present": report.already_present,
             "server_side_copies": server_side,
+            "extra_keys": report.extra_keys,
+            "removed_keys": report.removed_keys,
             "seconds": started.elapsed().as_secs_f64(),
         }));
     } else {
         println!(
-            "replica {target}: copied {objects} objects ({}), {} already there",
+            "replica {target}: copied {objects} objects ({}), {} already there{}{}",
             bytes(total),
-            report.already_present
+            report.already_present,
+            if report.removed_keys.is_empty() {
+                String::new()
+            } else {
+                format!("; removed revoked keys {}", short_ids(&report.removed_keys))
+            },
+            if report.extra_keys.is_empty() {
+                String::new()
+            } else {
+                format!("; kept keys the primary lacks: {}", short_ids(&report.extra_keys))
+            }
         );
     }
     Ok(())
+}
+
+/// Key ids as `cairn key list` shows them.
+fn short_ids(ids: &[String]) -> String {
+    ids.iter().map(|id| &id[..id.len().min(8)]).collect::<Vec<_>>().join(", ")
 }
 
 async fn verify_one(
@@ -93,6 +113,7 @@ async fn verify_one(
             "missing": report.missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "differing": report.differing.iter().map(|(o, why)| format!("{o} ({why})")).collect::<Vec<_>>(),
             "snapshots_missing": report.snapshots_missing,
+            "extra_keys": report.extra_keys,
             "lag_seconds": lag_secs,
         }));
     } else {
@@ -101,6 +122,9 @@ async fn verify_one(
         }
         for (o, why) in &report.differing {
             eprintln!("differs on replica: {o} ({why})");
+        }
+        for key in &report.extra_keys {
+            eprintln!("note: key only on the replica (not damage): keys/{key}");
         }
         println!(
             "replica {target}: {} objects checked ({} by the store's checksum), {} missing, {} differing, {} snapshots behind, lag {}s",

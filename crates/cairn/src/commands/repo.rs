@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Result, bail};
 use cairn_crypto::KdfParams;
 use cairn_repo::check::{CheckOptions, ReadData};
-use cairn_repo::lock::{LockGuard, remove_locks};
+use cairn_repo::lock::remove_locks;
 use cairn_repo::tree::NodeType;
 use cairn_repo::{BlobType, Id, Repository};
 use cairn_store::FileType;
 
-use super::{Damage, print_json};
+use super::{Damage, RepoLock, print_json};
 use crate::cli::{CheckArgs, KeyAction, KeyArgs, SnapshotsArgs, StatsArgs, UnlockArgs};
 use crate::context::Context;
 use crate::exit;
@@ -136,7 +136,7 @@ pub async fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
         _ => ReadData::None,
     };
     let repo = ctx.open().await?;
-    let lock = LockGuard::acquire(&repo, false).await?;
+    let lock = RepoLock::acquire(&repo, false, None).await?;
     let done = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(0));
     let (d, t) = (done.clone(), total.clone());
@@ -152,8 +152,7 @@ pub async fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
         cairn_repo::check::check(&repo, &CheckOptions { read_data, ..Default::default() }, Some(progress))
             .await;
     ticker.finish();
-    lock.release().await?;
-    let report = report?;
+    let report = lock.finish(report.map_err(Into::into)).await?;
     if args.json || ctx.json_logs() {
         print_json(&serde_json::json!({
             "message": "check complete",
@@ -316,18 +315,17 @@ pub async fn key(ctx: &Context, args: KeyArgs) -> Result<u8> {
                 [] => bail!("no key matches {id:?}; run `cairn key list`"),
                 _ => bail!("key prefix {id:?} is ambiguous; give more digits"),
             };
-            let lock = LockGuard::acquire(&repo, true).await?;
-            let r = repo.remove_key(&key).await;
-            lock.release().await?;
-            r?;
-            println!("removed key {}", key.short());
+            let lock = RepoLock::acquire(&repo, true, None).await?;
+            let removed = repo.remove_key(&key).await;
+            lock.finish(removed.map_err(Into::into)).await?;
+            println!("removed key {} (revocation recorded in cairn/revoked-keys/)", key.short());
         }
         KeyAction::Passwd(a) => {
             let pw = ctx.new_password(a.new_password_file.as_ref(), "CAIRN_NEW_PASSWORD")?;
-            let lock = LockGuard::acquire(&repo, true).await?;
-            let r = repo.change_password(&pw, KdfParams::DEFAULT).await;
-            lock.release().await?;
-            println!("password changed (new key {})", r?.short());
+            let lock = RepoLock::acquire(&repo, true, None).await?;
+            let changed = repo.change_password(&pw, KdfParams::DEFAULT).await;
+            let new_key = lock.finish(changed.map_err(Into::into)).await?;
+            println!("password changed (new key {})", new_key.short());
         }
     }
     Ok(exit::SUCCESS)

@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use cairn_repo::lock::LockGuard;
 use cairn_repo::tree::NodeType;
 use cairn_repo::verify::{VerifyProgress, verify_snapshot};
 use cairn_volume::{Overwrite, RestoreOptions, RestoreProgress};
 
-use super::{Damage, Stop, print_json};
+use super::{Damage, RepoLock, Stop, print_json};
 use crate::cli::{LsArgs, OverwriteArg, RestoreArgs, VerifyArgs};
 use crate::context::Context;
 use crate::exit;
@@ -28,8 +27,12 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Resul
     }
     let repo = ctx.open().await?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot).await?;
-    let lock = LockGuard::acquire(&repo, false).await?;
-    let index = Arc::new(repo.load_index().await?);
+    let progress = Arc::new(RestoreProgress::default());
+    let lock = {
+        let p = progress.clone();
+        RepoLock::acquire(&repo, false, Some(Box::new(move || p.cancel.store(true, Ordering::Relaxed))))
+            .await?
+    };
     let opts = RestoreOptions {
         target: to.clone(),
         include: args.paths.clone(),
@@ -41,7 +44,6 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Resul
         dry_run: args.dry_run,
         ..RestoreOptions::default()
     };
-    let progress = Arc::new(RestoreProgress::default());
     {
         let p = progress.clone();
         stop.on_stop(move || p.cancel.store(true, Ordering::Relaxed));
@@ -59,10 +61,13 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Resul
         )
     });
     let started = std::time::Instant::now();
-    let result = cairn_volume::restore(&repo, index, &snapshot, &opts, progress).await;
+    let result = async {
+        let index = Arc::new(repo.load_index().await?);
+        Ok(cairn_volume::restore(&repo, index, &snapshot, &opts, progress).await?)
+    }
+    .await;
     ticker.finish();
-    lock.release().await?;
-    let summary = result?;
+    let summary = lock.finish(result).await?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json || ctx.json_logs() {
         print_json(&serde_json::json!({
