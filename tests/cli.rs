@@ -96,7 +96,7 @@ fn sigterm_stops_a_backup_cleanly_and_the_next_run_reuses_its_uploads() {
     assert!(!repo_files(&env.repo, "index").is_empty(), "uploaded packs were not indexed");
     env.cairn_ok(&["check", "--read-data"]);
     let next = env.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
-    assert!(next["data_added"].as_u64().unwrap() < 8 * (16 << 20), "{next}");
+    assert!(next["bytes"]["added"].as_u64().unwrap() < 8 * (16 << 20), "{next}");
 }
 
 #[test]

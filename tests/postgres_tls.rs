@@ -144,16 +144,16 @@ fn backups_and_restores_run_over_verified_tls() {
     // verify-full: the chain against our CA and the host name (127.0.0.1 is in the certificate).
     let verified = tls_url("app", &format!("sslmode=verify-full&sslrootcert={ca}"));
     let backup = env.cairn_json(&["backup", "--json", "postgres", "--url", &verified]);
-    assert_eq!(backup["rows"], 2000, "{backup}");
+    assert_eq!(backup["objects"]["rows"], 2000, "{backup}");
     let snapshot = backup["snapshot"].as_str().unwrap().to_string();
     let copy = tls_url("copy", &format!("sslmode=verify-full&sslrootcert={ca}"));
     let done = env.cairn_json(&["restore", &snapshot, "--to", &copy, "--verify", "--json"]);
-    assert_eq!(done["rows"], 2000, "{done}");
-    assert_eq!(done["verified_tables"], 1, "{done}");
+    assert_eq!(done["objects"]["rows"], 2000, "{done}");
+    assert_eq!(done["objects"]["verified_tables"], 1, "{done}");
     assert_eq!(pg.psql("copy", "SELECT count(*), sum(id) FROM items"), "2000|2001000");
     // A drill's check, over the same settings.
     let check = env.cairn_json(&["verify", &snapshot, "--against", &copy, "--json"]);
-    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["exit_code"], 0, "{check}");
 
     // A CA that did not sign the server's certificate: refused, saying what to fix.
     let wrong = tls_url("app", &format!("sslmode=verify-full&sslrootcert={}", certs.other_ca.display()));
@@ -176,7 +176,7 @@ fn backups_and_restores_run_over_verified_tls() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not valid for the host name") && err.contains("sslmode=verify-ca"), "{err}");
     let out = env.cairn_json(&["backup", "--json", "postgres", "--url", &other_name("verify-ca")]);
-    assert_eq!(out["rows"], 2000, "{out}");
+    assert_eq!(out["objects"]["rows"], 2000, "{out}");
 
     // A missing CA file.
     let missing = tls_url("app", "sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem");
@@ -187,13 +187,13 @@ fn backups_and_restores_run_over_verified_tls() {
 
     // require: encrypted, not verified; the keyword form works the same.
     let out = env.cairn_json(&["backup", "--json", "postgres", "--url", &tls_url("app", "sslmode=require")]);
-    assert_eq!(out["rows"], 2000, "{out}");
+    assert_eq!(out["objects"]["rows"], 2000, "{out}");
     let keywords = format!(
         "host=127.0.0.1 port={} user=postgres dbname=app sslmode=verify-ca sslrootcert='{ca}'",
         pg.port
     );
     let out = env.cairn_json(&["backup", "--json", "postgres", "--url", &keywords]);
-    assert_eq!(out["rows"], 2000, "{out}");
+    assert_eq!(out["objects"]["rows"], 2000, "{out}");
 }
 
 #[test]
@@ -262,19 +262,19 @@ fn client_certificates_authenticate_backups_and_restores() {
         "--url",
         &backup_url(&pg, &certs, "app", &with_cert),
     ]);
-    assert_eq!(backup["rows"], 2000, "{backup}");
+    assert_eq!(backup["objects"]["rows"], 2000, "{backup}");
     let snapshot = backup["snapshot"].as_str().unwrap().to_string();
     let copy = backup_url(&pg, &certs, "copy", &with_cert);
     let done = env.cairn_json(&["restore", &snapshot, "--to", &copy, "--verify", "--json"]);
-    assert_eq!(done["rows"], 2000, "{done}");
-    assert_eq!(done["verified_tables"], 1, "{done}");
+    assert_eq!(done["objects"]["rows"], 2000, "{done}");
+    assert_eq!(done["objects"]["verified_tables"], 1, "{done}");
     assert_eq!(pg.psql("copy", "SELECT count(*), sum(id) FROM items"), "2000|2001000");
     assert_eq!(
         pg.psql("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'copy'"),
         "backup"
     );
     let check = env.cairn_json(&["verify", &snapshot, "--against", &copy, "--json"]);
-    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["exit_code"], 0, "{check}");
 
     // The libpq environment instead of the URL; cairn hands the settings on
     // to pg_dump and pg_dumpall in their conninfo.
@@ -288,7 +288,7 @@ fn client_certificates_authenticate_backups_and_restores() {
     assert!(out.status.success(), "{}", describe(&out));
     let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
     let json: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"));
-    assert_eq!(json["rows"], 2000, "{json}");
+    assert_eq!(json["objects"]["rows"], 2000, "{json}");
 
     // pg_basebackup's replication connection, through its own pg_hba.conf line.
     let base = env.cairn_json(&[
@@ -299,8 +299,8 @@ fn client_certificates_authenticate_backups_and_restores() {
         "--url",
         &backup_url(&pg, &certs, "postgres", &with_cert),
     ]);
-    assert_eq!(base["kind"], "postgres-physical", "{base}");
-    assert!(base["files"].as_u64().unwrap() > 100, "{base}");
+    assert_eq!(base["mode"], "physical", "{base}");
+    assert!(base["objects"]["files"].as_u64().unwrap() > 100, "{base}");
 }
 
 #[test]
@@ -366,7 +366,7 @@ fn rejected_client_certificates_fail_in_one_clear_line() {
         "--url",
         &backup_url(&pg, &certs, "app", &client_cert_params(&certs.client_cert, &loose)),
     ]);
-    assert_eq!(out["rows"], 2000, "{out}");
+    assert_eq!(out["objects"]["rows"], 2000, "{out}");
 }
 
 /// SCRAM logins over TLS bind to the TLS session (SCRAM-SHA-256-PLUS with
@@ -398,7 +398,7 @@ fn scram_logins_bind_to_the_tls_session() {
 
     let logical =
         env.cairn_json(&["backup", "--json", "postgres", "--url", &url("bound", "bound-secret", "app")]);
-    assert_eq!(logical["rows"], 1500, "{logical}");
+    assert_eq!(logical["objects"]["rows"], 1500, "{logical}");
     let physical = env.cairn_json(&[
         "backup",
         "--json",
@@ -407,7 +407,7 @@ fn scram_logins_bind_to_the_tls_session() {
         "--url",
         &url("bound", "bound-secret", "postgres"),
     ]);
-    assert_eq!(physical["kind"], "postgres-physical", "{physical}");
+    assert_eq!(physical["mode"], "physical", "{physical}");
     let snapshot = logical["snapshot"].as_str().unwrap().to_string();
     let restored = env.cairn_json(&[
         "restore",
@@ -417,7 +417,7 @@ fn scram_logins_bind_to_the_tls_session() {
         "--verify",
         "--json",
     ]);
-    assert_eq!(restored["rows"], 1500, "{restored}");
+    assert_eq!(restored["objects"]["rows"], 1500, "{restored}");
 
     // MD5 cannot bind: refused on cairn's first connection and on the replication one.
     for extra in [&[][..], &["--physical"][..]] {

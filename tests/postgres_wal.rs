@@ -218,7 +218,7 @@ fn point_in_time_restore_brings_deleted_rows_back() {
     pg.psql("postgres", "CREATE TABLE orders (id int PRIMARY KEY, note text)");
     pg.psql("postgres", "INSERT INTO orders SELECT i, 'before backup' FROM generate_series(1, 1000) i");
     let base = env.cairn_json(&["backup", "--json", "postgres", "--physical", "--url", &pg.url("postgres")]);
-    assert_eq!(base["kind"], "postgres-physical", "{base}");
+    assert_eq!(base["mode"], "physical", "{base}");
     assert!(base["warnings"].as_array().unwrap().is_empty(), "archiving is configured: {base}");
 
     pg.psql("postgres", "INSERT INTO orders SELECT i, 'after backup' FROM generate_series(1001, 1500) i");
@@ -243,7 +243,7 @@ fn point_in_time_restore_brings_deleted_rows_back() {
     assert!(out.status.success(), "{}", describe(&out));
     let report: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
-    let stop = report["report"]["recovery_stop"].as_str().unwrap_or_default();
+    let stop = report["details"]["report"]["recovery_stop"].as_str().unwrap_or_default();
     assert!(stop.contains("recovery stopping before"), "{report}");
     let psql = |sql: &str| copy.psql("postgres", sql);
     assert_eq!(psql("SELECT count(*) FROM orders"), "1500", "rows as of the noted time");
@@ -461,7 +461,7 @@ fn tablespaces_come_back_mapped_or_in_place() {
         "--url",
         &url("backup_md5", "md5-secret"),
     ]);
-    assert_eq!(md5["kind"], "postgres-physical", "{md5}");
+    assert_eq!(md5["mode"], "physical", "{md5}");
     let scram = env.cairn_json(&[
         "backup",
         "--json",
@@ -470,7 +470,7 @@ fn tablespaces_come_back_mapped_or_in_place() {
         "--url",
         &url("backup_scram", "scram-secret"),
     ]);
-    assert_eq!(scram["kind"], "postgres-physical", "{scram}");
+    assert_eq!(scram["mode"], "physical", "{scram}");
     // The tablespace's relation files are in the snapshot under pg_tblspc/<oid>/.
     let listing = env.cairn_ok(&["ls", "latest"]);
     assert!(listing.lines().any(|l| l.contains(&format!("pg_tblspc/{oid}/PG_"))), "{listing}");
@@ -649,7 +649,7 @@ fn a_capped_base_backup_keeps_to_its_rate() {
         &pg.url("postgres"),
     ]);
     let elapsed = started.elapsed().as_secs_f64();
-    let sent = backup["bytes"].as_u64().unwrap();
+    let sent = backup["details"]["bytes"].as_u64().unwrap();
     assert!(sent > 30 << 20, "{backup}");
     // The server's throttle works on samples; allow it a tenth.
     let floor = sent as f64 / rate as f64 * 0.9;

@@ -151,7 +151,7 @@ fn kill_9_mid_backup_leaves_a_consistent_repository_and_the_next_run_resumes() {
 
     let resumed = env.cairn_json(&["backup", "--json", "volume", "--pack-size", "2", src.to_str().unwrap()]);
     let total = 8u64 * (16 << 20);
-    let added = resumed["data_added"].as_u64().unwrap();
+    let added = resumed["bytes"]["added"].as_u64().unwrap();
     assert!(added < total, "nothing was reused: {resumed}");
     env.cairn_ok(&["check", "--read-data"]);
     let out = env.path("out");

@@ -82,11 +82,11 @@ fn ceph_rgw_round_trip_and_restic_reads_the_bucket() {
     make_tree(&src);
     s3.cairn_ok(&["init"]);
     let first = s3.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
-    assert!(first["files_new"].as_u64().unwrap() > 50);
+    assert!(first["objects"]["files_new"].as_u64().unwrap() > 50);
     std::fs::write(src.join("small.txt"), b"changed").unwrap();
     let second = s3.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
     // small.txt and its hard link
-    assert_eq!(second["files_changed"], 2, "{second}");
+    assert_eq!(second["objects"]["files_changed"], 2, "{second}");
 
     let out = s3.env.path("out");
     s3.cairn_ok(&["restore", "latest", "--to", out.to_str().unwrap()]);
@@ -211,7 +211,7 @@ fn kill_9_mid_backup_to_s3_resumes_without_uploading_again() {
     child.wait().unwrap();
     s3.cairn_ok(&["check", "--read-data"]);
     let resumed = s3.cairn_json(&["backup", "--json", "volume", "--pack-size", "2", src.to_str().unwrap()]);
-    assert!(resumed["data_added"].as_u64().unwrap() < 6 * (16 << 20), "nothing reused: {resumed}");
+    assert!(resumed["bytes"]["added"].as_u64().unwrap() < 6 * (16 << 20), "nothing reused: {resumed}");
     let out = s3.env.path("out");
     s3.cairn_ok(&["restore", "latest", "--to", out.to_str().unwrap()]);
     assert_same_tree(&src, &out, false);

@@ -177,7 +177,7 @@ fn throttling_and_server_errors_are_ridden_out() {
             .rule(FaultRule::new(Fault::SlowDown).method("HEAD").probability(0.15)),
     );
     let summary = s3.proxied_backup(&src);
-    assert!(summary["files_new"].as_u64().unwrap() > 50, "{summary}");
+    assert!(summary["objects"]["files_new"].as_u64().unwrap() > 50, "{summary}");
     // The restore goes through the proxy too: reads are retried as writes are.
     s3.assert_intact(&src, true);
 
@@ -282,7 +282,7 @@ fn a_server_that_stops_taking_data_fails_the_backup_cleanly_and_the_next_run_res
     // reused: the repository holds more than this run uploaded.
     let stats: serde_json::Value = serde_json::from_str(s3.direct_ok(&["stats", "--json"]).trim()).unwrap();
     let stored = stats["stored_bytes"].as_u64().unwrap();
-    let uploaded = resumed["data_added_packed"].as_u64().unwrap();
+    let uploaded = resumed["bytes"]["stored"].as_u64().unwrap();
     assert!(uploaded + (5 << 20) < stored, "nothing reused: uploaded {uploaded} of {stored}: {resumed}");
     s3.assert_intact(&src, false);
 }
@@ -320,7 +320,7 @@ fn a_failed_lock_release_neither_fails_a_saved_backup_nor_hides_a_real_error() {
         stderr.contains("could not remove the repository lock") && stderr.contains("cairn unlock"),
         "{stderr}"
     );
-    assert_eq!(last_json(&saved)["message"], "backup complete");
+    assert_eq!(last_json(&saved)["job"], "backup");
     assert_eq!(s3.snapshot_count(), 1);
     assert!(s3.proxy.counts().get("DELETE", FaultKind::InternalError) >= 2, "{}", s3.proxy.counts());
     // What the warning promises: the lock is there, and `cairn unlock` removes it.

@@ -39,34 +39,38 @@ fn unchanged_files_are_not_read_again_and_changes_are_found() {
     make_tree(&src);
     env.init();
     let first = env.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
-    let total = first["files_new"].as_u64().unwrap();
+    let total = first["objects"]["files_new"].as_u64().unwrap();
     assert!(total > 50);
 
     let second = env.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
-    assert_eq!(second["files_unmodified"].as_u64().unwrap(), total, "{second}");
-    assert_eq!(second["files_new"].as_u64().unwrap() + second["files_changed"].as_u64().unwrap(), 0);
+    assert_eq!(second["objects"]["files_unmodified"].as_u64().unwrap(), total, "{second}");
     assert_eq!(
-        second["dirs_new"].as_u64().unwrap() + second["dirs_changed"].as_u64().unwrap(),
+        second["objects"]["files_new"].as_u64().unwrap()
+            + second["objects"]["files_changed"].as_u64().unwrap(),
+        0
+    );
+    assert_eq!(
+        second["objects"]["dirs_new"].as_u64().unwrap() + second["objects"]["dirs_changed"].as_u64().unwrap(),
         0,
         "{second}"
     );
     // Only the trees of the path's ancestors (whose mtimes others change) may be new.
-    assert!(second["data_added"].as_u64().unwrap() < 2048, "{second}");
+    assert!(second["bytes"]["added"].as_u64().unwrap() < 2048, "{second}");
     assert_eq!(second["parent"].as_str(), first["snapshot"].as_str());
 
     std::fs::write(src.join("docs/readme.md"), b"rewritten").unwrap();
     std::fs::write(src.join("new-file.txt"), b"brand new").unwrap();
     let third = env.cairn_json(&["backup", "--json", "volume", src.to_str().unwrap()]);
-    assert_eq!(third["files_changed"].as_u64().unwrap(), 1, "{third}");
-    assert_eq!(third["files_new"].as_u64().unwrap(), 1, "{third}");
+    assert_eq!(third["objects"]["files_changed"].as_u64().unwrap(), 1, "{third}");
+    assert_eq!(third["objects"]["files_new"].as_u64().unwrap(), 1, "{third}");
     // Only the two small files' bytes (plus trees) are new.
-    assert!(third["data_added"].as_u64().unwrap() < 64 << 10, "{third}");
+    assert!(third["bytes"]["added"].as_u64().unwrap() < 64 << 10, "{third}");
 
     // --force reads everything again but stores nothing new.
     let forced = env.cairn_json(&["backup", "--json", "volume", "--force", src.to_str().unwrap()]);
-    assert_eq!(forced["files_unmodified"].as_u64().unwrap(), 0);
+    assert_eq!(forced["objects"]["files_unmodified"].as_u64().unwrap(), 0);
     // Without a parent, atimes moved by the last read make new trees; no file data is new.
-    assert!(forced["data_added"].as_u64().unwrap() < 64 << 10, "{forced}");
+    assert!(forced["bytes"]["added"].as_u64().unwrap() < 64 << 10, "{forced}");
 }
 
 #[test]
@@ -134,7 +138,7 @@ fn partial_restore_dry_run_and_overwrite_policy() {
 
     // if-changed restores only what differs; always replaces everything.
     let r = env.cairn_json(&["restore", "latest", "--to", target, "--overwrite", "if-changed", "--json"]);
-    assert!(r["skipped"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["objects"]["skipped"].as_u64().unwrap() >= 1, "{r}");
     assert_same_tree(&src, &out, true);
     std::fs::write(out.join("docs/readme.md"), b"x").unwrap();
     env.cairn_ok(&["restore", "latest", "--to", target, "--overwrite", "always"]);
@@ -170,7 +174,7 @@ fn config_file_names_repository_password_and_sources() {
     for line in stdout.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     }
-    assert!(stdout.contains("backup complete"));
+    assert!(stdout.contains("\"job\":\"backup\""), "{stdout}");
     let snaps = env.cairn_json(&["snapshots", "--json"]);
     assert_eq!(snaps[0]["tags"][0], "nightly");
     assert_eq!(snaps[0]["cairn"]["source_name"], "site");

@@ -43,13 +43,29 @@ impl Classify for EngineError {
             EngineError::Repo(e) => e.class(),
             EngineError::Store(e) => e.class(),
             EngineError::Source(e) => e.class(),
-            EngineError::Lease(LeaseError::Held { .. } | LeaseError::Lost { .. } | LeaseError::Expiring { .. }) => {
-                ErrorClass::Locked
-            }
+            EngineError::Lease(
+                LeaseError::Held { .. } | LeaseError::Lost { .. } | LeaseError::Expiring { .. },
+            ) => ErrorClass::Locked,
             EngineError::Lease(_) | EngineError::Catalog(_) | EngineError::Settings(_) => ErrorClass::Failure,
             EngineError::Usage(_) => ErrorClass::Usage,
             EngineError::Damage(_) => ErrorClass::Damaged,
             EngineError::Interrupted => ErrorClass::Interrupted,
         }
     }
+}
+
+/// An error and its causes in one line, each cause added only where the
+/// message does not already say it (most of ours embed their cause).
+pub fn render(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    line
 }

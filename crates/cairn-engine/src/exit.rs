@@ -24,7 +24,10 @@ pub const TERMINATED: u8 = 143;
 pub const TABLE: &[(u8, &str)] = &[
     (SUCCESS, "success"),
     (FAILURE, "failure (the one-line message says why and what to do)"),
-    (USAGE, "bad usage (a flag, or a snapshot of another kind than the command takes; the message names the right command)"),
+    (
+        USAGE,
+        "bad usage (a flag, or a snapshot of another kind than the command takes; the message names the right command)",
+    ),
     (PARTIAL, "backup written, but some files could not be read (listed in the snapshot)"),
     (DAMAGED, "check/verify/restore found damage, or a target differs from its snapshot"),
     (REPLICA_FAILED, "snapshot saved, but bringing a replica up to date failed (run `cairn replicate`)"),
@@ -32,7 +35,10 @@ pub const TABLE: &[(u8, &str)] = &[
     (NO_REPOSITORY, "repository does not exist"),
     (LOCKED, "repository is locked by another process, or this run lost its lease or lock"),
     (WRONG_PASSWORD, "wrong password"),
-    (STOP_RECOVERY, "`wal-fetch` only: the WAL file may exist but could not be delivered; PostgreSQL stops recovery"),
+    (
+        STOP_RECOVERY,
+        "`wal-fetch` only: the WAL file may exist but could not be delivered; PostgreSQL stops recovery",
+    ),
     (INTERRUPTED, "interrupted (SIGINT)"),
     (TERMINATED, "terminated (SIGTERM), e.g. a Kubernetes pod shutdown"),
 ];
@@ -78,5 +84,34 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(codes, sorted, "codes are listed once each, in order");
+    }
+
+    /// The README and docs/DESIGN.md show this table row for row, and the
+    /// runbooks name only codes it has.
+    #[test]
+    fn the_documents_show_this_table() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for doc in ["README.md", "docs/DESIGN.md"] {
+            let text = std::fs::read_to_string(root.join(doc)).unwrap();
+            for (code, meaning) in TABLE {
+                let row = format!("| {code} | {meaning} |");
+                assert!(text.contains(&row), "{doc} lacks the row {row}");
+            }
+        }
+        for entry in std::fs::read_dir(root.join("runbooks")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (i, _) in text.match_indices("exit code ") {
+                let digits: String = text[i + 10..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                let code: u8 = digits
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{}: exit code without a number", path.display()));
+                assert!(
+                    TABLE.iter().any(|(c, _)| *c == code),
+                    "{} names exit code {code}, which the table lacks",
+                    path.display()
+                );
+            }
+        }
     }
 }

@@ -4,13 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use cairn_repo::lock::LockGuard;
 use cairn_repo::reader::SnapshotReader;
 use cairn_repo::verify::{VerifyProgress, verify_snapshot};
 use cairn_repo::{Id, RepoError, Repository, Snapshot, SnapshotFilter, kind_and_mode};
 use cairn_source::{
-    AnySettings, BackupJob, Classify, DynSource, Labels, Meter, Progress, Reading, Registry, RepositoryAccess,
-    RestoreJob, VerifyJob, check_envelope,
+    AnySettings, BackupJob, Classify, DynSource, Labels, Meter, Progress, Reading, Registry,
+    RepositoryAccess, RestoreJob, VerifyJob, check_envelope,
 };
 use cairn_store::DisplaySafe;
 
@@ -117,7 +116,7 @@ impl Engine {
 
     /// The report of a job that failed with `error`.
     fn failed(&self, report: &mut JobReport, error: &EngineError) {
-        report.errors.push(error.to_string());
+        report.errors.push(crate::error::render(error));
         report.exit_code = exit::code_for(error.class(), self.stop.reason().as_ref());
     }
 
@@ -138,21 +137,8 @@ impl Engine {
         source.validate(&*req.settings)?;
         let upload_age = crate::abandoned_upload_age()?;
         let repo = self.open().await?;
-        let lease = match &self.settings.lease {
-            Some(l) => Some(lifecycle::acquire_lease(l, &self.settings.location, &repo, &self.stop).await?),
-            None => None,
-        };
-        let lock = match self.stop.race(LockGuard::acquire(&repo, false)).await {
-            Ok(lock) => lock,
-            Err(e) => {
-                if let Some(lease) = lease
-                    && let Err(release) = lease.release().await
-                {
-                    tracing::warn!(error = %release, "could not release the DynamoDB lease; it expires on its own");
-                }
-                return Err(e);
-            }
-        };
+        let lease = self.settings.lease.as_ref().map(|l| (l, self.settings.location.as_str()));
+        let hold = lifecycle::Hold::take(&repo, false, lease, &self.stop).await?;
         clean_abandoned_uploads(&repo, upload_age).await;
         let labels = Labels {
             host: req.host.clone().unwrap_or_else(|| cairn_repo::host_and_user().0),
@@ -160,14 +146,9 @@ impl Engine {
             source_name: req.source_name.clone(),
         };
         tracing::info!(kind = %req.kind, repository = %repo.location(), "backup started");
-        let job = BackupJob::new(&lock, labels, self.stop.token(), self.progress.clone());
-        let outcome = source.backup(job, &*req.settings).await;
-        let released = lifecycle::release(lock, lease).await;
-        let outcome = outcome?;
-        if let Err(e) = released {
-            // The snapshot was written under a fenced commit: it stands.
-            report.warnings.push(format!("after the snapshot was saved: {e}"));
-        }
+        let job = BackupJob::new(hold.lock(), labels, self.stop.token(), self.progress.clone());
+        let outcome = source.backup(job, &*req.settings).await.map_err(EngineError::from);
+        let outcome = hold.finish(outcome).await?;
         let summary = outcome.snapshot.summary.clone().unwrap_or_default();
         report.snapshot = Some(outcome.snapshot_id.to_hex());
         report.parent = outcome.parent.map(|p| p.to_hex());
@@ -176,6 +157,7 @@ impl Engine {
         report.bytes.stored = summary.data_added_packed;
         report.objects = outcome.objects.clone();
         report.warnings.extend(outcome.warnings.iter().cloned());
+        report.warnings.extend(outcome.notes.iter().cloned());
         report.summary = outcome.summary.clone();
         report.details = outcome.details.clone();
         if !outcome.warnings.is_empty() {
@@ -228,7 +210,10 @@ impl Engine {
             };
             return match chosen {
                 Some(i) => Ok(candidates[i].clone()),
-                None => Err(RepoError::SnapshotNotFound { spec: format!("latest {}", filter.describe()).trim().to_string() }.into()),
+                None => Err(RepoError::SnapshotNotFound {
+                    spec: format!("latest {}", filter.describe()).trim().to_string(),
+                }
+                .into()),
             };
         }
         match self.stop.race(repo.select_snapshot(spec, filter)).await {
@@ -268,7 +253,11 @@ impl Engine {
         };
         RepositoryAccess {
             location,
-            password_file: self.settings.password_file.as_ref().map(|f| std::path::absolute(f).unwrap_or(f.clone())),
+            password_file: self
+                .settings
+                .password_file
+                .as_ref()
+                .map(|f| std::path::absolute(f).unwrap_or(f.clone())),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn")),
         }
     }
@@ -291,6 +280,13 @@ impl Engine {
                 kinds.push((kind.clone(), mode.to_string()));
             }
         }
+        // Bad input fails before the repository is opened, whatever it holds.
+        for (kind, settings) in &req.settings {
+            let source = self.source(kind)?;
+            if !source.restore_modes(&req.request, &**settings).is_empty() {
+                source.validate_restore(&req.request, &**settings)?;
+            }
+        }
         if kinds.is_empty() {
             return Err(EngineError::Usage(match &req.request.target {
                 Some(t) => format!(
@@ -310,27 +306,9 @@ impl Engine {
         report.source = snapshot.cairn.as_ref().and_then(|c| c.source_name.clone());
         let source = self.source(&kind)?;
         let settings = Self::settings_of(&req.settings, &kind)?;
-        let lock = self.stop.race(LockGuard::acquire(&repo, false)).await?;
-        let index = match self.stop.race(repo.load_index()).await {
-            Ok(index) => Arc::new(index),
-            Err(e) => {
-                lifecycle::release(lock, None).await?;
-                return Err(e);
-            }
-        };
-        let job = RestoreJob::new(
-            &lock,
-            &index,
-            id,
-            &snapshot,
-            req.request.clone(),
-            self.access(),
-            self.stop.token(),
-            self.progress.clone(),
-        );
-        let outcome = source.restore(job, settings).await;
-        lifecycle::release(lock, None).await?;
-        let outcome = outcome?;
+        let hold = lifecycle::Hold::take(&repo, false, None, &self.stop).await?;
+        let outcome = self.restore_held(req, &repo, &hold, source, settings, id, &snapshot).await;
+        let outcome = hold.finish(outcome).await?;
         report.target = Some(outcome.target.clone());
         report.bytes.read = outcome.bytes;
         report.objects = outcome.objects;
@@ -338,6 +316,31 @@ impl Engine {
         report.summary = outcome.summary;
         report.details = outcome.details;
         Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)] // the job's parts, once; a struct would only rename them
+    async fn restore_held(
+        &self,
+        req: &RestoreRequest,
+        repo: &Repository,
+        hold: &lifecycle::Hold,
+        source: &Arc<dyn DynSource>,
+        settings: &dyn AnySettings,
+        id: Id,
+        snapshot: &Snapshot,
+    ) -> Result<cairn_source::RestoreOutcome, EngineError> {
+        let index = Arc::new(self.stop.race(repo.load_index()).await?);
+        let job = RestoreJob::new(
+            hold.lock(),
+            &index,
+            id,
+            snapshot,
+            req.request.clone(),
+            self.access(),
+            self.stop.token(),
+            self.progress.clone(),
+        );
+        Ok(source.restore(job, settings).await?)
     }
 
     /// Reads a snapshot back (every blob verified, its envelope checked), or
@@ -375,19 +378,17 @@ impl Engine {
         report.mode = Some(mode);
         report.source = snapshot.cairn.as_ref().and_then(|c| c.source_name.clone());
         let source = self.source(&kind)?;
-        let lock = self.stop.race(LockGuard::acquire(&repo, false)).await?;
-        let result = self.verify_locked(req, report, &repo, &lock, source, id, &snapshot, &kind).await;
-        lifecycle::release(lock, None).await?;
-        result
+        let hold = lifecycle::Hold::take(&repo, false, None, &self.stop).await?;
+        let result = self.verify_held(req, report, &repo, source, id, &snapshot, &kind).await;
+        hold.finish(result).await
     }
 
     #[allow(clippy::too_many_arguments)] // the job's parts, once; a struct would only rename them
-    async fn verify_locked(
+    async fn verify_held(
         &self,
         req: &VerifyRequest,
         report: &mut JobReport,
         repo: &Repository,
-        _lock: &LockGuard,
         source: &Arc<dyn DynSource>,
         id: Id,
         snapshot: &Snapshot,
@@ -411,10 +412,21 @@ impl Engine {
                     let state = match (o.actual, o.ok()) {
                         (None, _) => "MISSING".to_string(),
                         (_, true) => "ok".to_string(),
-                        (Some(a), false) if a != o.expected => format!("{a}, expected {}", o.expected),
+                        (Some(a), false) if a != o.expected => {
+                            format!(
+                                "{} {a}, expected {}",
+                                if o.kind == "table" { "ROWS" } else { "SIZE" },
+                                o.expected
+                            )
+                        }
                         (Some(_), false) => "CONTENT DIFFERS (same count)".to_string(),
                     };
-                    format!("{:<50} {:>12} {}  {state}", o.name, o.expected, if o.kind == "table" { "rows" } else { "bytes" })
+                    format!(
+                        "{:<50} {:>12} {}  {state}",
+                        o.name,
+                        o.expected,
+                        if o.kind == "table" { "rows" } else { "bytes" }
+                    )
                 })
                 .chain([format!(
                     "{} of {} objects match snapshot {} in {}",
@@ -432,7 +444,8 @@ impl Engine {
                 outcome.objects.len(),
                 outcome.target
             );
-            lifecycle::record_verification(catalog, location, &id, "verify-against", differing == 0, &detail).await;
+            lifecycle::record_verification(catalog, location, &id, "verify-against", differing == 0, &detail)
+                .await;
             if differing > 0 {
                 return Err(EngineError::Damage(format!(
                     "{differing} object(s) of {} differ from snapshot {}",
@@ -505,6 +518,8 @@ async fn clean_abandoned_uploads(repo: &Repository, age: std::time::Duration) {
     match repo.backend().clean_abandoned_uploads(age).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(aborted = n, "aborted multipart uploads abandoned by earlier runs"),
-        Err(e) => tracing::warn!(error = %e, "could not abort abandoned multipart uploads; the next backup tries again"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not abort abandoned multipart uploads; the next backup tries again")
+        }
     }
 }

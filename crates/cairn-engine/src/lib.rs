@@ -26,9 +26,9 @@ mod open;
 mod report;
 mod stop;
 
-pub use error::EngineError;
+pub use error::{EngineError, render};
 pub use jobs::{BackupRequest, Engine, EngineSettings, RestoreRequest, VerifyRequest};
-pub use lifecycle::LeaseSettings;
+pub use lifecycle::{Hold, LeaseSettings, catalog_entry, lock_timing, open_catalog};
 pub use open::{abandoned_upload_age, open_backend};
 pub use report::{ByteCounts, JobReport};
 pub use stop::{Stop, StopReason};

@@ -19,7 +19,7 @@ pub async fn open_backend(location: &str) -> Result<Arc<dyn Backend>, EngineErro
     }
 }
 
-fn env_duration(name: &str) -> Result<Option<Duration>, EngineError> {
+pub(crate) fn env_duration(name: &str) -> Result<Option<Duration>, EngineError> {
     match std::env::var(name).ok().filter(|v| !v.is_empty()) {
         Some(value) => cairn_source::units::parse_duration(&value)
             .map(Some)

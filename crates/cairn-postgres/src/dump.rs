@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cairn_repo::archive::StreamFile;
-use cairn_source::{BackupJob, ObjectEntry, SnapshotWriter};
 use cairn_repo::chunker::ChunkerParams;
 use cairn_repo::{Id, SaverOptions, Snapshot};
+use cairn_source::{BackupJob, ObjectEntry, SnapshotWriter};
 use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;

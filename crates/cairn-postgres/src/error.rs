@@ -99,8 +99,13 @@ pub enum PgError {
     #[error("archived WAL file {name} is damaged: {message}")]
     WalDamaged { name: String, message: String },
 
+    /// The request cannot be done as asked (exit 2).
     #[error("{0}")]
     Usage(String),
+
+    /// A setting cannot be used (an unreadable password file).
+    #[error("{0}")]
+    Settings(String),
 
     #[error(
         "no physical base backup in this repository precedes the target; take one with `cairn backup postgres --physical`, or choose a later target"

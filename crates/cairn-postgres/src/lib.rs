@@ -44,8 +44,8 @@ mod error;
 mod manifest;
 pub mod physical;
 pub(crate) mod restore;
-pub mod source;
 mod script;
+pub mod source;
 mod tools;
 pub mod wal;
 

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_repo::archive::{Chunking, EntryMeta};
-use cairn_source::{BackupJob, SnapshotWriter};
 use cairn_repo::{Id, Index, Repository, SaverOptions, Snapshot};
+use cairn_source::{BackupJob, SnapshotWriter};
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -161,8 +161,9 @@ pub async fn base_backup(
     let replication = admin.connect_replication().await?;
 
     // The tree is the data directory: its files are not listed one by one.
-    let archive =
-        SnapshotWriter::start(job, "postgres", "physical", DUMP_CHUNKS, opts.saver.clone()).await?.without_stream_list();
+    let archive = SnapshotWriter::start(job, "postgres", "physical", DUMP_CHUNKS, opts.saver.clone())
+        .await?
+        .without_stream_list();
     let start_time = chrono::Local::now().fixed_offset();
     let (events_tx, mut events) = tokio::sync::mpsc::channel(ARCHIVE_EVENTS_IN_FLIGHT);
     let command = base_backup_command(version_num, max_rate);
@@ -234,7 +235,8 @@ pub async fn base_backup(
         "tablespaces": manifest.tablespaces.len(),
     });
     archive.set_source_version(format!("PostgreSQL {}", manifest.server_version));
-    let (id, snapshot) = archive.finish(vec![format!("{}/physical", manifest.server)], warnings, metadata).await?;
+    let (id, snapshot) =
+        archive.finish(vec![format!("{}/physical", manifest.server)], warnings, metadata).await?;
     Ok((id, snapshot, manifest))
 }
 

@@ -106,8 +106,8 @@ pub struct PostgresRestoreSettings {
     /// Directory with pg_restore/psql.
     #[arg(long, env = "CAIRN_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
-    /// Point-in-time restore of a physical base backup into --data-dir.
-    #[arg(long, requires = "data_dir", conflicts_with = "to")]
+    /// Point-in-time restore of a physical base backup into --data-dir (not --to).
+    #[arg(long, requires = "data_dir")]
     pub physical: bool,
     /// The (empty or new) data directory for --physical.
     #[arg(long, requires = "physical")]
@@ -154,7 +154,9 @@ pub struct PostgresRestoreSettings {
 
 fn parse_tablespace_map(value: &str) -> Result<(String, PathBuf), String> {
     match value.split_once('=') {
-        Some((name, dir)) if !name.is_empty() && dir.starts_with('/') => Ok((name.to_string(), PathBuf::from(dir))),
+        Some((name, dir)) if !name.is_empty() && dir.starts_with('/') => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
         _ => Err(format!("expected TABLESPACE=/ABSOLUTE/DIR, got {value:?}")),
     }
 }
@@ -180,17 +182,16 @@ impl PostgresSettings {
     pub fn target(&self) -> Result<PgTarget, PgError> {
         if self.url.is_empty() {
             return Err(PgError::Url {
-                url: String::new(),
+                url: String::new().into(),
                 message: "no server given: pass --url (or `url:` in the source's cairn.yaml entry)".into(),
             });
         }
         let target = PgTarget::parse(&self.url)?;
         match &self.password_file {
             Some(file) => {
-                let text = std::fs::read_to_string(file)
-                    .map_err(PgError::io(format!("reading the password file {}", file.display())))?;
-                let password = text.strip_suffix('\n').unwrap_or(&text);
-                Ok(target.with_password(password.strip_suffix('\r').unwrap_or(password)))
+                let password = cairn_source::config::read_secret_file(file)
+                    .map_err(|e| PgError::Settings(e.to_string()))?;
+                Ok(target.with_password(&password))
             }
             None => Ok(target),
         }
@@ -205,7 +206,11 @@ impl Meter for DumpMeter {
         let detail = if self.1 {
             String::new()
         } else {
-            format!("{}/{} tables", p.tables_done.load(Ordering::Relaxed), p.tables_total.load(Ordering::Relaxed))
+            format!(
+                "{}/{} tables",
+                p.tables_done.load(Ordering::Relaxed),
+                p.tables_total.load(Ordering::Relaxed)
+            )
         };
         Reading { bytes_done: p.bytes_done.load(Ordering::Relaxed), bytes_total: 0, detail }
     }
@@ -219,7 +224,11 @@ impl Meter for RestoreMeter {
         Reading {
             bytes_done: p.bytes_done.load(Ordering::Relaxed),
             bytes_total: p.bytes_total.load(Ordering::Relaxed),
-            detail: format!("{}/{} tables", p.tables_done.load(Ordering::Relaxed), p.tables_total.load(Ordering::Relaxed)),
+            detail: format!(
+                "{}/{} tables",
+                p.tables_done.load(Ordering::Relaxed),
+                p.tables_total.load(Ordering::Relaxed)
+            ),
         }
     }
 }
@@ -280,13 +289,18 @@ impl Source for PostgresSource {
                 max_rate: s.max_rate.map(|r| r.0),
                 saver: cairn_repo::SaverOptions::default(),
             };
-            let (snapshot_id, snapshot, manifest) = crate::physical::base_backup(&job, opts, progress).await?;
-            let warnings = snapshot.cairn.as_ref().map(|c| c.warnings.clone()).unwrap_or_default();
+            let (snapshot_id, snapshot, manifest) =
+                crate::physical::base_backup(&job, opts, progress).await?;
+            let notes = snapshot.cairn.as_ref().map(|c| c.warnings.clone()).unwrap_or_default();
             return Ok(BackupOutcome {
                 snapshot_id,
                 parent: None,
-                warnings,
-                objects: counts([("files", manifest.files), ("tablespaces", manifest.tablespaces.len() as u64)]),
+                warnings: Vec::new(),
+                notes,
+                objects: counts([
+                    ("files", manifest.files),
+                    ("tablespaces", manifest.tablespaces.len() as u64),
+                ]),
                 summary: format!(
                     "Base backup of {} files, {} (WAL {} .. {})",
                     manifest.files,
@@ -321,6 +335,7 @@ impl Source for PostgresSource {
             snapshot_id: result.snapshot_id,
             parent: None,
             warnings: Vec::new(),
+            notes: Vec::new(),
             objects: counts([("databases", m.databases.len() as u64), ("tables", tables), ("rows", rows)]),
             summary: format!("Dumped {} database(s), {tables} tables, {rows} rows", m.databases.len()),
             details: serde_json::json!({
@@ -331,7 +346,11 @@ impl Source for PostgresSource {
         })
     }
 
-    fn restore_modes(&self, request: &RestoreRequest, settings: &PostgresRestoreSettings) -> Vec<&'static str> {
+    fn restore_modes(
+        &self,
+        request: &RestoreRequest,
+        settings: &PostgresRestoreSettings,
+    ) -> Vec<&'static str> {
         if settings.physical {
             return vec!["physical"];
         }
@@ -339,6 +358,19 @@ impl Source for PostgresSource {
             Some(t) if t.starts_with("postgres://") || t.starts_with("postgresql://") => vec!["logical"],
             _ => Vec::new(),
         }
+    }
+
+    fn validate_restore(
+        &self,
+        request: &RestoreRequest,
+        settings: &PostgresRestoreSettings,
+    ) -> Result<(), PgError> {
+        if !settings.physical
+            && let Some(target) = &request.target
+        {
+            PgTarget::parse(target)?;
+        }
+        Ok(())
     }
 
     fn pick_latest(
@@ -384,12 +416,19 @@ impl Source for PostgresSource {
 
     fn restore_hint(&self, mode: &str) -> String {
         match mode {
-            "physical" => "restore it into a data directory: `cairn restore ID --physical --data-dir DIR [--to-time T]`".into(),
+            "physical" => {
+                "restore it into a data directory: `cairn restore ID --physical --data-dir DIR [--to-time T]`"
+                    .into()
+            }
             _ => "restore it into a database: `cairn restore ID --to postgresql://USER@HOST/NEWDB`".into(),
         }
     }
 
-    async fn restore(&self, job: RestoreJob<'_>, s: &PostgresRestoreSettings) -> Result<RestoreOutcome, PgError> {
+    async fn restore(
+        &self,
+        job: RestoreJob<'_>,
+        s: &PostgresRestoreSettings,
+    ) -> Result<RestoreOutcome, PgError> {
         if s.physical {
             return restore_physical(job, s).await;
         }
@@ -419,7 +458,8 @@ impl Source for PostgresSource {
             job.on_cancel(move || p.cancel.store(true, Ordering::Relaxed));
         }
         job.progress.show(Arc::new(RestoreMeter(progress.clone())));
-        let report = crate::restore(job.repository(), job.index.clone(), job.snapshot, &opts, progress).await?;
+        let report =
+            crate::restore(job.repository(), job.index.clone(), job.snapshot, &opts, progress).await?;
         let plan = &report.plan;
         let summary = if job.request.dry_run {
             let mut lines = vec![format!(
@@ -427,7 +467,11 @@ impl Source for PostgresSource {
                 plan.source_database,
                 job.snapshot_id.short(),
                 plan.target,
-                if plan.create_database { " (new database)" } else { " (existing database, in one transaction)" }
+                if plan.create_database {
+                    " (new database)"
+                } else {
+                    " (existing database, in one transaction)"
+                }
             )];
             if plan.globals {
                 lines.push("  roles and tablespaces first (globals.sql)".into());
@@ -473,12 +517,21 @@ impl Source for PostgresSource {
         target.starts_with("postgres://") || target.starts_with("postgresql://")
     }
 
-    async fn verify_against(&self, job: VerifyJob<'_>, s: &PostgresRestoreSettings) -> Result<VerifyOutcome, PgError> {
+    async fn verify_against(
+        &self,
+        job: VerifyJob<'_>,
+        s: &PostgresRestoreSettings,
+    ) -> Result<VerifyOutcome, PgError> {
         let target = PgTarget::parse(&job.target)?;
         let reader = &job.reader;
-        let checks =
-            crate::compare_database(reader.repository(), reader.index(), job.snapshot, &target, s.database.as_deref())
-                .await?;
+        let checks = crate::compare_database(
+            reader.repository(),
+            reader.index(),
+            job.snapshot,
+            &target,
+            s.database.as_deref(),
+        )
+        .await?;
         Ok(VerifyOutcome {
             target: target.display(),
             objects: checks
@@ -494,7 +547,11 @@ impl Source for PostgresSource {
         })
     }
 
-    async fn legacy_envelope(&self, reader: &SnapshotReader<'_>, snapshot: &Snapshot) -> Result<Option<Envelope>, PgError> {
+    async fn legacy_envelope(
+        &self,
+        reader: &SnapshotReader<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<Option<Envelope>, PgError> {
         let (_, mode) = cairn_repo::kind_and_mode(snapshot);
         if mode != "logical" {
             let mut envelope = Envelope::of_file_tree(snapshot);
@@ -526,8 +583,12 @@ impl Source for PostgresSource {
     }
 }
 
-async fn restore_physical(job: RestoreJob<'_>, s: &PostgresRestoreSettings) -> Result<RestoreOutcome, PgError> {
-    let data_dir = s.data_dir.clone().ok_or_else(|| PgError::Usage("--physical needs --data-dir DIR".into()))?;
+async fn restore_physical(
+    job: RestoreJob<'_>,
+    s: &PostgresRestoreSettings,
+) -> Result<RestoreOutcome, PgError> {
+    let data_dir =
+        s.data_dir.clone().ok_or_else(|| PgError::Usage("--physical needs --data-dir DIR".into()))?;
     let target = s.recovery_target();
     let access = &job.access;
     let Some(password_file) = &access.password_file else {
@@ -566,7 +627,8 @@ async fn restore_physical(job: RestoreJob<'_>, s: &PostgresRestoreSettings) -> R
         tablespace_map: s.tablespace_map.clone(),
         tablespaces_in_place: s.tablespaces_in_place,
     };
-    let report = crate::physical::restore_physical(job.repository(), job.index.clone(), job.snapshot, &opts).await?;
+    let report =
+        crate::physical::restore_physical(job.repository(), job.index.clone(), job.snapshot, &opts).await?;
     let mut lines = vec![format!(
         "restored base backup {} ({} files, {}) into {}",
         job.snapshot_id.short(),
@@ -605,7 +667,12 @@ pub fn parse_pg_time(t: &str) -> Result<chrono::DateTime<chrono::FixedOffset>, P
     if let Ok(v) = chrono::DateTime::parse_from_rfc3339(t) {
         return Ok(v);
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z", "%Y-%m-%d %H:%M:%S%.f %#z", "%Y-%m-%d %H:%M:%S %#z"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%d %H:%M:%S%#z",
+        "%Y-%m-%d %H:%M:%S%.f %#z",
+        "%Y-%m-%d %H:%M:%S %#z",
+    ] {
         if let Ok(v) = chrono::DateTime::parse_from_str(t, fmt) {
             return Ok(v);
         }
@@ -629,9 +696,9 @@ impl Classify for PgError {
         match self {
             PgError::Repo(e) => e.class(),
             PgError::Interrupted => ErrorClass::Interrupted,
-            PgError::RowCountMismatch { .. } | PgError::ContentMismatch { .. } | PgError::BadSnapshot { .. } => {
-                ErrorClass::Damaged
-            }
+            PgError::RowCountMismatch { .. }
+            | PgError::ContentMismatch { .. }
+            | PgError::BadSnapshot { .. } => ErrorClass::Damaged,
             PgError::NotPostgres { .. } | PgError::Usage(_) => ErrorClass::Usage,
             _ => ErrorClass::Failure,
         }

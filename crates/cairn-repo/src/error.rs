@@ -58,7 +58,9 @@ pub enum RepoError {
     #[error("the backup pipeline stopped: {0}")]
     Pipeline(String),
 
-    #[error("the snapshot's {path} {problem}; the snapshot is not what this command expects, or it is damaged")]
+    #[error(
+        "the snapshot's {path} {problem}; the snapshot is not what this command expects, or it is damaged"
+    )]
     SnapshotFile { path: String, problem: String },
 
     #[error("{}: {source}", path.display())]

@@ -33,8 +33,8 @@ pub mod pack;
 pub mod reader;
 pub mod replicate;
 mod repository;
-pub mod select;
 pub mod saver;
+pub mod select;
 pub mod tree;
 pub mod verify;
 
@@ -42,6 +42,6 @@ pub use error::{RepoError, Result};
 pub use format::{BlobType, CairnSnapshotMeta, Snapshot, SnapshotSummary};
 pub use id::{Id, ParseIdError};
 pub use index::Index;
-pub use select::{SnapshotFilter, kind_and_mode};
 pub use repository::{CommitCheck, KeyInfo, Repository, decode_blob, host_and_user};
 pub use saver::{BlobSaver, SavedBlob, SaverOptions, SaverStats, SaverSummary};
+pub use select::{SnapshotFilter, kind_and_mode};

@@ -246,7 +246,7 @@ fn new_lock_file(exclusive: bool) -> LockFile {
 impl LockGuard {
     /// The repository this lock is held on.
     pub fn repository(&self) -> &Repository {
-        &self.repo
+        &self.held.repo
     }
 
     /// Takes a lock with the default [`LockTiming`], failing with

@@ -56,7 +56,10 @@ impl SnapshotFilter {
         (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
             && (self.hosts.is_empty() || self.hosts.contains(&snapshot.hostname))
             && self.tags.iter().all(|t| snapshot.tags.contains(t))
-            && self.paths.iter().all(|p| snapshot.paths.iter().any(|sp| sp.trim_end_matches('/') == p.trim_end_matches('/')))
+            && self
+                .paths
+                .iter()
+                .all(|p| snapshot.paths.iter().any(|sp| sp.trim_end_matches('/') == p.trim_end_matches('/')))
             && (self.kinds.is_empty()
                 || self.kinds.iter().any(|(k, m)| *k == kind && (m.is_empty() || *m == mode)))
     }

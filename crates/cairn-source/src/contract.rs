@@ -49,7 +49,15 @@ pub struct Descriptor {
 /// both ways must agree (the conformance suite checks `Default`, empty
 /// flags and an empty mapping give the same settings).
 pub trait SourceSettings:
-    clap::Args + clap::FromArgMatches + serde::de::DeserializeOwned + Default + Clone + std::fmt::Debug + Send + Sync + 'static
+    clap::Args
+    + clap::FromArgMatches
+    + serde::de::DeserializeOwned
+    + Default
+    + Clone
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
 }
 
@@ -72,7 +80,14 @@ pub trait Source: Send + Sync + 'static {
     type Settings: SourceSettings;
     /// Restore flags of this source (they share `cairn restore`'s flags with
     /// every other source: names must be unique across adapters).
-    type RestoreSettings: clap::Args + clap::FromArgMatches + Default + Clone + std::fmt::Debug + Send + Sync + 'static;
+    type RestoreSettings: clap::Args
+        + clap::FromArgMatches
+        + Default
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static;
     type Error: std::error::Error + Classify + Send + Sync + 'static;
 
     fn descriptor(&self) -> Descriptor;
@@ -87,11 +102,25 @@ pub trait Source: Send + Sync + 'static {
     }
 
     /// Backs the source up as one snapshot.
-    async fn backup(&self, job: BackupJob<'_>, settings: &Self::Settings) -> Result<BackupOutcome, Self::Error>;
+    async fn backup(
+        &self,
+        job: BackupJob<'_>,
+        settings: &Self::Settings,
+    ) -> Result<BackupOutcome, Self::Error>;
 
     /// The modes of this source's snapshots the request can restore (its
     /// target form and flags); empty when the request is not for this source.
     fn restore_modes(&self, request: &RestoreRequest, settings: &Self::RestoreSettings) -> Vec<&'static str>;
+
+    /// Cheap checks of a restore request this source takes (a target URL
+    /// that does not parse), before the repository is opened.
+    fn validate_restore(
+        &self,
+        _request: &RestoreRequest,
+        _settings: &Self::RestoreSettings,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
 
     /// Which of `candidates` (admitted by the request's filters, oldest
     /// first) `latest` means; by default the newest. A point-in-time restore

@@ -118,8 +118,10 @@ impl Envelope {
             return Ok(None);
         }
         let data = reader.read(ENVELOPE_PATH).await?;
-        let envelope: Envelope = serde_json::from_slice(&data)
-            .map_err(|e| RepoError::SnapshotFile { path: ENVELOPE_PATH.into(), problem: format!("is not valid: {e}") })?;
+        let envelope: Envelope = serde_json::from_slice(&data).map_err(|e| RepoError::SnapshotFile {
+            path: ENVELOPE_PATH.into(),
+            problem: format!("is not valid: {e}"),
+        })?;
         if envelope.version > ENVELOPE_VERSION {
             return Err(RepoError::SnapshotFile {
                 path: ENVELOPE_PATH.into(),
@@ -168,7 +170,9 @@ pub async fn check_envelope(
             continue;
         };
         if node.size != stream.size {
-            check.problems.push(format!("{}: {} bytes, the manifest says {}", stream.path, node.size, stream.size));
+            check
+                .problems
+                .push(format!("{}: {} bytes, the manifest says {}", stream.path, node.size, stream.size));
             continue;
         }
         let mut digest = Sha256::new();
@@ -200,7 +204,12 @@ mod tests {
     fn envelopes_round_trip_and_tolerate_missing_optional_fields() {
         let mut e = Envelope::new("postgres", "logical");
         e.streams.push(StreamEntry { path: "a/b.copy".into(), size: 3, digest: "00".into() });
-        e.objects.push(ObjectEntry { kind: "table".into(), name: "db.s.t".into(), count: 2, streams: vec![] });
+        e.objects.push(ObjectEntry {
+            kind: "table".into(),
+            name: "db.s.t".into(),
+            count: 2,
+            streams: vec![],
+        });
         e.totals.insert("rows".into(), 2);
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), e);

@@ -37,7 +37,12 @@ pub struct BackupJob<'a> {
 
 impl<'a> BackupJob<'a> {
     /// A backup under `lock` (which the caller keeps until the job is done).
-    pub fn new(lock: &'a LockGuard, labels: Labels, cancel: Cancel, progress: Arc<Progress>) -> BackupJob<'a> {
+    pub fn new(
+        lock: &'a LockGuard,
+        labels: Labels,
+        cancel: Cancel,
+        progress: Arc<Progress>,
+    ) -> BackupJob<'a> {
         BackupJob { repo: lock.repository(), labels, cancel, progress }
     }
 
@@ -71,6 +76,9 @@ pub struct BackupOutcome {
     pub parent: Option<Id>,
     /// What could not be backed up (the snapshot lists them; exit code 3).
     pub warnings: Vec<String>,
+    /// Worth saying, but the snapshot is complete (not exit 3): "WAL
+    /// archiving is not configured, so this base backup restores to its end".
+    pub notes: Vec<String>,
     /// Counts for the report (`files`, `tables`, `rows`, ...).
     pub objects: BTreeMap<String, u64>,
     /// The human summary, a line or two.
@@ -199,7 +207,13 @@ impl<'a> VerifyJob<'a> {
         target: String,
         cancel: Cancel,
     ) -> VerifyJob<'a> {
-        VerifyJob { reader: SnapshotReader::new(repo, index, snapshot), snapshot_id, snapshot, target, cancel }
+        VerifyJob {
+            reader: SnapshotReader::new(repo, index, snapshot),
+            snapshot_id,
+            snapshot,
+            target,
+            cancel,
+        }
     }
 }
 

@@ -29,6 +29,7 @@
 //! with its own fixture.
 
 mod class;
+pub mod config;
 mod contract;
 mod envelope;
 mod job;
@@ -39,7 +40,9 @@ mod writer;
 
 pub use class::{Classify, ErrorClass};
 pub use contract::{Descriptor, Scratch, ScratchTarget, Source, SourceSettings};
-pub use envelope::{ENVELOPE_PATH, ENVELOPE_VERSION, Envelope, EnvelopeCheck, ObjectEntry, StreamEntry, check_envelope};
+pub use envelope::{
+    ENVELOPE_PATH, ENVELOPE_VERSION, Envelope, EnvelopeCheck, ObjectEntry, StreamEntry, check_envelope,
+};
 pub use job::{
     BackupJob, BackupOutcome, Labels, ObjectCheck, Overwrite, RepositoryAccess, RestoreJob, RestoreOutcome,
     RestoreRequest, VerifyJob, VerifyOutcome,

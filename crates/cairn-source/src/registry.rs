@@ -74,23 +74,43 @@ pub trait DynSource: Send + Sync {
     /// Adds the adapter's restore flags to `cairn restore` (or `verify`).
     fn augment_restore(&self, command: clap::Command) -> clap::Command;
     fn settings_from_args(&self, matches: &clap::ArgMatches) -> Result<Box<dyn AnySettings>, clap::Error>;
-    /// A `cairn.yaml` source's adapter keys (everything but the common ones).
-    fn settings_from_config(&self, keys: serde_json::Value) -> Result<Box<dyn AnySettings>, String>;
+    /// A `cairn.yaml` source's adapter keys (everything but the common ones),
+    /// `${NAME}` interpolated as the adapter's types want.
+    fn settings_from_config(
+        &self,
+        keys: serde_yaml::Value,
+        path: &std::path::Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Box<dyn AnySettings>, crate::config::ConfigError>;
     fn default_settings(&self) -> Box<dyn AnySettings>;
-    fn restore_settings_from_args(&self, matches: &clap::ArgMatches)
-    -> Result<Box<dyn AnySettings>, clap::Error>;
+    fn restore_settings_from_args(
+        &self,
+        matches: &clap::ArgMatches,
+    ) -> Result<Box<dyn AnySettings>, clap::Error>;
     fn mode(&self, settings: &dyn AnySettings) -> &'static str;
     fn validate(&self, settings: &dyn AnySettings) -> Result<(), SourceFailure>;
-    async fn backup(&self, job: BackupJob<'_>, settings: &dyn AnySettings) -> Result<BackupOutcome, SourceFailure>;
+    async fn backup(
+        &self,
+        job: BackupJob<'_>,
+        settings: &dyn AnySettings,
+    ) -> Result<BackupOutcome, SourceFailure>;
     fn restore_modes(&self, request: &RestoreRequest, settings: &dyn AnySettings) -> Vec<&'static str>;
+    fn validate_restore(
+        &self,
+        request: &RestoreRequest,
+        settings: &dyn AnySettings,
+    ) -> Result<(), SourceFailure>;
     fn pick_latest(
         &self,
         candidates: &[(cairn_repo::Id, Snapshot)],
         settings: &dyn AnySettings,
     ) -> Result<Option<usize>, SourceFailure>;
     fn restore_hint(&self, mode: &str) -> String;
-    async fn restore(&self, job: RestoreJob<'_>, settings: &dyn AnySettings)
-    -> Result<RestoreOutcome, SourceFailure>;
+    async fn restore(
+        &self,
+        job: RestoreJob<'_>,
+        settings: &dyn AnySettings,
+    ) -> Result<RestoreOutcome, SourceFailure>;
     fn verifies(&self, target: &str) -> bool;
     async fn verify_against(
         &self,
@@ -98,14 +118,21 @@ pub trait DynSource: Send + Sync {
         settings: &dyn AnySettings,
     ) -> Result<VerifyOutcome, SourceFailure>;
     /// The snapshot's envelope: the one it carries, else the adapter's reading of it.
-    async fn envelope(&self, reader: &SnapshotReader<'_>, snapshot: &Snapshot) -> Result<Envelope, SourceFailure>;
+    async fn envelope(
+        &self,
+        reader: &SnapshotReader<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<Envelope, SourceFailure>;
     fn scratch(&self) -> Option<Arc<dyn Scratch>>;
 }
 
 struct Registered<S: Source>(S);
 
 fn settings<'a, T: 'static>(settings: &'a dyn AnySettings, kind: &str) -> &'a T {
-    settings.as_any().downcast_ref::<T>().unwrap_or_else(|| panic!("settings of another adapter given to {kind}"))
+    settings
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap_or_else(|| panic!("settings of another adapter given to {kind}"))
 }
 
 #[async_trait]
@@ -127,8 +154,13 @@ impl<S: Source> DynSource for Registered<S> {
         Ok(Box::new(<S::Settings as clap::FromArgMatches>::from_arg_matches(matches)?))
     }
 
-    fn settings_from_config(&self, keys: serde_json::Value) -> Result<Box<dyn AnySettings>, String> {
-        let settings: S::Settings = serde_json::from_value(keys).map_err(|e| e.to_string())?;
+    fn settings_from_config(
+        &self,
+        keys: serde_yaml::Value,
+        path: &std::path::Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Box<dyn AnySettings>, crate::config::ConfigError> {
+        let settings: S::Settings = crate::config::from_value(keys, path, env)?;
         Ok(Box::new(settings))
     }
 
@@ -159,6 +191,10 @@ impl<S: Source> DynSource for Registered<S> {
         self.0.restore_modes(request, settings(s, self.0.descriptor().kind))
     }
 
+    fn validate_restore(&self, request: &RestoreRequest, s: &dyn AnySettings) -> Result<(), SourceFailure> {
+        self.0.validate_restore(request, settings(s, self.0.descriptor().kind)).map_err(SourceFailure::new)
+    }
+
     fn pick_latest(
         &self,
         candidates: &[(cairn_repo::Id, Snapshot)],
@@ -171,7 +207,11 @@ impl<S: Source> DynSource for Registered<S> {
         self.0.restore_hint(mode)
     }
 
-    async fn restore(&self, job: RestoreJob<'_>, s: &dyn AnySettings) -> Result<RestoreOutcome, SourceFailure> {
+    async fn restore(
+        &self,
+        job: RestoreJob<'_>,
+        s: &dyn AnySettings,
+    ) -> Result<RestoreOutcome, SourceFailure> {
         self.0.restore(job, settings(s, self.0.descriptor().kind)).await.map_err(SourceFailure::new)
     }
 
@@ -179,11 +219,19 @@ impl<S: Source> DynSource for Registered<S> {
         self.0.verifies(target)
     }
 
-    async fn verify_against(&self, job: VerifyJob<'_>, s: &dyn AnySettings) -> Result<VerifyOutcome, SourceFailure> {
+    async fn verify_against(
+        &self,
+        job: VerifyJob<'_>,
+        s: &dyn AnySettings,
+    ) -> Result<VerifyOutcome, SourceFailure> {
         self.0.verify_against(job, settings(s, self.0.descriptor().kind)).await.map_err(SourceFailure::new)
     }
 
-    async fn envelope(&self, reader: &SnapshotReader<'_>, snapshot: &Snapshot) -> Result<Envelope, SourceFailure> {
+    async fn envelope(
+        &self,
+        reader: &SnapshotReader<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<Envelope, SourceFailure> {
         if let Some(envelope) = Envelope::read(reader).await.map_err(SourceFailure::new)? {
             return Ok(envelope);
         }

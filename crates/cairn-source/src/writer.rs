@@ -45,7 +45,12 @@ impl SnapshotWriter {
         let mut envelope = Envelope::new(kind, mode);
         envelope.source_name = job.labels.source_name.clone();
         envelope.chunking = Some([chunking.min, chunking.avg, chunking.max]);
-        Ok(SnapshotWriter { archive, envelope: Mutex::new(envelope), labels: job.labels.clone(), list_streams: true })
+        Ok(SnapshotWriter {
+            archive,
+            envelope: Mutex::new(envelope),
+            labels: job.labels.clone(),
+            list_streams: true,
+        })
     }
 
     /// Does not list each stream in the envelope (file-tree modes).

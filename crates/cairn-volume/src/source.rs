@@ -19,8 +19,8 @@ use cairn_repo::archive::ChunkDigest;
 use cairn_repo::chunker::ChunkerParams;
 use cairn_repo::{SaverOptions, SnapshotFilter};
 use cairn_source::{
-    BackupJob, BackupOutcome, Descriptor, Meter, ObjectCheck, Overwrite as RestoreOverwrite, Reading, RestoreJob,
-    RestoreOutcome, RestoreRequest, Source, VerifyJob, VerifyOutcome,
+    BackupJob, BackupOutcome, Descriptor, Meter, ObjectCheck, Overwrite as RestoreOverwrite, Reading,
+    RestoreJob, RestoreOutcome, RestoreRequest, Source, VerifyJob, VerifyOutcome,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -90,7 +90,11 @@ struct BackupMeter(Arc<BackupProgress>);
 impl Meter for BackupMeter {
     fn read(&self) -> Reading {
         let files = self.0.files_done.load(Ordering::Relaxed);
-        Reading { bytes_done: self.0.bytes_done.load(Ordering::Relaxed), bytes_total: 0, detail: format!("{files} files") }
+        Reading {
+            bytes_done: self.0.bytes_done.load(Ordering::Relaxed),
+            bytes_total: 0,
+            detail: format!("{files} files"),
+        }
     }
 }
 
@@ -102,7 +106,11 @@ impl Meter for RestoreMeter {
         Reading {
             bytes_done: p.bytes_done.load(Ordering::Relaxed),
             bytes_total: p.bytes_total.load(Ordering::Relaxed),
-            detail: format!("{}/{} files", p.files_done.load(Ordering::Relaxed), p.files_total.load(Ordering::Relaxed)),
+            detail: format!(
+                "{}/{} files",
+                p.files_done.load(Ordering::Relaxed),
+                p.files_total.load(Ordering::Relaxed)
+            ),
         }
     }
 }
@@ -137,7 +145,9 @@ impl Source for VolumeSource {
         let repo = job.repository();
         let parent = match (s.force, &s.parent) {
             (true, _) => ParentChoice::None,
-            (false, Some(spec)) => ParentChoice::Snapshot(repo.select_snapshot(spec, &volume_filter()).await?.0),
+            (false, Some(spec)) => {
+                ParentChoice::Snapshot(repo.select_snapshot(spec, &volume_filter()).await?.0)
+            }
             (false, None) => ParentChoice::Auto,
         };
         let progress = Arc::new(BackupProgress::default());
@@ -174,12 +184,18 @@ impl Source for VolumeSource {
         .collect();
         let summary = format!(
             "Files: {} new, {} changed, {} unmodified\nDirs:  {} new, {} changed, {} unmodified",
-            sum.files_new, sum.files_changed, sum.files_unmodified, sum.dirs_new, sum.dirs_changed, sum.dirs_unmodified
+            sum.files_new,
+            sum.files_changed,
+            sum.files_unmodified,
+            sum.dirs_new,
+            sum.dirs_changed,
+            sum.dirs_unmodified
         );
         Ok(BackupOutcome {
             snapshot_id: result.snapshot_id,
             parent: result.parent,
             warnings: result.warnings,
+            notes: Vec::new(),
             objects,
             summary,
             details: serde_json::json!({ "paths": result.snapshot.paths }),
@@ -187,7 +203,11 @@ impl Source for VolumeSource {
         })
     }
 
-    fn restore_modes(&self, request: &RestoreRequest, _settings: &VolumeRestoreSettings) -> Vec<&'static str> {
+    fn restore_modes(
+        &self,
+        request: &RestoreRequest,
+        _settings: &VolumeRestoreSettings,
+    ) -> Vec<&'static str> {
         match &request.target {
             Some(target) if !target.contains("://") => vec!["files"],
             _ => Vec::new(),
@@ -198,7 +218,11 @@ impl Source for VolumeSource {
         "restore it into a directory: `cairn restore ID --to DIR [PATH...]`".into()
     }
 
-    async fn restore(&self, job: RestoreJob<'_>, _s: &VolumeRestoreSettings) -> Result<RestoreOutcome, VolumeError> {
+    async fn restore(
+        &self,
+        job: RestoreJob<'_>,
+        _s: &VolumeRestoreSettings,
+    ) -> Result<RestoreOutcome, VolumeError> {
         let target = PathBuf::from(job.request.target.clone().unwrap_or_default());
         let opts = RestoreOptions {
             target: target.clone(),
@@ -217,7 +241,8 @@ impl Source for VolumeSource {
             job.on_cancel(move || p.cancel.store(true, Ordering::Relaxed));
         }
         job.progress.show(Arc::new(RestoreMeter(progress.clone())));
-        let summary = crate::restore(job.repository(), job.index.clone(), job.snapshot, &opts, progress).await?;
+        let summary =
+            crate::restore(job.repository(), job.index.clone(), job.snapshot, &opts, progress).await?;
         let verb = if summary.dry_run { "would restore" } else { "restored" };
         let text = format!(
             "{verb} {} files, {} dirs, {} symlinks from snapshot {} into {}{}",
@@ -226,7 +251,11 @@ impl Source for VolumeSource {
             summary.links,
             job.snapshot_id.short(),
             target.display(),
-            if summary.skipped > 0 { format!("; {} unchanged files skipped", summary.skipped) } else { String::new() }
+            if summary.skipped > 0 {
+                format!("; {} unchanged files skipped", summary.skipped)
+            } else {
+                String::new()
+            }
         );
         Ok(RestoreOutcome {
             target: target.display().to_string(),
@@ -251,7 +280,11 @@ impl Source for VolumeSource {
         !target.contains("://")
     }
 
-    async fn verify_against(&self, job: VerifyJob<'_>, _s: &VolumeRestoreSettings) -> Result<VerifyOutcome, VolumeError> {
+    async fn verify_against(
+        &self,
+        job: VerifyJob<'_>,
+        _s: &VolumeRestoreSettings,
+    ) -> Result<VerifyOutcome, VolumeError> {
         let reader = &job.reader;
         let repo = reader.repository();
         let files = crate::restorer::planned_files(repo, reader.index(), job.snapshot, &[]).await?;
@@ -267,7 +300,9 @@ impl Source for VolumeSource {
                 _ => None,
             };
             let content_matches = match actual {
-                Some(size) if size == node.size => Some(local_digest(repo, &path).await? == node_digest(&node)),
+                Some(size) if size == node.size => {
+                    Some(local_digest(repo, &path).await? == node_digest(&node))
+                }
                 _ => None,
             };
             objects.push(ObjectCheck {
@@ -292,7 +327,10 @@ fn node_digest(node: &cairn_repo::tree::Node) -> [u8; 32] {
 }
 
 /// The same digest of a local file, cut as a backup would cut it.
-async fn local_digest(repo: &cairn_repo::Repository, path: &std::path::Path) -> Result<[u8; 32], VolumeError> {
+async fn local_digest(
+    repo: &cairn_repo::Repository,
+    path: &std::path::Path,
+) -> Result<[u8; 32], VolumeError> {
     let mut file = tokio::fs::File::open(path).await.map_err(|e| VolumeError::io(path, e))?;
     let mut digest = ChunkDigest::new(repo, ChunkerParams::FILES);
     let mut buf = vec![0u8; 1 << 20];

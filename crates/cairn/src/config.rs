@@ -4,6 +4,7 @@
 //! repository: /var/backups/cairn          # or ${CAIRN_REPOSITORY}
 //! password_file: /etc/cairn/password      # or password: ${CAIRN_PASSWORD}
 //! log_format: json
+//! host: prod-cluster-1                    # recorded in snapshots (default: this machine's name)
 //! lock_table: cairn-leases                # optional DynamoDB leases (see docs/DESIGN.md)
 //! lock_wait: 10m
 //! replicas:                               # copied to after every backup
@@ -32,38 +33,26 @@
 //!     max_rate: 100MiB                             # per second, to spare the primary's disks
 //! ```
 //!
+//! Each source has `name`, `kind`, and optionally `host` and `tags`; every
+//! other key belongs to its kind and is checked by that kind's adapter when
+//! the source is used (a `kind: volume` source with `url:` is refused, and
+//! so is a misspelt key).
+//!
 //! `${NAME}` in a value is replaced by the environment variable `NAME`
 //! after parsing, inside that value only, so no value can change the
 //! document's structure (`$${` writes a literal `${`; an unset variable is an
-//! error, never an empty string; see [`interpolate`]). Secrets come from
+//! error, never an empty string; see [`cairn_source::config`]). Secrets come from
 //! `*_file` keys (mounted Kubernetes Secrets) or interpolation, never literal
 //! text in a checked-in file; secret files others can read are warned about.
 //! `Debug` output masks the password and the credentials of URLs.
 
-mod interpolate;
-
-use std::collections::BTreeSet;
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use cairn_store::redact;
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: environment variable {name} is not set (referenced as ${{{name}}})")]
-    MissingEnv { path: PathBuf, name: String },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config file {path}: no source named {name:?} (known: {known})")]
-    UnknownSource { path: PathBuf, name: String, known: String },
-    #[error("cannot read secret file {path}: {source}")]
-    Secret { path: PathBuf, source: std::io::Error },
-}
+pub use cairn_source::config::{ConfigError, read_secret_file};
 
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,58 +77,40 @@ pub struct Config {
     /// DynamoDB table cataloguing snapshots and verification results.
     #[serde(default)]
     pub catalog_table: Option<String>,
+    /// The host recorded in snapshots of every source that names none.
     #[serde(default)]
+    pub host: Option<String>,
+    /// Read from the file apart: each entry's adapter keys stay as written
+    /// until the source is used.
+    #[serde(skip)]
     pub sources: Vec<SourceConfig>,
     #[serde(skip)]
     pub path: PathBuf,
 }
 
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One named source of the file.
+#[derive(Clone)]
 pub struct SourceConfig {
     pub name: String,
     pub kind: String,
-    #[serde(default)]
-    pub paths: Vec<PathBuf>,
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    #[serde(default)]
-    pub exclude_file: Vec<PathBuf>,
-    #[serde(default)]
-    pub one_file_system: bool,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    #[serde(default)]
     pub host: Option<String>,
-    /// `postgres`: the server's URL.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// `postgres`: the password, from a mounted secret.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// `postgres`: databases to dump (default: all).
-    #[serde(default)]
-    pub databases: Vec<String>,
-    /// `postgres`: also dump roles and tablespaces (default true).
-    #[serde(default)]
-    pub globals: Option<bool>,
-    /// `postgres`: tables copied at once.
-    #[serde(default)]
-    pub jobs: Option<usize>,
-    /// `postgres`: also split tables larger than a quarter of shared_buffers
-    /// into block ranges (see `cairn backup postgres --help`).
-    #[serde(default)]
-    pub split_large_tables: bool,
-    /// `postgres`: directory holding the client tools.
-    #[serde(default)]
-    pub pg_bin: Option<PathBuf>,
-    /// `postgres`: physical base backups instead of logical dumps.
-    #[serde(default)]
-    pub physical: bool,
-    /// `postgres` with `physical`: cap on the base backup's rate per second (e.g. `50MiB`).
-    #[serde(default)]
-    pub max_rate: Option<String>,
+    pub tags: Vec<String>,
+    /// The kind's own keys, as written (not yet interpolated).
+    pub keys: serde_yaml::Value,
 }
+
+/// The keys every source has, whatever its kind.
+#[derive(Deserialize)]
+struct CommonKeys {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+const COMMON_KEYS: [&str; 4] = ["name", "kind", "host", "tags"];
 
 /// Shows every setting but the password, and locations with their
 /// credentials masked. Fields left out here are not shown at all.
@@ -155,23 +126,40 @@ impl fmt::Debug for Config {
             .field("lock_wait", &self.lock_wait)
             .field("lock_lease", &self.lock_lease)
             .field("catalog_table", &self.catalog_table)
+            .field("host", &self.host)
             .field("sources", &self.sources)
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
+/// The kind's keys are shown with every value masked as a free-form string
+/// (URLs keep their host, lose their credentials).
 impl fmt::Debug for SourceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<(String, String)> = match &self.keys {
+            serde_yaml::Value::Mapping(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    let key = k.as_str().unwrap_or("?").to_string();
+                    let shown = if key.contains("password") || key.contains("secret") || key.contains("token")
+                    {
+                        redact::MASK.to_string()
+                    } else {
+                        redact(serde_yaml::to_string(v).unwrap_or_default().trim_end())
+                    };
+                    (key, shown)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         f.debug_struct("SourceConfig")
             .field("name", &self.name)
             .field("kind", &self.kind)
-            .field("paths", &self.paths)
-            .field("url", &self.url.as_deref().map(redact))
-            .field("password_file", &self.password_file)
-            .field("databases", &self.databases)
-            .field("physical", &self.physical)
-            .finish_non_exhaustive()
+            .field("host", &self.host)
+            .field("tags", &self.tags)
+            .field("keys", &keys)
+            .finish()
     }
 }
 
@@ -179,7 +167,60 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut cfg: Config = interpolate::from_str(&text, path, &|n| std::env::var(n).ok())?;
+        Config::parse(&text, path, &|n| std::env::var(n).ok())
+    }
+
+    /// Parses the file's text: the top-level keys and each source's common
+    /// keys now (interpolated), each source's own keys when it is used.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse { path: path.into(), message };
+        let mut document: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| parse_error(flow_hint(e.to_string(), text)))?;
+        if document.is_null() {
+            document = serde_yaml::Value::Mapping(Default::default());
+        }
+        let serde_yaml::Value::Mapping(top) = &mut document else {
+            return Err(parse_error(
+                "the file must be a mapping of keys (repository:, sources:, ...)".into(),
+            ));
+        };
+        let entries = match top.remove("sources") {
+            None | Some(serde_yaml::Value::Null) => Vec::new(),
+            Some(serde_yaml::Value::Sequence(entries)) => entries,
+            Some(_) => return Err(parse_error("sources: must be a list of sources".into())),
+        };
+        let mut cfg: Config = cairn_source::config::from_value(document, path, env)?;
+        for (i, entry) in entries.into_iter().enumerate() {
+            let serde_yaml::Value::Mapping(mut keys) = entry else {
+                return Err(parse_error(format!("sources[{i}] must be a mapping (name:, kind:, ...)")));
+            };
+            let mut common = serde_yaml::Mapping::new();
+            for key in COMMON_KEYS {
+                if let Some(v) = keys.remove(key) {
+                    common.insert(key.into(), v);
+                }
+            }
+            let common: CommonKeys =
+                cairn_source::config::from_value(serde_yaml::Value::Mapping(common), path, env).map_err(
+                    |e| match e {
+                        ConfigError::Parse { path, message } => {
+                            ConfigError::Parse { path, message: format!("sources[{i}]: {message}") }
+                        }
+                        other => other,
+                    },
+                )?;
+            cfg.sources.push(SourceConfig {
+                name: common.name,
+                kind: common.kind,
+                host: common.host,
+                tags: common.tags,
+                keys: serde_yaml::Value::Mapping(keys),
+            });
+        }
         cfg.path = path.to_path_buf();
         Ok(cfg)
     }
@@ -193,46 +234,13 @@ impl Config {
     }
 }
 
-/// Reads a secret file (every password file: `--password-file`,
-/// `--new-password-file`, `password_file:` of the config and of a source),
-/// dropping one trailing newline (as `echo pw > file` leaves).
-pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Secret { path: path.into(), source })?;
-    if let Ok(meta) = std::fs::metadata(path)
-        && let Some(readers) = other_readers(meta.mode(), meta.uid())
-    {
-        warn_once(path, readers);
+/// A plain `${` cannot stand in a flow collection (`[..]`, `{..}`), where
+/// YAML reserves the braces: say how to write it.
+fn flow_hint(mut message: String, text: &str) -> String {
+    if message.contains("while parsing a flow") && text.contains("${") {
+        message.push_str("; inside [...] or {...}, quote a variable: [\"${NAME}\"]");
     }
-    Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string())
-}
-
-/// Who besides its owner can read a file of this mode and owner, if anyone
-/// should not. As libpq judges private keys: a group may read a file only
-/// when root owns it, which is how Kubernetes shares a secret volume with a
-/// pod's `fsGroup` (it adds group read to whatever `defaultMode` says).
-fn other_readers(mode: u32, owner: u32) -> Option<&'static str> {
-    match (mode & 0o040 != 0 && owner != 0, mode & 0o004 != 0) {
-        (true, true) => Some("its group and everyone else"),
-        (false, true) => Some("everyone"),
-        (true, false) => Some("its group"),
-        (false, false) => None,
-    }
-}
-
-/// One warning per file per run, however often the file is read.
-fn warn_once(path: &Path, readers: &str) {
-    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    if WARNED.lock().unwrap_or_else(|e| e.into_inner()).insert(key) {
-        tracing::warn!(
-            file = %path.display(),
-            "password file {} can be read by {readers}; run `chmod 600 {}` (in Kubernetes, mount the secret \
-             with defaultMode: 0400)",
-            path.display(),
-            path.display()
-        );
-    }
+    message
 }
 
 #[cfg(test)]
@@ -241,25 +249,12 @@ mod tests {
 
     #[test]
     fn debug_output_masks_secrets() {
-        let source = SourceConfig {
-            name: "db".into(),
-            kind: "postgres".into(),
-            paths: vec![],
-            exclude: vec![],
-            exclude_file: vec![],
-            one_file_system: false,
-            tags: vec![],
-            host: None,
-            url: Some("postgresql://backup:hunter2@db.internal/app?sslpassword=hunter3".into()),
-            password_file: Some("/etc/cairn/pg-password".into()),
-            databases: vec![],
-            globals: None,
-            jobs: None,
-            split_large_tables: false,
-            pg_bin: None,
-            physical: false,
-            max_rate: None,
-        };
+        let keys = serde_yaml::from_str(
+            "url: postgresql://backup:hunter2@db.internal/app?sslpassword=hunter3\npassword_file: /etc/cairn/pg-password\n",
+        )
+        .unwrap();
+        let source =
+            SourceConfig { name: "db".into(), kind: "postgres".into(), host: None, tags: vec![], keys };
         let cfg = Config {
             repository: Some("s3:https://AKIA:hunter4@host/bucket".into()),
             replicas: vec!["rest:https://u:hunter5@host/".into()],
@@ -271,17 +266,7 @@ mod tests {
         for secret in ["hunter2", "hunter3", "hunter4", "hunter5", "hunter6"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
-        assert!(shown.contains("db.internal/app") && shown.contains("/etc/cairn/pg-password"), "{shown}");
-    }
-
-    #[test]
-    fn secret_files_others_can_read_are_told_apart() {
-        assert_eq!(other_readers(0o100600, 1000), None);
-        assert_eq!(other_readers(0o100400, 0), None);
-        assert_eq!(other_readers(0o100440, 0), None, "root-owned, shared with a group (fsGroup)");
-        assert_eq!(other_readers(0o100640, 1000), Some("its group"));
-        assert_eq!(other_readers(0o100644, 1000), Some("its group and everyone else"));
-        assert_eq!(other_readers(0o100604, 0), Some("everyone"));
+        assert!(shown.contains("db.internal/app"), "{shown}");
     }
 
     #[test]
@@ -294,18 +279,21 @@ mod tests {
         )
         .unwrap();
         let cfg = Config::load(&f).unwrap();
-        assert_eq!(cfg.source("home").unwrap().paths, vec![PathBuf::from("/home")]);
+        let home = cfg.source("home").unwrap();
+        assert_eq!(home.kind, "volume");
+        let registry = crate::sources::registry();
+        let volume = registry.get("volume").unwrap();
+        let env = |_: &str| None;
+        let settings = volume.settings_from_config(home.keys.clone(), &f, &env).unwrap();
+        let settings = settings.as_any().downcast_ref::<cairn_volume::VolumeSettings>().unwrap();
+        assert_eq!(settings.paths, vec![PathBuf::from("/home")]);
         assert!(cfg.source("nope").is_err());
         std::fs::write(&f, "repositry: /r\n").unwrap();
         assert!(matches!(Config::load(&f), Err(ConfigError::Parse { .. })));
-    }
-
-    #[test]
-    fn secret_files_lose_one_newline() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("pw");
-        std::fs::write(&f, "s3cret\n").unwrap();
-        assert_eq!(read_secret_file(&f).unwrap(), "s3cret");
+        // A key of another kind is refused by the source's own kind.
+        let url = serde_yaml::from_str("paths: [/x]\nurl: postgresql://h/db\n").unwrap();
+        let refused = volume.settings_from_config(url, &f, &env).unwrap_err().to_string();
+        assert!(refused.contains("unknown field `url`"), "{refused}");
     }
 
     /// The manifests in k8s/ embed cairn.yaml files: they must stay valid.
@@ -323,19 +311,19 @@ mod tests {
                 .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
                 .map(|l| l.get(4..).unwrap_or(""))
                 .collect();
-            let cfg: Config = serde_yaml::from_str(&block.join("\n"))
+            // Variables as a CronJob's environment would set them.
+            let env = |name: &str| Some(format!("value-of-{name}"));
+            let cfg = Config::parse(&block.join("\n"), &path, &env)
                 .unwrap_or_else(|e| panic!("{}: embedded cairn.yaml: {e}", path.display()));
             assert!(!cfg.sources.is_empty(), "{}", path.display());
+            let registry = crate::sources::registry();
             for src in &cfg.sources {
-                assert!(
-                    ["volume", "postgres"].contains(&src.kind.as_str()),
-                    "{}: kind {}",
-                    path.display(),
-                    src.kind
-                );
-                if src.kind == "postgres" {
-                    assert!(src.url.is_some(), "{}: {} has no url", path.display(), src.name);
-                }
+                let source = registry
+                    .get(&src.kind)
+                    .unwrap_or_else(|| panic!("{}: kind {}", path.display(), src.kind));
+                source
+                    .settings_from_config(src.keys.clone(), &path, &env)
+                    .unwrap_or_else(|e| panic!("{}: source {}: {e}", path.display(), src.name));
             }
             seen += 1;
         }

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
+use cairn_engine::{Engine, EngineSettings, LeaseSettings, Stop};
 use cairn_repo::Repository;
-use cairn_store::{Backend, DisplaySafe, LocalBackend, Location, RetryBackend, RetryPolicy, StoreError};
+use cairn_source::Registry;
+use cairn_store::{Backend, DisplaySafe};
 
 use crate::cli::GlobalArgs;
 use crate::config::{Config, read_secret_file};
@@ -19,10 +21,14 @@ pub struct Context {
     password_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub progress: bool,
+    /// `--json`: the command's result as one JSON line on stdout.
+    pub json: bool,
+    pub registry: Registry,
+    pub stop: Arc<Stop>,
 }
 
 impl Context {
-    pub fn new(global: &GlobalArgs) -> Result<Context> {
+    pub fn new(global: &GlobalArgs, registry: Registry, stop: Arc<Stop>) -> Result<Context> {
         let config = global.config.as_deref().map(Config::load).transpose()?;
         let file_format = config.as_ref().and_then(|c| c.log_format.as_deref()).map(|f| match f {
             "json" => Ok(LogFormat::Json),
@@ -41,11 +47,16 @@ impl Context {
             config,
             repo,
             log_format,
+            json: global.json,
+            registry,
+            stop,
         })
     }
 
-    pub fn json_logs(&self) -> bool {
-        self.log_format == LogFormat::Json
+    /// Whether results are printed as JSON: `--json`, or JSON logs (a
+    /// CronJob's output is machine-read).
+    pub fn json(&self) -> bool {
+        self.json || self.log_format == LogFormat::Json
     }
 
     pub fn location(&self) -> Result<String> {
@@ -74,74 +85,9 @@ impl Context {
     }
 }
 
-/// Opens any repository location ([`Location`] says which kinds there are):
-/// a local directory, or S3 wrapped in the retry policy.
+/// Opens any repository location (see [`cairn_engine::open_backend`]).
 pub async fn backend_for(location: &str) -> Result<Arc<dyn Backend>> {
-    match Location::parse(location)? {
-        Location::Local(path) => Ok(Arc::new(LocalBackend::new(path))),
-        Location::S3(url) => {
-            let s3 = cairn_store_s3::S3Backend::from_url(&url).await.map_err(StoreError::from)?;
-            Ok(Arc::new(RetryBackend::new(s3, s3_retry_policy()?)))
-        }
-    }
-}
-
-/// The retry policy for S3 requests: the default, with every wait capped at
-/// `CAIRN_S3_RETRY_MAX_DELAY` when set (`500ms`, `2s`, …). Lower it where
-/// waiting out a long outage is pointless (tests that inject faults, or a
-/// run that is better retried whole); the number of attempts stays.
-fn s3_retry_policy() -> Result<RetryPolicy> {
-    let mut policy = RetryPolicy::default();
-    if let Some(value) = std::env::var("CAIRN_S3_RETRY_MAX_DELAY").ok().filter(|v| !v.is_empty()) {
-        let max = crate::cli::parse_duration(&value)
-            .map_err(|e| anyhow::anyhow!("CAIRN_S3_RETRY_MAX_DELAY: {e}"))?;
-        policy.max_backoff = max;
-        policy.initial_backoff = policy.initial_backoff.min(max);
-    }
-    Ok(policy)
-}
-
-/// How old an unfinished S3 multipart upload must be before a backup aborts
-/// it as abandoned: `CAIRN_S3_ABANDONED_UPLOAD_AGE` (`24h` unless set). Far
-/// longer than any single upload takes, so a concurrent run's uploads are
-/// never touched.
-pub fn abandoned_upload_age() -> Result<std::time::Duration> {
-    match std::env::var("CAIRN_S3_ABANDONED_UPLOAD_AGE").ok().filter(|v| !v.is_empty()) {
-        Some(value) => crate::cli::parse_duration(&value)
-            .map_err(|e| anyhow::anyhow!("CAIRN_S3_ABANDONED_UPLOAD_AGE: {e}")),
-        None => Ok(std::time::Duration::from_secs(24 * 3600)),
-    }
-}
-
-/// How held repository locks are refreshed and when they count as lost:
-/// `CAIRN_LOCK_REFRESH_INTERVAL` (5m unless set; failed refreshes are
-/// retried after a tenth of it) and `CAIRN_LOCK_LOST_AFTER` (15m). Test and
-/// operations knobs: the lost bound must exceed the interval and stay
-/// under the 30 minutes after which others treat a lock as stale.
-pub fn lock_timing() -> Result<cairn_repo::lock::LockTiming> {
-    use cairn_repo::lock::{LockTiming, STALE_AFTER};
-    let defaults = LockTiming::default();
-    let read =
-        |name: &str, default: std::time::Duration| match std::env::var(name).ok().filter(|v| !v.is_empty()) {
-            Some(value) => crate::cli::parse_duration(&value).map_err(|e| anyhow::anyhow!("{name}: {e}")),
-            None => Ok(default),
-        };
-    let timing = LockTiming {
-        refresh_every: read("CAIRN_LOCK_REFRESH_INTERVAL", defaults.refresh_every)?,
-        lost_after: read("CAIRN_LOCK_LOST_AFTER", defaults.lost_after)?,
-    };
-    if timing.refresh_every.is_zero()
-        || timing.lost_after <= timing.refresh_every
-        || timing.lost_after >= STALE_AFTER
-    {
-        bail!(
-            "CAIRN_LOCK_LOST_AFTER ({:?}) must be longer than CAIRN_LOCK_REFRESH_INTERVAL ({:?}) and shorter than {} minutes",
-            timing.lost_after,
-            timing.refresh_every,
-            STALE_AFTER.as_secs() / 60
-        );
-    }
-    Ok(timing)
+    Ok(cairn_engine::open_backend(location).await?)
 }
 
 impl Context {
@@ -217,9 +163,61 @@ impl Context {
         self.config.as_ref().and_then(|c| c.password_file.clone())
     }
 
+    /// Opens the repository (given up on at once when the run is stopped).
     pub async fn open(&self) -> Result<Repository> {
-        let backend = self.backend().await?;
-        let password = self.password()?;
-        Ok(Repository::open(backend, &password).await?)
+        Ok(self.engine()?.open().await?)
+    }
+
+    /// A value from the environment, else from cairn.yaml.
+    fn setting(&self, env: &str, from_file: impl Fn(&Config) -> Option<String>) -> Option<String> {
+        std::env::var(env).ok().filter(|v| !v.is_empty()).or_else(|| self.config.as_ref().and_then(from_file))
+    }
+
+    fn duration_setting(
+        &self,
+        env: &str,
+        from_file: impl Fn(&Config) -> Option<String>,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration> {
+        match self.setting(env, from_file) {
+            Some(v) => cairn_source::units::parse_duration(&v).map_err(|e| anyhow::anyhow!("{env}: {e}")),
+            None => Ok(default),
+        }
+    }
+
+    /// The DynamoDB lease, when `lock_table` (or `CAIRN_LOCK_TABLE`) is set.
+    fn lease_settings(&self) -> Result<Option<LeaseSettings>> {
+        let Some(table) = self.setting("CAIRN_LOCK_TABLE", |c| c.lock_table.clone()) else { return Ok(None) };
+        Ok(Some(LeaseSettings {
+            table,
+            wait: self.duration_setting(
+                "CAIRN_LOCK_WAIT",
+                |c| c.lock_wait.clone(),
+                std::time::Duration::ZERO,
+            )?,
+            lease: self.duration_setting(
+                "CAIRN_LOCK_LEASE",
+                |c| c.lock_lease.clone(),
+                std::time::Duration::from_secs(60),
+            )?,
+        }))
+    }
+
+    /// The snapshot catalog table, when `catalog_table` (or `CAIRN_CATALOG_TABLE`) is set.
+    pub fn catalog_table(&self) -> Option<String> {
+        self.setting("CAIRN_CATALOG_TABLE", |c| c.catalog_table.clone())
+    }
+
+    /// The engine for this repository.
+    pub fn engine(&self) -> Result<Engine> {
+        let settings = EngineSettings {
+            location: self.location()?,
+            password: self.password()?,
+            password_file: self.password_file_path(),
+            lease: self.lease_settings()?,
+            catalog_table: self.catalog_table(),
+            replicas: self.replicas(&[]),
+        };
+        Ok(Engine::new(settings, self.registry.clone(), self.stop.clone()))
     }
 }

@@ -1,8 +1,8 @@
 //! Everything the user sees: logs (text or JSON), progress bars, sizes.
 //!
-//! Text logs go to stderr so stdout stays clean for command output. With
-//! `--log-format json` (CronJobs) logs are JSON lines on stdout, and
-//! command results are emitted as JSON too, so one stream carries all.
+//! Logs go to stderr in every format (text, or JSON lines for CronJobs), so
+//! stdout carries only the command's result: text, or with `--json` (and
+//! with JSON logs) one JSON line.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub fn init_logging(format: LogFormat, verbosity: u8, quiet: bool) {
             .flatten_event(true)
             .with_current_span(false)
             .with_env_filter(filter)
-            .with_writer(std::io::stdout)
+            .with_writer(std::io::stderr)
             .init(),
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -70,6 +70,14 @@ pub struct Ticker {
 }
 
 impl Ticker {
+    /// A bar showing whatever the running job's adapter counts.
+    pub fn job(enabled: bool, label: &'static str, progress: Arc<cairn_source::Progress>) -> Ticker {
+        Ticker::start(enabled, label, move || match progress.read() {
+            Some(r) => (r.bytes_done, r.bytes_total, r.detail),
+            None => (0, 0, String::new()),
+        })
+    }
+
     /// `poll` returns (done, total); total 0 means unknown (spinner).
     pub fn start(
         enabled: bool,

@@ -18,19 +18,34 @@ pub async fn run(ctx: &Context, args: ReplicateArgs) -> Result<u8> {
     }
     let repo = ctx.open().await?;
     let mut failures = Vec::new();
+    let mut lagging = Vec::new();
     for target in &targets {
         if args.verify {
-            if let Err(e) = verify_one(ctx, &repo, target, &args).await {
-                failures.push(format!("{target}: {e:#}"));
+            match verify_one(ctx, &repo, target, &args).await {
+                Ok(()) => {}
+                Err(e) if e.downcast_ref::<Lagging>().is_some() => lagging.push(format!("{target}: {e:#}")),
+                Err(e) => failures.push(format!("{target}: {e:#}")),
             }
         } else {
             let extra_keys =
                 if args.remove_revoked_keys { ExtraKeys::RemoveRevoked } else { ExtraKeys::Keep };
-            copy_to(ctx, &repo, target, args.concurrency, extra_keys, args.json).await?;
+            copy_to(ctx, &repo, target, args.concurrency, extra_keys).await?;
         }
     }
-    if failures.is_empty() { Ok(exit::SUCCESS) } else { Err(Damage(failures.join("; ")).into()) }
+    if !failures.is_empty() {
+        failures.extend(lagging);
+        return super::failed_after_result(ctx, Damage(failures.join("; ")).into());
+    }
+    if !lagging.is_empty() {
+        return super::failed_after_result(ctx, Lagging(lagging.join("; ")).into());
+    }
+    Ok(exit::SUCCESS)
 }
+
+/// A complete replica that lags more than `--max-lag` (exit 6, not damage).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Lagging(pub String);
 
 /// Brings one replica up to date.
 pub async fn copy_to(
@@ -39,16 +54,15 @@ pub async fn copy_to(
     target: &DisplaySafe,
     concurrency: usize,
     extra_keys: ExtraKeys,
-    json: bool,
 ) -> Result<()> {
     let replica = backend_for(target.expose()).await?;
     let started = std::time::Instant::now();
     let copies_before = cairn_repo::replicate::SERVER_SIDE_COPIES.load(std::sync::atomic::Ordering::Relaxed);
-    let report = replicate(repo, replica, concurrency, extra_keys).await?;
+    let report = ctx.stop.race(replicate(repo, replica, concurrency, extra_keys)).await?;
     let server_side =
         cairn_repo::replicate::SERVER_SIDE_COPIES.load(std::sync::atomic::Ordering::Relaxed) - copies_before;
     let (objects, total): (u64, u64) = report.copied.iter().fold((0, 0), |a, (_, n, b)| (a.0 + n, a.1 + b));
-    if json || ctx.json_logs() {
+    if ctx.json() {
         print_json(&serde_json::json!({
             "message": "replication complete",
             "replica": target.to_string(),
@@ -92,18 +106,18 @@ async fn verify_one(
     args: &ReplicateArgs,
 ) -> Result<()> {
     let replica = backend_for(target.expose()).await?;
-    let mut report = verify_replica(repo, replica.clone(), args.concurrency).await?;
+    let mut report = ctx.stop.race(verify_replica(repo, replica.clone(), args.concurrency)).await?;
     if args.repair && !report.is_complete() {
-        let fixed = repair_replica(repo, replica.clone(), &report).await?;
+        let fixed = ctx.stop.race(repair_replica(repo, replica.clone(), &report)).await?;
         tracing::warn!(
             replica = %target,
             objects = fixed,
             "repaired missing or damaged objects on the replica"
         );
-        report = verify_replica(repo, replica, args.concurrency).await?;
+        report = ctx.stop.race(verify_replica(repo, replica, args.concurrency)).await?;
     }
     let lag_secs = report.lag.num_seconds().max(0);
-    if args.json || ctx.json_logs() {
+    if ctx.json() {
         print_json(&serde_json::json!({
             "message": "replica verified",
             "replica": target.to_string(),
@@ -142,7 +156,9 @@ async fn verify_one(
     if let Some(max) = args.max_lag
         && lag_secs as u64 > max.as_secs()
     {
-        bail!("replication lag {lag_secs}s exceeds --max-lag {}s", max.as_secs());
+        return Err(
+            Lagging(format!("replication lag {lag_secs}s exceeds --max-lag {}s", max.as_secs())).into()
+        );
     }
     Ok(())
 }

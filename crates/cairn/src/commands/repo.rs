@@ -12,7 +12,7 @@ use cairn_repo::tree::NodeType;
 use cairn_repo::{BlobType, Id, Repository};
 use cairn_store::FileType;
 
-use super::{Damage, RepoLock, print_json};
+use super::{Damage, locked, print_json};
 use crate::cli::{CheckArgs, KeyAction, KeyArgs, SnapshotsArgs, StatsArgs, UnlockArgs};
 use crate::context::Context;
 use crate::exit;
@@ -25,7 +25,7 @@ pub async fn init(ctx: &Context) -> Result<u8> {
         bail!("an empty password is not allowed");
     }
     let repo = Repository::init(backend, &password).await?;
-    if ctx.json_logs() {
+    if ctx.json() {
         print_json(&serde_json::json!({
             "message": "repository created",
             "repository": repo.location(),
@@ -50,10 +50,11 @@ pub async fn snapshots(ctx: &Context, args: SnapshotsArgs) -> Result<u8> {
             .snapshots(&ctx.location()?)
             .await?
             .into_iter()
-            .filter(|e| args.tag.as_ref().is_none_or(|t| e.tags.contains(t)))
-            .filter(|e| args.host.as_ref().is_none_or(|h| &e.hostname == h))
+            .filter(|e| args.filter.tags.iter().all(|t| e.tags.contains(t)))
+            .filter(|e| args.filter.hosts.is_empty() || args.filter.hosts.contains(&e.hostname))
+            .filter(|e| args.filter.sources.is_empty() || args.filter.sources.contains(&e.source_name))
             .collect();
-        if args.json || ctx.json_logs() {
+        if ctx.json() {
             print_json(&serde_json::to_value(&entries)?);
         } else {
             for e in &entries {
@@ -77,37 +78,44 @@ pub async fn snapshots(ctx: &Context, args: SnapshotsArgs) -> Result<u8> {
     for e in &damaged {
         tracing::error!("{e}");
     }
-    let list: Vec<_> = all
-        .into_iter()
-        .filter(|(_, s)| args.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
-        .filter(|(_, s)| args.host.as_ref().is_none_or(|h| &s.hostname == h))
-        .collect();
-    if args.json || ctx.json_logs() {
+    let filter = args.filter.filter();
+    let list: Vec<_> = all.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+    if ctx.json() {
         let items: Vec<_> = list
             .iter()
             .map(|(id, s)| {
+                let (kind, mode) = cairn_repo::kind_and_mode(s);
                 let mut v = serde_json::to_value(s).expect("snapshots serialise");
                 v["id"] = serde_json::json!(id.to_hex());
                 v["short_id"] = serde_json::json!(id.short());
+                v["kind"] = serde_json::json!(kind);
+                v["mode"] = serde_json::json!(mode);
+                v["source"] = serde_json::json!(s.cairn.as_ref().and_then(|c| c.source_name.clone()));
                 v
             })
             .collect();
         println!("{}", serde_json::to_string(&items)?);
     } else {
         println!(
-            "{:<10} {:<20} {:<16} {:<8} {:<16} {:>10}  Paths",
-            "ID", "Time", "Host", "Source", "Tags", "Size"
+            "{:<10} {:<20} {:<16} {:<14} {:<18} {:<16} {:>10}  Paths",
+            "ID", "Time", "Host", "Source", "Kind", "Tags", "Size"
         );
-        println!("{}", "-".repeat(100));
+        println!("{}", "-".repeat(120));
         for (id, s) in &list {
             let size = s.summary.as_ref().map(|x| bytes(x.total_bytes_processed)).unwrap_or_default();
-            let source = s.cairn.as_ref().map(|c| c.source_kind.clone()).unwrap_or_else(|| "restic".into());
+            let (kind, mode) = if s.cairn.is_some() {
+                cairn_repo::kind_and_mode(s)
+            } else {
+                ("restic".to_string(), String::new())
+            };
+            let name = s.cairn.as_ref().and_then(|c| c.source_name.clone()).unwrap_or_else(|| "-".into());
             println!(
-                "{:<10} {:<20} {:<16} {:<8} {:<16} {:>10}  {}",
+                "{:<10} {:<20} {:<16} {:<14} {:<18} {:<16} {:>10}  {}",
                 id.short(),
                 s.time.format("%Y-%m-%d %H:%M:%S"),
                 s.hostname,
-                source,
+                name,
+                if mode.is_empty() { kind } else { format!("{kind}/{mode}") },
                 s.tags.join(","),
                 size,
                 s.paths.join(", ")
@@ -136,7 +144,6 @@ pub async fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
         _ => ReadData::None,
     };
     let repo = ctx.open().await?;
-    let lock = RepoLock::acquire(&repo, false, None).await?;
     let done = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(0));
     let (d, t) = (done.clone(), total.clone());
@@ -148,12 +155,14 @@ pub async fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
         done.store(d, Ordering::Relaxed);
         total.store(t, Ordering::Relaxed);
     });
-    let report =
-        cairn_repo::check::check(&repo, &CheckOptions { read_data, ..Default::default() }, Some(progress))
-            .await;
+    let options = CheckOptions { read_data, ..Default::default() };
+    let report = locked(ctx, &repo, false, async {
+        Ok(ctx.stop.race(cairn_repo::check::check(&repo, &options, Some(progress))).await?)
+    })
+    .await;
     ticker.finish();
-    let report = lock.finish(report.map_err(Into::into)).await?;
-    if args.json || ctx.json_logs() {
+    let report = report?;
+    if ctx.json() {
         print_json(&serde_json::json!({
             "message": "check complete",
             "ok": report.is_ok(),
@@ -191,21 +200,24 @@ pub async fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
     if report.is_ok() {
         Ok(exit::SUCCESS)
     } else {
-        Err(Damage(format!(
-            "check found {} problem(s); the first: {}",
-            report.problems.len(),
-            report.problems[0]
-        ))
-        .into())
+        super::failed_after_result(
+            ctx,
+            Damage(format!(
+                "check found {} problem(s); the first: {}",
+                report.problems.len(),
+                report.problems[0]
+            ))
+            .into(),
+        )
     }
 }
 
 pub async fn stats(ctx: &Context, args: StatsArgs) -> Result<u8> {
     let repo = ctx.open().await?;
     let index = repo.load_index().await?;
-    let json = args.json || ctx.json_logs();
+    let json = ctx.json();
     if let Some(spec) = args.snapshot {
-        let (id, sn) = repo.find_snapshot(&spec).await?;
+        let (id, sn) = repo.select_snapshot(&spec, &args.filter.filter()).await?;
         let (mut files, mut dirs, mut size) = (0u64, 0u64, 0u64);
         let mut unique: HashSet<Id> = HashSet::new();
         let mut stack = vec![sn.tree];
@@ -276,9 +288,9 @@ pub async fn stats(ctx: &Context, args: StatsArgs) -> Result<u8> {
 pub async fn key(ctx: &Context, args: KeyArgs) -> Result<u8> {
     let mut repo = ctx.open().await?;
     match args.action {
-        KeyAction::List { json } => {
+        KeyAction::List => {
             let keys = repo.keys().await?;
-            if json || ctx.json_logs() {
+            if ctx.json() {
                 let v: Vec<_> = keys
                     .iter()
                     .map(|k| {
@@ -315,16 +327,15 @@ pub async fn key(ctx: &Context, args: KeyArgs) -> Result<u8> {
                 [] => bail!("no key matches {id:?}; run `cairn key list`"),
                 _ => bail!("key prefix {id:?} is ambiguous; give more digits"),
             };
-            let lock = RepoLock::acquire(&repo, true, None).await?;
-            let removed = repo.remove_key(&key).await;
-            lock.finish(removed.map_err(Into::into)).await?;
+            locked(ctx, &repo, true, async { Ok(repo.remove_key(&key).await?) }).await?;
             println!("removed key {} (revocation recorded in cairn/revoked-keys/)", key.short());
         }
         KeyAction::Passwd(a) => {
             let pw = ctx.new_password(a.new_password_file.as_ref(), "CAIRN_NEW_PASSWORD")?;
-            let lock = RepoLock::acquire(&repo, true, None).await?;
-            let changed = repo.change_password(&pw, KdfParams::DEFAULT).await;
-            let new_key = lock.finish(changed.map_err(Into::into)).await?;
+            let new_key = locked(ctx, &repo.clone(), true, async {
+                Ok(repo.change_password(&pw, KdfParams::DEFAULT).await?)
+            })
+            .await?;
             println!("password changed (new key {})", new_key.short());
         }
     }
@@ -340,7 +351,7 @@ pub async fn unlock(ctx: &Context, args: UnlockArgs) -> Result<u8> {
 
 /// `cairn catalog rebuild`: the catalog's snapshot items, recreated from the repository.
 pub async fn catalog(ctx: &Context, args: crate::cli::CatalogArgs) -> Result<u8> {
-    let crate::cli::CatalogAction::Rebuild { json } = args.action;
+    let crate::cli::CatalogAction::Rebuild = args.action;
     let Some(catalog) = super::catalog(ctx).await? else {
         anyhow::bail!("no catalog configured: set catalog_table in cairn.yaml or CAIRN_CATALOG_TABLE");
     };
@@ -349,9 +360,9 @@ pub async fn catalog(ctx: &Context, args: crate::cli::CatalogArgs) -> Result<u8>
     let (all, damaged) = repo.snapshots().await?;
     let removed = catalog.clear_snapshots(&location).await?;
     for (id, snap) in &all {
-        catalog.put_snapshot(&super::catalog_entry(&location, id, snap)).await?;
+        catalog.put_snapshot(&cairn_engine::catalog_entry(&location, id, snap)).await?;
     }
-    if json || ctx.json_logs() {
+    if ctx.json() {
         print_json(&serde_json::json!({
             "message": "catalog rebuilt",
             "removed": removed,

@@ -1,115 +1,61 @@
 //! `cairn restore`, `cairn ls`, `cairn verify`: reading snapshots back.
+//! Restore and verify are engine jobs; the snapshot's kind picks the adapter.
 
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Result;
+use cairn_engine::{RestoreRequest, VerifyRequest};
 use cairn_repo::tree::NodeType;
-use cairn_repo::verify::{VerifyProgress, verify_snapshot};
-use cairn_volume::{Overwrite, RestoreOptions, RestoreProgress};
+use cairn_source::Overwrite;
 
-use super::{Damage, RepoLock, Stop, print_json};
+use super::print_report;
 use crate::cli::{LsArgs, OverwriteArg, RestoreArgs, VerifyArgs};
 use crate::context::Context;
 use crate::exit;
-use crate::output::{Ticker, bytes};
+use crate::output::Ticker;
 
-pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Result<u8> {
-    if args.postgres.physical {
-        return super::postgres::restore_physical(ctx, args).await;
-    }
-    let to = args.to.clone().unwrap_or_default();
-    if let Some(url) = to.to_str().filter(|t| t.starts_with("postgres://") || t.starts_with("postgresql://"))
-    {
-        let url = url.to_string();
-        return super::postgres::restore(ctx, &url, args, stop).await;
-    }
-    let repo = ctx.open().await?;
-    let (id, snapshot) = repo.find_snapshot(&args.snapshot).await?;
-    let progress = Arc::new(RestoreProgress::default());
-    let lock = {
-        let p = progress.clone();
-        RepoLock::acquire(&repo, false, Some(Box::new(move || p.cancel.store(true, Ordering::Relaxed))))
-            .await?
-    };
-    let opts = RestoreOptions {
-        target: to.clone(),
-        include: args.paths.clone(),
+pub async fn restore(ctx: &Context, args: RestoreArgs, matches: &clap::ArgMatches) -> Result<u8> {
+    let settings = adapter_settings(ctx, matches)?;
+    let request = cairn_source::RestoreRequest {
+        target: args.to.clone(),
+        paths: args.paths.clone(),
         overwrite: match args.overwrite {
             OverwriteArg::Never => Overwrite::Never,
             OverwriteArg::IfChanged => Overwrite::IfChanged,
             OverwriteArg::Always => Overwrite::Always,
         },
         dry_run: args.dry_run,
-        ..RestoreOptions::default()
+        verify: args.verify,
+        jobs: args.jobs.max(1),
     };
-    {
-        let p = progress.clone();
-        stop.on_stop(move || p.cancel.store(true, Ordering::Relaxed));
-    }
-    let p = progress.clone();
-    let ticker = Ticker::start(ctx.progress && !args.dry_run, "restore", move || {
-        (
-            p.bytes_done.load(Ordering::Relaxed),
-            p.bytes_total.load(Ordering::Relaxed),
-            format!(
-                "{}/{} files",
-                p.files_done.load(Ordering::Relaxed),
-                p.files_total.load(Ordering::Relaxed)
-            ),
-        )
-    });
-    let started = std::time::Instant::now();
-    let result = async {
-        let index = Arc::new(repo.load_index().await?);
-        Ok(cairn_volume::restore(&repo, index, &snapshot, &opts, progress).await?)
-    }
-    .await;
+    let engine = ctx.engine()?;
+    let ticker = Ticker::job(ctx.progress && !args.dry_run, "restore", engine.progress());
+    let report = engine
+        .restore(RestoreRequest {
+            snapshot: args.snapshot.clone(),
+            filter: args.filter.filter(),
+            request,
+            settings,
+        })
+        .await;
     ticker.finish();
-    let summary = lock.finish(result).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    if args.json || ctx.json_logs() {
-        print_json(&serde_json::json!({
-            "message": if summary.dry_run { "restore plan" } else { "restore complete" },
-            "snapshot": id.to_hex(),
-            "target": to,
-            "dry_run": summary.dry_run,
-            "files": summary.files,
-            "dirs": summary.dirs,
-            "symlinks": summary.links,
-            "other": summary.other,
-            "bytes": summary.bytes,
-            "skipped": summary.skipped,
-            "seconds": seconds,
-            "warnings": summary.warnings,
-        }));
-    } else {
-        let verb = if summary.dry_run { "would restore" } else { "restored" };
-        println!(
-            "{verb} {} files, {} dirs, {} symlinks ({}) from snapshot {} into {}{}",
-            summary.files,
-            summary.dirs,
-            summary.links,
-            bytes(summary.bytes),
-            id.short(),
-            to.display(),
-            if summary.skipped > 0 {
-                format!("; {} unchanged files skipped", summary.skipped)
-            } else {
-                String::new()
-            }
-        );
-        for w in &summary.warnings {
-            eprintln!("warning: {w}");
-        }
-    }
-    Ok(exit::SUCCESS)
+    Ok(print_report(ctx, &report))
+}
+
+/// Every adapter's `cairn restore`/`verify` flags, by kind.
+fn adapter_settings(
+    ctx: &Context,
+    matches: &clap::ArgMatches,
+) -> Result<Vec<(String, Box<dyn cairn_source::AnySettings>)>> {
+    ctx.registry
+        .iter()
+        .map(|s| Ok((s.descriptor().kind.to_string(), s.restore_settings_from_args(matches)?)))
+        .collect()
 }
 
 pub async fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
     let repo = ctx.open().await?;
-    let (_, snapshot) = repo.find_snapshot(&args.snapshot).await?;
+    let (_, snapshot) = repo.select_snapshot(&args.snapshot, &args.filter.filter()).await?;
     let index = repo.load_index().await?;
     let filter = args.path.as_ref().map(|p| {
         if p.starts_with('/') || snapshot.paths.len() != 1 {
@@ -151,7 +97,7 @@ pub async fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
     // `cairn ls … | head` closes the pipe early: that ends the listing, quietly.
     let mut stdout = std::io::stdout().lock();
     for (path, node) in out {
-        let line = if args.json {
+        let line = if ctx.json() {
             serde_json::json!({
                 "path": path,
                 "type": node.node_type,
@@ -206,52 +152,18 @@ fn mode_string(t: NodeType, mode: u32) -> String {
     s
 }
 
-pub async fn verify(ctx: &Context, args: VerifyArgs) -> Result<u8> {
-    let repo = ctx.open().await?;
-    let (id, snapshot) = repo.find_snapshot(&args.snapshot).await?;
-    let index = repo.load_index().await?;
-    if let Some(url) = &args.against {
-        return super::postgres::verify_against(ctx, &repo, &index, id, &snapshot, url, &args).await;
-    }
-    let progress = Arc::new(VerifyProgress::default());
-    let p = progress.clone();
-    let ticker = Ticker::start(ctx.progress, "verify", move || {
-        (p.bytes_done.load(Ordering::Relaxed), p.bytes_total.load(Ordering::Relaxed), String::new())
-    });
-    let report = verify_snapshot(&repo, &index, &snapshot, progress).await?;
+pub async fn verify(ctx: &Context, args: VerifyArgs, matches: &clap::ArgMatches) -> Result<u8> {
+    let settings = adapter_settings(ctx, matches)?;
+    let engine = ctx.engine()?;
+    let ticker = Ticker::job(ctx.progress, "verify", engine.progress());
+    let report = engine
+        .verify(VerifyRequest {
+            snapshot: args.snapshot.clone(),
+            filter: args.filter.filter(),
+            against: args.against.clone(),
+            settings,
+        })
+        .await;
     ticker.finish();
-    let detail = format!("{} blobs read; {} problems", report.blobs_read, report.problems.len());
-    super::record_verification(ctx, &id, "verify", report.problems.is_empty(), &detail).await;
-    if args.json || ctx.json_logs() {
-        print_json(&serde_json::json!({
-            "message": "verify complete",
-            "snapshot": id.to_hex(),
-            "ok": report.problems.is_empty(),
-            "files": report.files,
-            "dirs": report.dirs,
-            "bytes": report.bytes,
-            "blobs_read": report.blobs_read,
-            "packs_read": report.packs_read,
-            "problems": report.problems,
-        }));
-    } else {
-        for p in &report.problems {
-            eprintln!("damaged: {p}");
-        }
-        println!(
-            "snapshot {}: {} files, {} dirs, {} — {} blobs from {} packs read and verified",
-            id.short(),
-            report.files,
-            report.dirs,
-            bytes(report.bytes),
-            report.blobs_read,
-            report.packs_read
-        );
-    }
-    if report.problems.is_empty() {
-        Ok(exit::SUCCESS)
-    } else {
-        Err(Damage(format!("snapshot {} has {} damaged or missing parts", id.short(), report.problems.len()))
-            .into())
-    }
+    Ok(print_report(ctx, &report))
 }

@@ -1,5 +1,8 @@
-//! `${NAME}` in `cairn.yaml`, replaced inside scalar values after the YAML
-//! has been parsed.
+//! Settings from `cairn.yaml`: `${NAME}` replaced inside scalar values
+//! after the YAML has been parsed, for the file's own keys and for every
+//! adapter's settings alike ([`from_value`] deserializes an adapter's keys
+//! into its settings type, so the types that decide how `${X}` is read are
+//! the adapter's).
 //!
 //! Replacing the text before parsing let a value rewrite the document: a
 //! password holding a newline, `: `, `#`, a quote or `]` could add keys, end
@@ -14,12 +17,28 @@
 //! only the `${NAME}` the file holds.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fmt;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 
-use super::ConfigError;
+/// What can be wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: environment variable {name} is not set (referenced as ${{{name}}})")]
+    MissingEnv { path: PathBuf, name: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: no source named {name:?} (known: {known})")]
+    UnknownSource { path: PathBuf, name: String, known: String },
+    #[error("cannot read secret file {path}: {source}")]
+    Secret { path: PathBuf, source: std::io::Error },
+}
 
 /// Replaces `${NAME}` in one value with the environment's `NAME` (`$${`
 /// writes a literal `${`); an unset variable is an error, never an empty
@@ -79,6 +98,22 @@ pub fn from_str<T: de::DeserializeOwned>(
             }
             Err(ConfigError::Parse { path: path.into(), message })
         }
+    }
+}
+
+/// Deserializes `T` from an already parsed YAML value (a part of the file),
+/// interpolating scalar values.
+pub fn from_value<T: de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<T, ConfigError> {
+    let subst = Subst { env, path, failed: RefCell::new(None) };
+    let parsed = T::deserialize(Interpolating { de: value, subst: &subst });
+    match (parsed, subst.failed.into_inner()) {
+        (_, Some(e)) => Err(e),
+        (Ok(value), None) => Ok(value),
+        (Err(e), None) => Err(ConfigError::Parse { path: path.into(), message: e.to_string() }),
     }
 }
 
@@ -408,6 +443,48 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Nested<'_, A> {
     }
 }
 
+/// Reads a secret file (every password file: `--password-file`,
+/// `--new-password-file`, `password_file:` of the config and of a source),
+/// dropping one trailing newline (as `echo pw > file` leaves).
+pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Secret { path: path.into(), source })?;
+    if let Ok(meta) = std::fs::metadata(path)
+        && let Some(readers) = other_readers(meta.mode(), meta.uid())
+    {
+        warn_once(path, readers);
+    }
+    Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string())
+}
+
+/// Who besides its owner can read a file of this mode and owner, if anyone
+/// should not. As libpq judges private keys: a group may read a file only
+/// when root owns it, which is how Kubernetes shares a secret volume with a
+/// pod's `fsGroup` (it adds group read to whatever `defaultMode` says).
+fn other_readers(mode: u32, owner: u32) -> Option<&'static str> {
+    match (mode & 0o040 != 0 && owner != 0, mode & 0o004 != 0) {
+        (true, true) => Some("its group and everyone else"),
+        (false, true) => Some("everyone"),
+        (true, false) => Some("its group"),
+        (false, false) => None,
+    }
+}
+
+/// One warning per file per run, however often the file is read.
+fn warn_once(path: &Path, readers: &str) {
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if WARNED.lock().unwrap_or_else(|e| e.into_inner()).insert(key) {
+        tracing::warn!(
+            file = %path.display(),
+            "password file {} can be read by {readers}; run `chmod 600 {}` (in Kubernetes, mount the secret \
+             with defaultMode: 0400)",
+            path.display(),
+            path.display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -509,5 +586,23 @@ mod tests {
         assert_eq!(parse("# ${NOPE}\njobs: 1\n").unwrap().jobs, Some(1));
         let e = parse("list: [${JOBS}]\n").unwrap_err().to_string();
         assert!(e.contains(r#"quote a variable: ["${NAME}"]"#), "{e}");
+    }
+
+    #[test]
+    fn secret_files_others_can_read_are_told_apart() {
+        assert_eq!(other_readers(0o100600, 1000), None);
+        assert_eq!(other_readers(0o100400, 0), None);
+        assert_eq!(other_readers(0o100440, 0), None, "root-owned, shared with a group (fsGroup)");
+        assert_eq!(other_readers(0o100640, 1000), Some("its group"));
+        assert_eq!(other_readers(0o100644, 1000), Some("its group and everyone else"));
+        assert_eq!(other_readers(0o100604, 0), Some("everyone"));
+    }
+
+    #[test]
+    fn secret_files_lose_one_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        assert_eq!(read_secret_file(&f).unwrap(), "s3cret");
     }
 }
