@@ -23,6 +23,7 @@ mod error;
 mod local;
 
 pub mod conformance;
+pub mod durable;
 pub mod retry;
 
 pub use error::StoreError;
