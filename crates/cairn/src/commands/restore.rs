@@ -39,6 +39,7 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, stop: Arc<Stop>) -> Resul
             OverwriteArg::Always => Overwrite::Always,
         },
         dry_run: args.dry_run,
+        fsync: !args.no_fsync,
         ..RestoreOptions::default()
     };
     let progress = Arc::new(RestoreProgress::default());
