@@ -552,6 +552,7 @@ pub async fn restore_physical(ctx: &Context, args: RestoreArgs) -> Result<u8> {
         timeout: std::time::Duration::from_secs(pg.recovery_timeout),
         tablespace_map: pg.tablespace_map.clone(),
         tablespaces_in_place: pg.tablespaces_in_place,
+        fsync: !args.no_fsync,
     };
     let result = cairn_postgres::physical::restore_physical(&repo, index, &snapshot, &opts).await;
     lock.release().await?;
