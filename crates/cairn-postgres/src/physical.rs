@@ -777,7 +777,8 @@ fn place_tablespaces(
 }
 
 /// Gives `path` and everything under it to `uid:gid`, noting in `changed`
-/// (deepest first) each file or directory whose owner it changed.
+/// (deepest first) what to fsync for it: each file or directory whose owner
+/// it changed, or a changed symlink's directory.
 fn chown_tree(path: &Path, uid: u32, gid: u32, changed: &mut Vec<PathBuf>) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path)?;
@@ -788,10 +789,10 @@ fn chown_tree(path: &Path, uid: u32, gid: u32, changed: &mut Vec<PathBuf>) -> st
     }
     if meta.uid() != uid || meta.gid() != gid {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-        // A symlink cannot be fsynced; the directory holding it is synced later anyway.
-        if !meta.file_type().is_symlink() {
-            changed.push(path.to_path_buf());
-        }
+        // A symlink cannot be fsynced; its directory's fsync commits it on
+        // journalling file systems.
+        let synced = if meta.file_type().is_symlink() { path.parent() } else { Some(path) };
+        changed.extend(synced.map(Path::to_path_buf));
     }
     Ok(())
 }
