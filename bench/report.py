@@ -20,6 +20,7 @@ STEPS = [
     ("backup_nochange", "no-change re-backup"),
     ("backup_mutated", "backup after mutation"),
     ("restore", "restore latest"),
+    ("restore_nofsync", "restore latest, --no-fsync (cairn only)"),
 ]
 MiB = 1 << 20
 

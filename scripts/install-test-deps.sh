@@ -42,6 +42,7 @@ DEPS=(
   "time:/usr/bin/time"          # bench/volume.sh: peak RSS (/usr/bin/time -f %M)
   "curl:curl"                   # scripts/test-servers.sh: health checks of the test servers
   "openssl:openssl"             # tests/postgres_tls.rs: a throwaway CA and server certificate
+  "strace:strace"               # tests/common/strace.rs: which writes restores and wal-fetch fsync, in order
   "ceph-common:ceph"            # S3 tests on Ceph RGW: ceph, ceph-authtool, radosgw-admin
   "ceph-mon:ceph-mon"           #   the monitor (its dependency ceph-base has monmaptool)
   "ceph-mon:monmaptool"

@@ -519,6 +519,54 @@ fn tablespaces_come_back_mapped_or_in_place() {
     drop(server);
 }
 
+/// A physical restore is durable before it reports success: every file and
+/// directory of the data directory and of a tablespace mapped to a new
+/// directory, the recovery settings, the tablespace link and the
+/// directories the restore made.
+#[test]
+fn a_physical_restore_is_durable_before_it_reports_success() {
+    let env = Env::new();
+    let pg = archiving_cluster(&env);
+    let original = env.path("pg/ts-original");
+    std::fs::create_dir_all(&original).unwrap();
+    cairn_testkit::give_to_postgres(&original);
+    pg.psql("postgres", &format!("CREATE TABLESPACE fast LOCATION '{}'", original.display()));
+    pg.psql("postgres", "CREATE TABLE hot TABLESPACE fast AS SELECT generate_series(1, 1000) AS id");
+    env.cairn_ok(&["backup", "postgres", "--physical", "--url", &pg.url("postgres")]);
+
+    let restored = env.path("pg/restored");
+    let data_dir = restored.join("data");
+    let moved = restored.join("ts/fast");
+    let mut cmd = with_password_file(&env);
+    cmd.args(["restore", "latest", "--physical", "--data-dir", data_dir.to_str().unwrap()])
+        .args(["--tablespace-map", &format!("fast={}", moved.display())]);
+    strace::assert_durable(&cmd, &env.path("physical.trace"), &restored, Some("restored base backup"));
+    assert!(data_dir.join("recovery.signal").is_file());
+    let oid = pg.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'fast'");
+    assert_eq!(std::fs::read_link(data_dir.join("pg_tblspc").join(&oid)).unwrap(), moved);
+}
+
+/// `wal-fetch` hands PostgreSQL a durable file: written under a temporary
+/// name, fsynced, renamed into place, and the directory fsynced.
+#[test]
+fn wal_fetch_writes_the_segment_durably() {
+    let env = Env::new();
+    env.init();
+    let name = "000000010000000000000007";
+    let segment = env.path("archived").join(name);
+    std::fs::create_dir_all(segment.parent().unwrap()).unwrap();
+    let content = pseudo_random(7, 1 << 20);
+    std::fs::write(&segment, &content).unwrap();
+    env.cairn_ok(&["wal-push", segment.to_str().unwrap()]);
+
+    let pg_wal = env.path("restored/pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    let mut cmd = env.cairn_cmd();
+    cmd.args(["wal-fetch", name, pg_wal.join("RECOVERYXLOG").to_str().unwrap()]);
+    strace::assert_durable(&cmd, &env.path("fetch.trace"), &pg_wal, None);
+    assert_eq!(std::fs::read(pg_wal.join("RECOVERYXLOG")).unwrap(), content);
+}
+
 /// With `--spool`, a `wal-push` that cannot reach the repository keeps the
 /// file durably in the spool and succeeds; the spool is bounded (fail, or
 /// drop with an error, when full); `cairn wal drain` and later pushes empty

@@ -32,6 +32,53 @@ fn round_trip_keeps_content_metadata_links_and_holes() {
     env.cairn_ok(&["verify", &id]);
 }
 
+/// A restore is durable before it says so: each file's data and metadata
+/// fsynced before its rename, each directory it made or changed (and the
+/// parent of the first one it made) fsynced after its entries, all before
+/// the success line — into a new target and over an existing one.
+/// `--no-fsync` and `CAIRN_RESTORE_NO_FSYNC=1` sync nothing they restored,
+/// and restore the same tree.
+#[test]
+fn restores_are_durable_before_they_report_success() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    env.init();
+    env.backup(&src);
+
+    let restored = env.path("restored");
+    let target = restored.join("deeper");
+    let restore = |extra: &[&str]| {
+        let mut cmd = env.cairn_cmd();
+        cmd.args(["restore", "latest", "--to", target.to_str().unwrap()]).args(extra);
+        cmd
+    };
+    strace::assert_durable(&restore(&[]), &env.path("new.trace"), &restored, Some("restored "));
+    assert_same_tree(&src, &target, true);
+    strace::assert_durable(
+        &restore(&["--overwrite", "always"]),
+        &env.path("over.trace"),
+        &restored,
+        Some("restored "),
+    );
+    assert_same_tree(&src, &target, true);
+
+    for how in ["flag", "env"] {
+        let fast = env.path(&format!("fast-{how}"));
+        let mut cmd = env.cairn_cmd();
+        cmd.args(["restore", "latest", "--to", fast.to_str().unwrap()]);
+        match how {
+            "flag" => cmd.arg("--no-fsync"),
+            _ => cmd.env("CAIRN_RESTORE_NO_FSYNC", "1"),
+        };
+        let (out, trace) = strace::traced(&cmd, &env.path(&format!("{how}.trace")));
+        assert!(out.status.success(), "{}", describe(&out));
+        let synced = trace.syncs_under(&fast);
+        assert!(synced.is_empty(), "--no-fsync ({how}) synced {} paths, e.g. {:?}", synced.len(), synced[0]);
+        assert_same_tree(&src, &fast, true);
+    }
+}
+
 #[test]
 fn unchanged_files_are_not_read_again_and_changes_are_found() {
     let env = Env::new();

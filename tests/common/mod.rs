@@ -3,6 +3,8 @@
 //! trees, and compare trees byte for byte.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod strace;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -117,6 +117,10 @@ pub enum PgError {
 
     #[error(transparent)]
     Repo(#[from] RepoError),
+
+    /// The volume restorer's own failure (not damage in the snapshot).
+    #[error(transparent)]
+    Restore(cairn_volume::VolumeError),
 }
 
 impl PgError {

@@ -518,6 +518,9 @@ pub struct PitrOptions {
     /// as a directory, PostgreSQL's in-place tablespaces), for scratch
     /// restores next to the original cluster.
     pub tablespaces_in_place: bool,
+    /// Make the restored files, directories and recovery settings durable
+    /// before returning (off only to trade crash safety for speed).
+    pub fsync: bool,
 }
 
 /// Where a tablespace was laid down by a restore.
@@ -583,11 +586,13 @@ pub async fn restore_physical(
             .filter(|_| !opts.tablespaces_in_place)
             .map(|t| (tablespace_dir(t.oid), t.directory.clone()))
             .collect(),
+        fsync: opts.fsync,
         ..cairn_volume::RestoreOptions::default()
     };
     let summary =
         cairn_volume::restore(repo, index, snapshot, &vopts, progress).await.map_err(|e| match e {
             cairn_volume::VolumeError::Repo(r) => PgError::Repo(r),
+            e @ cairn_volume::VolumeError::NotDurable { .. } => PgError::Restore(e),
             other => PgError::BadSnapshot { path: dir.display().to_string(), message: other.to_string() },
         })?;
     // cairn's own files are not part of the data directory.
@@ -598,7 +603,6 @@ pub async fn restore_physical(
         .map_err(|e| PgError::BadSnapshot { path: "PG_VERSION".into(), message: e.to_string() })?;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let (uid, gid) = (owner.uid(), owner.gid());
-    let chown = |p: &Path| std::os::unix::fs::chown(p, Some(uid), Some(gid));
     // Only root may give files away (otherwise they are ours already). The
     // server refuses a data directory it does not own, and needs to write in
     // every directory of it, whatever the tar headers said.
@@ -614,9 +618,11 @@ pub async fn restore_physical(
             )))?;
         }
     }
+    // What changed after the volume restore made everything durable, to sync again.
+    let mut changed = Vec::new();
     for place in std::iter::once(dir.as_path()).chain(tablespaces.iter().map(|t| t.directory.as_path())) {
         if nix::unistd::geteuid().is_root() {
-            chown_tree(place, uid, gid)
+            chown_tree(place, uid, gid, &mut changed)
                 .map_err(PgError::io(format!("giving {} to uid {uid}", place.display())))?;
         }
         std::fs::set_permissions(place, std::fs::Permissions::from_mode(0o700))
@@ -647,15 +653,22 @@ pub async fn restore_physical(
         // Otherwise recovery stops at the directories where it expects links.
         conf.push_str("allow_in_place_tablespaces = on\n");
     }
-    let auto = dir.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&conf);
-    std::fs::write(&auto, text).map_err(PgError::io("writing postgresql.auto.conf"))?;
-    let signal = dir.join("recovery.signal");
-    std::fs::write(&signal, b"").map_err(PgError::io("writing recovery.signal"))?;
-    for p in [&auto, &signal] {
-        let _ = chown(p);
-        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+    let settings = [("postgresql.auto.conf", conf.as_bytes()), ("recovery.signal", &b""[..])];
+    for (name, text) in settings {
+        append_owned(&dir.join(name), text, (uid, gid), opts.fsync)
+            .map_err(PgError::io(format!("writing {name}")))?;
+    }
+    if opts.fsync {
+        // Deepest first: what chown_tree changed, the links, the tablespaces, the data directory.
+        if !opts.tablespaces_in_place && !tablespaces.is_empty() {
+            changed.push(dir.join("pg_tblspc"));
+        }
+        changed.extend(tablespaces.iter().map(|t| t.directory.clone()));
+        changed.push(dir.clone());
+        for path in &changed {
+            cairn_store::durable::sync_path(path)
+                .map_err(PgError::io(format!("making {} durable (fsync)", path.display())))?;
+        }
     }
 
     let mut report = PitrReport {
@@ -758,16 +771,40 @@ fn place_tablespaces(
     Ok(placed)
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+/// Gives `path` and everything under it to `uid:gid`, noting in `changed`
+/// (deepest first) what to fsync for it: each file or directory whose owner
+/// it changed, or a changed symlink's directory.
+fn chown_tree(path: &Path, uid: u32, gid: u32, changed: &mut Vec<PathBuf>) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path)?;
-    if meta.uid() != uid || meta.gid() != gid {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    }
     if meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
+            chown_tree(&entry?.path(), uid, gid, changed)?;
         }
+    }
+    if meta.uid() != uid || meta.gid() != gid {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        // A symlink cannot be fsynced; its directory's fsync commits it on
+        // journalling file systems.
+        let synced = if meta.file_type().is_symlink() { path.parent() } else { Some(path) };
+        changed.extend(synced.map(Path::to_path_buf));
+    }
+    Ok(())
+}
+
+/// Appends `text` to the file at `path` (made if missing), owned by `owner`
+/// when run as root, mode 0600, fsynced with its owner and mode when `fsync`.
+fn append_owned(path: &Path, text: &[u8], owner: (u32, u32), fsync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    file.write_all(text)?;
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::fchown(&file, Some(owner.0), Some(owner.1))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    if fsync {
+        file.sync_all()?;
     }
     Ok(())
 }

@@ -626,6 +626,7 @@ async fn restore_physical(
         timeout: std::time::Duration::from_secs(s.recovery_timeout),
         tablespace_map: s.tablespace_map.clone(),
         tablespaces_in_place: s.tablespaces_in_place,
+        fsync: job.request.fsync,
     };
     let report =
         crate::physical::restore_physical(job.repository(), job.index.clone(), job.snapshot, &opts).await?;

@@ -149,8 +149,10 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, PgError
     }
 }
 
-/// Restores WAL file `name` from the archive to `dest` (written to a
-/// temporary name beside it, then renamed, so PostgreSQL never reads half a file).
+/// Restores WAL file `name` from the archive to `dest`: written to a
+/// temporary name beside it, fsynced, then renamed and the directory
+/// fsynced, so PostgreSQL never reads half a file and a crash never leaves
+/// a complete-looking name with missing data.
 pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<u64, PgError> {
     if !is_wal_name(name) {
         return Err(PgError::BadWalName { name: name.into() });
@@ -161,17 +163,21 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<u64, Pg
         Err(e) => return Err(cairn_repo::RepoError::from(e).into()),
     };
     let content = unseal(repo, name, &sealed)?;
+    let len = content.len() as u64;
     let tmp = dest.with_file_name(format!(
         ".{}.cairn-{}",
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal"),
         std::process::id()
     ));
-    tokio::fs::write(&tmp, &content).await.map_err(PgError::io(format!("writing {}", tmp.display())))?;
-    if let Err(e) = tokio::fs::rename(&tmp, dest).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(PgError::io(format!("writing {}", dest.display()))(e));
-    }
-    Ok(content.len() as u64)
+    let dest = dest.to_path_buf();
+    let what = format!("writing {}", dest.display());
+    // Durable before PostgreSQL is told the file is there: after a crash the
+    // name must never stand over missing bytes.
+    tokio::task::spawn_blocking(move || cairn_store::durable::replace_file(&tmp, &dest, &content, 0o666))
+        .await
+        .expect("writing a WAL file panicked")
+        .map_err(PgError::io(what))?;
+    Ok(len)
 }
 
 /// The archive of one timeline.

@@ -101,7 +101,7 @@ pub enum Overwrite {
 }
 
 /// The restore settings common to every source.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreRequest {
     /// Where to restore (`--to`): a directory, a URL; adapters may take
     /// their target from their own flags instead (`--data-dir`).
@@ -114,6 +114,24 @@ pub struct RestoreRequest {
     pub verify: bool,
     /// Work done at once (tables loaded, files written).
     pub jobs: usize,
+    /// Make what the restore writes durable (fsync) before it reports
+    /// success; off only for scratch restores (`--no-fsync`).
+    pub fsync: bool,
+}
+
+/// Durable by default: a restore that skips fsync must say so.
+impl Default for RestoreRequest {
+    fn default() -> Self {
+        RestoreRequest {
+            target: None,
+            paths: Vec::new(),
+            overwrite: Overwrite::Never,
+            dry_run: false,
+            verify: false,
+            jobs: 2,
+            fsync: true,
+        }
+    }
 }
 
 /// How a restored server reaches this repository on its own (a PostgreSQL

@@ -29,6 +29,7 @@ mod local;
 mod location;
 
 pub mod conformance;
+pub mod durable;
 pub mod redact;
 pub mod retry;
 

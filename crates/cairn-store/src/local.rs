@@ -47,10 +47,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.expect("storage task panicked")
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |e| StoreError::from_io(path.display().to_string(), e)
 }
@@ -78,7 +74,7 @@ fn write_atomically(root: &Path, target: &Path, data: &[u8], mode: PutMode) -> R
                 let _ = fs::remove_file(&tmp);
             }
         }
-        fsync_dir(parent).map_err(io(parent))
+        crate::durable::sync_path(parent).map_err(io(parent))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -5,8 +5,9 @@
 //!   repository's blob pipeline.
 //! * [`restore`] lays a snapshot (or chosen paths of it) back down into a
 //!   target directory, verifying every blob's SHA-256 before a byte of it
-//!   is written, and only renaming a file into place once all of its bytes
-//!   are there.
+//!   is written, only renaming a file into place once all of its bytes
+//!   are there, and (by default) making files and directories durable
+//!   before it returns.
 //!
 //! Consistency model: like restic, a volume backup reads a live file
 //! system; files are not frozen. A file that changes while it is read is
@@ -56,6 +57,11 @@ pub enum VolumeError {
         "restore target {target} already has {count} of the files to restore (e.g. {example}); pass --overwrite always|if-changed, or restore into an empty directory"
     )]
     TargetNotEmpty { target: PathBuf, count: usize, example: String },
+
+    #[error(
+        "{path}: fsync failed ({source}); what was restored may not survive a crash: check the disk and restore again"
+    )]
+    NotDurable { path: PathBuf, source: std::io::Error },
 
     #[error("path {path:?} is not in the snapshot; run `cairn ls SNAPSHOT` to see its contents")]
     PathNotInSnapshot { path: String },

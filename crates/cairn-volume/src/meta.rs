@@ -143,8 +143,8 @@ pub fn unchanged(current: &Node, previous: &Node) -> bool {
 }
 
 /// Applies ownership (when running as root), mode, xattrs and times to an
-/// open regular file: the same as [`apply_metadata`] without path lookups,
-/// for the restore's common case of a file written in one go.
+/// open regular file or directory: the same as [`apply_metadata`] without
+/// path lookups, and on the descriptor the restore then fsyncs.
 pub fn apply_file_metadata(file: &std::fs::File, node: &Node, is_root: bool) -> Result<(), String> {
     use xattr::FileExt as _;
     if is_root {

@@ -14,6 +14,19 @@
 //! keeps sparse files sparse. Hard links within the restored set are
 //! recreated as hard links.
 //!
+//! Durability (unless [`RestoreOptions::fsync`] is off): each file gets its
+//! metadata (owner, mode, extended attributes, times) on the open staged
+//! file and is fsynced there, by the worker thread that completed it,
+//! *before* its rename, so after a crash a restored name never stands over
+//! missing data — which `--overwrite if-changed`, trusting size and mtime,
+//! would otherwise skip on the next run. When every entry is in place, each
+//! directory the restore made or changed (the target, every restored
+//! directory, and the parents of directories it created) gets its metadata
+//! and an fsync, deepest first, before the restore returns. Symlinks and
+//! special files cannot be fsynced; their entries become durable with their
+//! directory's. Why per-file fsync and not one `syncfs` at the end: see
+//! docs/DESIGN.md, section 7.
+//!
 //! Paths: a snapshot of a single directory restores *its contents* into the
 //! target (`/srv/data/a/b` → `<target>/a/b`); snapshots of several paths
 //! restore their full paths under the target, as restic does.
@@ -29,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use cairn_repo::index::BlobLocation;
 use cairn_repo::tree::{Node, NodeType};
 use cairn_repo::{BlobType, Id, Index, RepoError, Repository, Snapshot, decode_blob};
-use cairn_store::{FileType, Handle};
+use cairn_store::{FileType, Handle, durable};
 
 use crate::VolumeError;
 use crate::meta::{apply_file_metadata, apply_metadata};
@@ -61,6 +74,9 @@ pub struct RestoreOptions {
     /// that receives it (a PostgreSQL tablespace laid down where its
     /// server will look for it).
     pub relocate: Vec<(String, PathBuf)>,
+    /// Make everything written durable before returning (see the module
+    /// docs). Off only to trade crash safety for speed.
+    pub fsync: bool,
 }
 
 impl Default for RestoreOptions {
@@ -72,6 +88,7 @@ impl Default for RestoreOptions {
             dry_run: false,
             concurrency: num_cpus::get().max(2) * 2,
             relocate: Vec::new(),
+            fsync: true,
         }
     }
 }
@@ -352,10 +369,10 @@ pub async fn restore(
             by_pack.entry(loc.pack).or_default().entry(*blob).or_insert((loc, vec![])).1.push((i, offset));
             offset += loc.plaintext_len() as u64;
         }
-        f.remaining.store(content.len(), Ordering::Relaxed);
+        // An empty file still has one step to go: being created.
+        f.remaining.store(content.len().max(1), Ordering::Relaxed);
     }
 
-    std::fs::create_dir_all(target).map_err(|e| VolumeError::io(target, e))?;
     let result = restore_into(repo, &plan, by_pack, target, opts, &progress, &mut summary).await;
     if result.is_err() {
         // Remove the partial files of this run; complete files stay.
@@ -383,6 +400,7 @@ struct Writer<'a> {
     plan: &'a Plan,
     target: &'a Path,
     is_root: bool,
+    fsync: bool,
     warnings: Mutex<Vec<String>>,
     progress: &'a RestoreProgress,
 }
@@ -406,27 +424,33 @@ impl Writer<'_> {
         result
     }
 
-    /// Moves a complete file into place and applies its metadata.
-    fn finalize(&self, file: usize) -> Result<(), VolumeError> {
+    /// Finishes a staged file whose bytes are all written: metadata on the
+    /// open file, fsync (so data and metadata are durable before the name
+    /// is), then the rename into place.
+    fn complete(&self, file: usize, fh: std::fs::File) -> Result<(), VolumeError> {
         let f = &self.plan.files[file];
         let dest = self.target.join(&f.rel);
+        if let Err(w) = apply_file_metadata(&fh, &f.node, self.is_root) {
+            self.warnings.lock().expect("warnings").push(format!("{}: {w}", dest.display()));
+        }
+        if self.fsync {
+            fh.sync_all().map_err(|e| VolumeError::NotDurable { path: dest.clone(), source: e })?;
+        }
+        drop(fh);
         if let Ok(meta) = std::fs::symlink_metadata(&dest)
             && meta.is_dir()
         {
             std::fs::remove_dir_all(&dest).map_err(|e| VolumeError::io(&dest, e))?;
         }
-        let staged = self.staged(file);
-        std::fs::rename(&staged, &dest).map_err(|e| VolumeError::io(&dest, e))?;
-        if let Err(w) = apply_metadata(&dest, &f.node, self.is_root) {
-            self.warnings.lock().expect("warnings").push(w);
-        }
+        std::fs::rename(self.staged(file), &dest).map_err(|e| VolumeError::io(&dest, e))?;
+        f.remaining.store(0, Ordering::Release);
         self.progress.files_done.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Writes a file that is exactly one blob: create, write, set metadata
-    /// on the open file, rename. Half the system calls of the general path,
-    /// and most files in most trees are this small.
+    /// Writes a file that is exactly one blob (or empty): create, write,
+    /// complete. Half the system calls of the general path, and most files
+    /// in most trees are this small.
     fn write_single_blob_file(
         &self,
         file: usize,
@@ -435,28 +459,16 @@ impl Writer<'_> {
     ) -> Result<(), VolumeError> {
         let f = &self.plan.files[file];
         f.created.call_once(|| {}); // from here on, a failure cleans this file up
-        let staged = self.staged(file);
         let dest = self.target.join(&f.rel);
-        let fh = std::fs::File::create(&staged).map_err(|e| VolumeError::io(&dest, e))?;
+        let fh = std::fs::File::create(self.staged(file)).map_err(|e| VolumeError::io(&dest, e))?;
         for &(from, to) in runs {
             fh.write_all_at(&data[from..to], from as u64).map_err(|e| VolumeError::io(&dest, e))?;
         }
         if runs.last().is_none_or(|&(_, to)| to as u64 != f.node.size) {
             fh.set_len(f.node.size).map_err(|e| VolumeError::io(&dest, e))?;
         }
-        if let Err(w) = apply_file_metadata(&fh, &f.node, self.is_root) {
-            self.warnings.lock().expect("warnings").push(format!("{}: {w}", dest.display()));
-        }
-        drop(fh);
-        if let Ok(meta) = std::fs::symlink_metadata(&dest)
-            && meta.is_dir()
-        {
-            std::fs::remove_dir_all(&dest).map_err(|e| VolumeError::io(&dest, e))?;
-        }
-        std::fs::rename(&staged, &dest).map_err(|e| VolumeError::io(&dest, e))?;
-        f.remaining.store(0, Ordering::Release);
+        self.complete(file, fh)?;
         self.progress.bytes_done.fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.progress.files_done.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -468,20 +480,28 @@ impl Writer<'_> {
                 continue;
             }
             self.create_staged(file)?;
-            if !runs.is_empty() {
-                let path = self.staged(file);
-                let fh = std::fs::OpenOptions::new()
+            let dest = self.target.join(&self.plan.files[file].rel);
+            let open = || {
+                std::fs::OpenOptions::new()
                     .write(true)
-                    .open(&path)
-                    .map_err(|e| VolumeError::io(&path, e))?;
+                    .open(self.staged(file))
+                    .map_err(|e| VolumeError::io(&dest, e))
+            };
+            // An all-zero blob is a hole already: no need to open the file for it.
+            let fh = if runs.is_empty() { None } else { Some(open()?) };
+            if let Some(fh) = &fh {
                 for &(from, to) in &runs {
                     fh.write_all_at(&data[from..to], offset + from as u64)
-                        .map_err(|e| VolumeError::io(&self.target.join(&self.plan.files[file].rel), e))?;
+                        .map_err(|e| VolumeError::io(&dest, e))?;
                 }
             }
             self.progress.bytes_done.fetch_add(data.len() as u64, Ordering::Relaxed);
             if self.plan.files[file].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.finalize(file)?;
+                let fh = match fh {
+                    Some(fh) => fh,
+                    None => open()?,
+                };
+                self.complete(file, fh)?;
             }
         }
         Ok(())
@@ -507,23 +527,35 @@ fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
     runs
 }
 
-/// Fetches every pack and writes its blobs, on `threads` plain threads:
-/// each reads a pack (through the async backend) and then decrypts,
-/// verifies and writes it, so reading and CPU work overlap across packs.
-/// Stops at the first error or when cancelled.
-fn fetch_and_write(
+/// One unit of work for the restore's worker threads.
+enum Job {
+    /// Fetch a pack and write its blobs.
+    Pack(Id, PackBlobs),
+    /// Create an empty file.
+    Empty(usize),
+}
+
+/// Runs the jobs on `threads` plain threads: each reads a pack (through
+/// the async backend) and then decrypts, verifies and writes it, so
+/// reading, CPU work and the fsyncs of completed files overlap across
+/// packs. Stops at the first error or when cancelled.
+fn write_files(
     repo: &Repository,
-    packs: Vec<(Id, PackBlobs)>,
+    jobs: Vec<Job>,
     writer: &Writer<'_>,
     threads: usize,
     progress: &RestoreProgress,
 ) -> Result<(), VolumeError> {
     let rt = tokio::runtime::Handle::current();
     let key = repo.key().clone();
-    let queue = Mutex::new(packs.into_iter());
+    let queue = Mutex::new(jobs.into_iter());
     let failure: Mutex<Option<VolumeError>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
-    let work = |(pack, blobs): (Id, PackBlobs)| -> Result<(), VolumeError> {
+    let work = |job: Job| -> Result<(), VolumeError> {
+        let (pack, blobs) = match job {
+            Job::Pack(pack, blobs) => (pack, blobs),
+            Job::Empty(file) => return writer.write_single_blob_file(file, &[], &[]),
+        };
         let start = blobs.values().map(|(l, _)| l.offset as u64).min().unwrap_or(0);
         let end = blobs.values().map(|(l, _)| l.offset as u64 + l.length as u64).max().unwrap_or(0);
         let handle = Handle::new(FileType::Pack, pack.to_hex());
@@ -574,29 +606,29 @@ async fn restore_into(
     summary: &mut RestoreSummary,
 ) -> Result<(), VolumeError> {
     let is_root = nix::unistd::geteuid().is_root();
+    // Directories this run made: the entries naming them are changes to their parents.
+    let mut created = Vec::new();
+    create_dirs(target, &mut created).map_err(|e| VolumeError::io(target, e))?;
     for (rel, _) in &plan.dirs {
         let dir = target.join(rel);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                std::fs::remove_file(&dir).map_err(|e| VolumeError::io(&dir, e))?;
-                std::fs::create_dir_all(&dir).map_err(|e| VolumeError::io(&dir, e))?;
-            }
-            Err(_) => std::fs::create_dir_all(&dir).map_err(|e| VolumeError::io(&dir, e))?,
+        if let Ok(m) = std::fs::symlink_metadata(&dir)
+            && !m.is_dir()
+        {
+            std::fs::remove_file(&dir).map_err(|e| VolumeError::io(&dir, e))?;
         }
+        create_dirs(&dir, &mut created).map_err(|e| VolumeError::io(&dir, e))?;
     }
-    let writer = Writer { plan, target, is_root, warnings: Mutex::new(Vec::new()), progress };
-    for (i, f) in plan.files.iter().enumerate() {
-        if f.remaining.load(Ordering::Relaxed) == 0 {
-            writer.create_staged(i)?;
-            writer.finalize(i)?;
-        }
-    }
+    let writer =
+        Writer { plan, target, is_root, fsync: opts.fsync, warnings: Mutex::new(Vec::new()), progress };
     tracing::debug!(files = plan.files.len(), "restore: directories made, fetching packs");
 
     let mut packs: Vec<_> = by_pack.into_iter().collect();
     packs.sort_by_key(|(id, _)| *id);
-    fetch_and_write(repo, packs, &writer, opts.concurrency.max(1), progress)?;
+    let empty =
+        (0..plan.files.len()).filter(|&i| plan.files[i].node.content.as_ref().is_none_or(|c| c.is_empty()));
+    let jobs =
+        empty.map(Job::Empty).chain(packs.into_iter().map(|(id, blobs)| Job::Pack(id, blobs))).collect();
+    write_files(repo, jobs, &writer, opts.concurrency.max(1), progress)?;
     tracing::debug!("restore: file contents written");
 
     for (rel, first, _) in &plan.hardlinks {
@@ -644,21 +676,91 @@ async fn restore_into(
             Err(e) => writer.warnings.lock().expect("warnings").push(format!("{}: {e}", dest.display())),
         }
     }
-    // Directories last and deepest first, so their mtimes and read-only modes stick.
-    let mut dirs: Vec<_> = plan.dirs.iter().collect();
-    dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
-    for (rel, node) in dirs {
-        if let Err(w) = apply_metadata(&target.join(rel), node, is_root) {
-            writer.warnings.lock().expect("warnings").push(w);
+    // Directories last and deepest first, so their mtimes and read-only
+    // modes stick and each is durable before the entry naming it.
+    let mut dirs: HashMap<PathBuf, Option<&Node>> = HashMap::new();
+    if opts.fsync {
+        for dir in &created {
+            dirs.insert(durable::parent_dir(dir).to_path_buf(), None);
+            dirs.insert(dir.clone(), None);
+        }
+        dirs.insert(target.to_path_buf(), None);
+    }
+    for (rel, node) in &plan.dirs {
+        dirs.insert(target.join(rel), Some(node));
+    }
+    let mut dirs: Vec<_> = dirs.into_iter().collect();
+    // Absolute depths: `--to out` has the parent `.`, of the same relative depth.
+    dirs.sort_by_cached_key(|(dir, _)| {
+        std::cmp::Reverse(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).components().count())
+    });
+    // Metadata goes on through open descriptors, fsynced afterwards in the
+    // same order a batch at a time: on a journalling file system the first
+    // fsync commits the whole batch's changes, where syncing each directory
+    // right after changing it costs a commit per directory. (Descriptors
+    // opened before the mode is set still sync a directory we may not read.)
+    const SYNC_BATCH: usize = 256;
+    let mut unsynced: Vec<(PathBuf, std::fs::File)> = Vec::new();
+    let sync = |unsynced: &mut Vec<(PathBuf, std::fs::File)>| {
+        unsynced.drain(..).try_for_each(|(dir, fh)| {
+            fh.sync_all().map_err(|e| VolumeError::NotDurable { path: dir, source: e })
+        })
+    };
+    for (dir, node) in dirs {
+        let fh = std::fs::File::open(&dir).map_err(|e| VolumeError::io(&dir, e))?;
+        if let Some(node) = node
+            && let Err(w) = apply_file_metadata(&fh, node, is_root)
+        {
+            writer.warnings.lock().expect("warnings").push(format!("{}: {w}", dir.display()));
+        }
+        if opts.fsync {
+            unsynced.push((dir, fh));
+            if unsynced.len() == SYNC_BATCH {
+                sync(&mut unsynced)?;
+            }
         }
     }
+    sync(&mut unsynced)?;
     summary.warnings = writer.warnings.into_inner().expect("warnings");
+    Ok(())
+}
+
+/// `create_dir_all` that records, outermost first, each directory it made.
+fn create_dirs(dir: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(d) = next.filter(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err()) {
+        missing.push(d);
+        next = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => created.push(d.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::nonzero_runs;
+    use super::{create_dirs, nonzero_runs};
+
+    #[test]
+    fn made_directories_are_recorded_outermost_first_and_only_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        let mut created = Vec::new();
+        create_dirs(&deep, &mut created).unwrap();
+        assert!(deep.is_dir());
+        assert_eq!(created, ["a", "a/b", "a/b/c"].map(|p| tmp.path().join(p)));
+        create_dirs(&tmp.path().join("a/b/d"), &mut created).unwrap();
+        assert_eq!(created.last().unwrap(), &tmp.path().join("a/b/d"), "only the new one");
+        assert_eq!(created.len(), 4);
+        std::fs::write(tmp.path().join("file"), b"x").unwrap();
+        assert!(create_dirs(&tmp.path().join("file/sub"), &mut created).is_err(), "a file in the way");
+    }
 
     #[test]
     fn zero_blocks_are_skipped_and_runs_merged() {

@@ -233,6 +233,7 @@ impl Source for VolumeSource {
                 RestoreOverwrite::Always => Overwrite::Always,
             },
             dry_run: job.request.dry_run,
+            fsync: job.request.fsync,
             ..RestoreOptions::default()
         };
         let progress = Arc::new(RestoreProgress::default());

@@ -299,6 +299,12 @@ pub struct RestoreArgs {
     /// Show what would be restored; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Do not fsync restored files and directories (directory and --physical
+    /// restores): faster, but a crash or power loss soon after can leave
+    /// files that look complete yet hold zeros, which a later
+    /// `--overwrite if-changed` will not notice. For scratch restores only.
+    #[arg(long, env = "CAIRN_RESTORE_NO_FSYNC", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_fsync: bool,
     /// After restoring, compare the target with the snapshot (rows and content digests).
     #[arg(long)]
     pub verify: bool,

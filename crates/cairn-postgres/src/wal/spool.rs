@@ -20,7 +20,6 @@
 //! next base backup. A spooled segment is not archived yet: `cairn wal
 //! verify` shows it as missing until it is drained.
 
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -152,16 +151,7 @@ impl Spool {
         }
         let io = |e| PgError::io(format!("writing {name} into the WAL spool {}", self.dir.display()))(e);
         let temp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io)?;
-        file.write_all(&content).and_then(|()| file.sync_all()).map_err(io)?;
-        std::fs::rename(&temp, self.dir.join(&name)).map_err(io)?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
+        cairn_store::durable::replace_file(&temp, &self.dir.join(&name), &content, 0o600).map_err(io)?;
         Ok(Spooled::Kept { files: entries.len() + 1, bytes: used + content.len() as u64 })
     }
 

@@ -27,6 +27,7 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, matches: &clap::ArgMatche
         dry_run: args.dry_run,
         verify: args.verify,
         jobs: args.jobs.max(1),
+        fsync: !args.no_fsync,
     };
     let engine = ctx.engine()?;
     let ticker = Ticker::job(ctx.progress && !args.dry_run, "restore", engine.progress());
