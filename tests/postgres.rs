@@ -375,12 +375,17 @@ fn damaged_table_data_stops_the_restore() {
         .as_str()
         .unwrap()
         .to_string();
-    for pack in repo_files(&env.repo, "data") {
-        flip_byte(&pack, 100);
-    }
+    damage_blob_of_file(&env, &snap, "public.pgbench_accounts.copy");
     let target = unique_db("damaged");
     let out = env.cairn(&restore_args(&snap, &pg.db_url(&target), &[]));
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("damaged repository object data/"),
+        "{}",
+        describe(&out)
+    );
+    let left = pg.psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'"));
+    assert_eq!(left, "0", "a failed restore into a new database leaves none behind");
 }
 
 #[test]

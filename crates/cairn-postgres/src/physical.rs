@@ -587,6 +587,11 @@ pub async fn restore_physical(
             .map(|t| (tablespace_dir(t.oid), t.directory.clone()))
             .collect(),
         fsync: opts.fsync,
+        // cairn's own bookkeeping is not part of the data directory.
+        exclude: vec![
+            MANIFEST_FILE.into(),
+            cairn_source::ENVELOPE_PATH.split('/').next().unwrap_or_default().into(),
+        ],
         ..cairn_volume::RestoreOptions::default()
     };
     let summary =
@@ -595,9 +600,6 @@ pub async fn restore_physical(
             e @ cairn_volume::VolumeError::NotDurable { .. } => PgError::Restore(e),
             other => PgError::BadSnapshot { path: dir.display().to_string(), message: other.to_string() },
         })?;
-    // cairn's own files are not part of the data directory.
-    let _ = std::fs::remove_file(dir.join(MANIFEST_FILE));
-    let _ = std::fs::remove_dir_all(dir.join(".cairn"));
     // The data directory itself is not in the tar: give it PG_VERSION's owner and mode 0700.
     let owner = std::fs::metadata(dir.join("PG_VERSION"))
         .map_err(|e| PgError::BadSnapshot { path: "PG_VERSION".into(), message: e.to_string() })?;

@@ -74,6 +74,10 @@ pub struct RestoreOptions {
     /// that receives it (a PostgreSQL tablespace laid down where its
     /// server will look for it).
     pub relocate: Vec<(String, PathBuf)>,
+    /// Snapshot paths (relative, like `include`) never written, with
+    /// everything below them: a source's own bookkeeping inside a tree that
+    /// is otherwise laid down whole (a base backup's `.cairn/`).
+    pub exclude: Vec<String>,
     /// Make everything written durable before returning (see the module
     /// docs). Off only to trade crash safety for speed.
     pub fsync: bool,
@@ -88,6 +92,7 @@ impl Default for RestoreOptions {
             dry_run: false,
             concurrency: num_cpus::get().max(2) * 2,
             relocate: Vec::new(),
+            exclude: Vec::new(),
             fsync: true,
         }
     }
@@ -196,6 +201,7 @@ async fn build_plan(
         .collect();
     let relocations: Vec<(Vec<Vec<u8>>, &Path)> =
         opts.relocate.iter().map(|(from, to)| (rel_components(from), to.as_path())).collect();
+    let excluded: Vec<Vec<Vec<u8>>> = opts.exclude.iter().map(|p| rel_components(p)).collect();
     let mut matched = vec![false; includes.len()];
     let mut seen_inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
 
@@ -206,7 +212,7 @@ async fn build_plan(
                 matched[i] = true;
             }
         }
-        if !wanted {
+        if !wanted || excluded.iter().any(|x| rel_c.len() >= x.len() && rel_c[..x.len()] == x[..]) {
             return false;
         }
         // A relocated path is absolute, and `target.join` of an absolute path is that path.
