@@ -12,7 +12,7 @@ use cairn_repo::tree::NodeType;
 use cairn_repo::{BlobType, Id, Repository};
 use cairn_store::FileType;
 
-use super::{Damage, locked, print_json};
+use super::{locked, print_json};
 use crate::cli::{CheckArgs, KeyAction, KeyArgs, SnapshotsArgs, StatsArgs, UnlockArgs};
 use crate::context::Context;
 use crate::exit;
@@ -156,60 +156,55 @@ pub async fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
         total.store(t, Ordering::Relaxed);
     });
     let options = CheckOptions { read_data, ..Default::default() };
-    let report = locked(ctx, &repo, false, async {
+    let mut job = cairn_engine::JobReport::start("check");
+    let checked = locked(ctx, &repo, false, async {
         Ok(ctx.stop.race(cairn_repo::check::check(&repo, &options, Some(progress))).await?)
     })
     .await;
     ticker.finish();
-    let report = report?;
-    if ctx.json() {
-        print_json(&serde_json::json!({
-            "message": "check complete",
-            "ok": report.is_ok(),
-            "snapshots": report.snapshots,
-            "index_files": report.index_files,
-            "packs": report.packs,
-            "trees": report.trees_checked,
-            "packs_read": report.packs_read,
-            "bytes_read": report.bytes_read,
-            "problems": report.problems.iter().map(|p| serde_json::json!({
-                "object": p.object, "message": p.message, "affected": p.affected,
-            })).collect::<Vec<_>>(),
-            "notes": report.notes,
-        }));
-    } else {
-        for n in &report.notes {
-            eprintln!("note: {n}");
-        }
-        for p in &report.problems {
-            eprintln!("damaged: {p}");
-        }
-        println!(
-            "checked {} snapshots, {} index files, {} packs, {} trees; read {} packs ({})",
-            report.snapshots,
-            report.index_files,
-            report.packs,
-            report.trees_checked,
-            report.packs_read,
-            bytes(report.bytes_read)
-        );
-        if report.is_ok() {
-            println!("no errors were found");
-        }
-    }
+    let report = checked?;
+    job.bytes.read = report.bytes_read;
+    job.objects = [
+        ("snapshots", report.snapshots as u64),
+        ("index_files", report.index_files as u64),
+        ("packs", report.packs as u64),
+        ("trees", report.trees_checked as u64),
+        ("packs_read", report.packs_read as u64),
+        ("problems", report.problems.len() as u64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    job.warnings = report.notes.clone();
+    job.details = serde_json::json!({
+        "ok": report.is_ok(),
+        "problems": report.problems.iter().map(|p| serde_json::json!({
+            "object": p.object, "message": p.message, "affected": p.affected,
+        })).collect::<Vec<_>>(),
+    });
+    let mut text = Vec::new();
+    job.errors.extend(report.problems.iter().map(|p| format!("damaged: {p}")));
+    text.push(format!(
+        "checked {} snapshots, {} index files, {} packs, {} trees; read {} packs ({})",
+        report.snapshots,
+        report.index_files,
+        report.packs,
+        report.trees_checked,
+        report.packs_read,
+        bytes(report.bytes_read)
+    ));
     if report.is_ok() {
-        Ok(exit::SUCCESS)
+        text.push("no errors were found".into());
     } else {
-        super::failed_after_result(
-            ctx,
-            Damage(format!(
-                "check found {} problem(s); the first: {}",
-                report.problems.len(),
-                report.problems[0]
-            ))
-            .into(),
-        )
+        job.errors.push(format!(
+            "check found {} problem(s); the first: {}",
+            report.problems.len(),
+            report.problems[0]
+        ));
+        job.exit_code = exit::DAMAGED;
     }
+    job.summary = text.join("\n");
+    Ok(super::print_report(ctx, &job.finish()))
 }
 
 pub async fn stats(ctx: &Context, args: StatsArgs) -> Result<u8> {
