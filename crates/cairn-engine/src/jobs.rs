@@ -299,11 +299,8 @@ impl Engine {
         let repo = self.open().await?;
         let filter = SnapshotFilter { kinds, ..req.filter.clone() };
         let (id, snapshot) = self.resolve(&repo, &req.snapshot, &filter, &req.settings).await?;
-        let (kind, mode) = kind_and_mode(&snapshot);
-        report.snapshot = Some(id.to_hex());
-        report.kind = Some(kind.clone());
-        report.mode = Some(mode);
-        report.source = snapshot.cairn.as_ref().and_then(|c| c.source_name.clone());
+        report.about(&id, &snapshot);
+        let kind = kind_and_mode(&snapshot).0;
         let source = self.source(&kind)?;
         let settings = Self::settings_of(&req.settings, &kind)?;
         let hold = lifecycle::Hold::take(&repo, false, None, &self.stop).await?;
@@ -372,11 +369,8 @@ impl Engine {
         }
         let repo = self.open().await?;
         let (id, snapshot) = self.resolve(&repo, &req.snapshot, &filter, &req.settings).await?;
-        let (kind, mode) = kind_and_mode(&snapshot);
-        report.snapshot = Some(id.to_hex());
-        report.kind = Some(kind.clone());
-        report.mode = Some(mode);
-        report.source = snapshot.cairn.as_ref().and_then(|c| c.source_name.clone());
+        report.about(&id, &snapshot);
+        let kind = kind_and_mode(&snapshot).0;
         let source = self.source(&kind)?;
         let hold = lifecycle::Hold::take(&repo, false, None, &self.stop).await?;
         let result = self.verify_held(req, report, &repo, source, id, &snapshot, &kind).await;

@@ -75,6 +75,15 @@ impl JobReport {
         }
     }
 
+    /// Names the snapshot the job acts on: its id, kind, mode and source.
+    pub fn about(&mut self, id: &cairn_repo::Id, snapshot: &cairn_repo::Snapshot) {
+        let (kind, mode) = cairn_repo::kind_and_mode(snapshot);
+        self.snapshot = Some(id.to_hex());
+        self.kind = Some(kind);
+        self.mode = Some(mode);
+        self.source = snapshot.cairn.as_ref().and_then(|c| c.source_name.clone());
+    }
+
     /// Stamps the end time.
     pub fn finish(mut self) -> JobReport {
         self.finished = chrono::Local::now().fixed_offset();

@@ -221,15 +221,7 @@ struct RestoreMeter(Arc<RestoreProgress>);
 impl Meter for RestoreMeter {
     fn read(&self) -> Reading {
         let p = &self.0;
-        Reading {
-            bytes_done: p.bytes_done.load(Ordering::Relaxed),
-            bytes_total: p.bytes_total.load(Ordering::Relaxed),
-            detail: format!(
-                "{}/{} tables",
-                p.tables_done.load(Ordering::Relaxed),
-                p.tables_total.load(Ordering::Relaxed)
-            ),
-        }
+        Reading::counted([&p.bytes_done, &p.bytes_total], [&p.tables_done, &p.tables_total], "tables")
     }
 }
 

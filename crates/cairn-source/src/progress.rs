@@ -4,6 +4,7 @@
 //! draws one bar. A [`Meter`] is the adapter's view of its counters, set on
 //! the job's [`Progress`] once the work starts; the display polls it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One look at an adapter's counters.
@@ -14,6 +15,18 @@ pub struct Reading {
     pub bytes_total: u64,
     /// What else is counted, e.g. `3/40 tables`.
     pub detail: String,
+}
+
+impl Reading {
+    /// Bytes done of a total, and `done/total unit` for what else is counted.
+    pub fn counted(bytes: [&AtomicU64; 2], items: [&AtomicU64; 2], unit: &str) -> Reading {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Reading {
+            bytes_done: load(bytes[0]),
+            bytes_total: load(bytes[1]),
+            detail: format!("{}/{} {unit}", load(items[0]), load(items[1])),
+        }
+    }
 }
 
 /// An adapter's counters, read for display.

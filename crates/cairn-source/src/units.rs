@@ -52,18 +52,27 @@ impl std::str::FromStr for Size {
     }
 }
 
+/// A setting written as text (`100MiB`, `90m`) or as a bare number.
+fn text_or_number<'de, D: serde::Deserializer<'de>, T>(
+    d: D,
+    number: impl FnOnce(u64) -> T,
+    text: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match <Raw as serde::Deserialize>::deserialize(d)? {
+        Raw::Number(n) => Ok(number(n)),
+        Raw::Text(t) => text(&t).map_err(serde::de::Error::custom),
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(Size(n)),
-            Raw::Text(t) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
-        }
+        text_or_number(d, Size, |t| parse_size(t).map(Size))
     }
 }
 
@@ -80,16 +89,7 @@ impl std::str::FromStr for Span {
 
 impl<'de> serde::Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(Span(Duration::from_secs(n))),
-            Raw::Text(t) => parse_duration(&t).map(Span).map_err(serde::de::Error::custom),
-        }
+        text_or_number(d, |n| Span(Duration::from_secs(n)), |t| parse_duration(t).map(Span))
     }
 }
 

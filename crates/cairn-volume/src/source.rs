@@ -103,15 +103,7 @@ struct RestoreMeter(Arc<RestoreProgress>);
 impl Meter for RestoreMeter {
     fn read(&self) -> Reading {
         let p = &self.0;
-        Reading {
-            bytes_done: p.bytes_done.load(Ordering::Relaxed),
-            bytes_total: p.bytes_total.load(Ordering::Relaxed),
-            detail: format!(
-                "{}/{} files",
-                p.files_done.load(Ordering::Relaxed),
-                p.files_total.load(Ordering::Relaxed)
-            ),
-        }
+        Reading::counted([&p.bytes_done, &p.bytes_total], [&p.files_done, &p.files_total], "files")
     }
 }
 
