@@ -435,7 +435,11 @@ fn assemble_virtual(ctx: Arc<Ctx>, dir: VirtualDir) -> BoxFuture<'static, Result
                     let (tx, rx) = oneshot::channel();
                     let ctx2 = ctx.clone();
                     tokio::spawn(async move {
-                        let _ = tx.send(assemble_virtual(ctx2, sub).await);
+                        // The result is sent only once this task's share of
+                        // the context is gone: the backup unwraps the blob
+                        // saver as soon as the root tree arrives.
+                        let result = assemble_virtual(ctx2, sub).await;
+                        let _ = tx.send(result);
                     });
                     pendings.push(Pending::Dir { node, previous: None, done: rx });
                 }
@@ -564,6 +568,9 @@ fn walk_dir(
     let ctx2 = ctx.clone();
     ctx.rt.spawn(async move {
         let result = assemble(&ctx2, pendings, true).await;
+        // Before sending (see assemble_virtual): the receiver may be the
+        // last step before the blob saver is unwrapped.
+        drop(ctx2);
         let _ = tx.send(result);
     });
     ctx.progress.dirs_done.fetch_add(1, Ordering::Relaxed);
