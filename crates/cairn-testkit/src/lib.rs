@@ -1,4 +1,5 @@
-//! Real S3 and DynamoDB servers for cairn's tests.
+//! Real S3, DynamoDB and PostgreSQL servers for cairn's tests, the fault
+//! proxy ([`proxy`]) and the source conformance suite ([`conformance`]).
 //!
 //! cairn's S3 code is tested against real servers rather than mocks, because
 //! what matters is how a server actually behaves: which requests it accepts,
