@@ -208,3 +208,55 @@ async fn snapshots_and_verifications_are_catalogued_and_rebuilt() {
         "rebuild keeps the verification history"
     );
 }
+
+/// A backup waiting for a lease another run holds (`CAIRN_LOCK_WAIT`)
+/// stops at once on SIGTERM: exit 143, nothing written, no lock, and the
+/// holder's lease untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_backup_waiting_for_the_lease() {
+    use cairn_testkit::conformance::{Running, assert_terminated, terminate};
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"a").unwrap();
+    let dynamo = Dynamo::new();
+    let resource = env.repo.display().to_string();
+    let client = dynamo.client().await;
+    let holder = Lease::acquire_with(client.clone(), &dynamo.config(), &resource, "nightly-job/7", true)
+        .await
+        .unwrap();
+    let mut waiting = dynamo.cairn(&env);
+    waiting.env("CAIRN_LOCK_WAIT", "5m").args(["backup", "volume", src.to_str().unwrap()]);
+    let mut run = Running::spawn(&mut waiting);
+    // Each attempt takes a fencing token: two past the holder's, it is waiting.
+    let fence = || {
+        let client = client.clone();
+        let (table, key) = (dynamo.table.clone(), format!("fence#{resource}"));
+        tokio::task::block_in_place(move || {
+            tokio::runtime::Handle::current().block_on(async move {
+                let item = client
+                    .get_item()
+                    .table_name(table)
+                    .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(key))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .unwrap();
+                item.item()
+                    .and_then(|i| i.get("token"))
+                    .and_then(|t| t.as_n().ok())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+        })
+    };
+    run.wait_for("the backup waiting for the lease", Duration::from_secs(60), || {
+        fence() >= holder.token() + 2
+    });
+    let t = terminate(run);
+    assert_terminated("backup waiting for a lease", &t, Some(&env.repo));
+    assert!(env.cairn_json(&["snapshots", "--json"]).as_array().unwrap().is_empty());
+    holder.check().await.expect("the holder still holds its lease");
+    holder.release().await.unwrap();
+}

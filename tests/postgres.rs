@@ -7,11 +7,6 @@ mod common;
 use cairn_testkit::PgServer;
 use common::*;
 
-/// A fresh database name on the shared server.
-fn unique_db(prefix: &str) -> String {
-    cairn_testkit::unique_bucket(prefix).replace('-', "_")
-}
-
 /// A pgbench database plus the awkward bits a dump must carry: a second
 /// schema, a generated column, a sequence, a comment, a view, a foreign key.
 fn make_database(pg: &PgServer, scale: u32) -> String {
@@ -35,27 +30,6 @@ fn make_database(pg: &PgServer, scale: u32) -> String {
          CREATE VIEW shop.big_orders AS SELECT * FROM shop.orders WHERE total > 100;",
     );
     db
-}
-
-/// Row count and an order-independent content digest of every user table.
-fn table_digests(pg: &PgServer, db: &str) -> Vec<String> {
-    let tables = pg.psql(
-        db,
-        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
-         WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
-    );
-    tables
-        .lines()
-        .map(|t| {
-            let digest = pg.psql(
-                db,
-                &format!(
-                    "SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"
-                ),
-            );
-            format!("{t} {digest}")
-        })
-        .collect()
 }
 
 fn restore_args<'a>(snapshot: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -85,7 +59,7 @@ fn logical_round_trip_keeps_every_row_and_object() {
     let done = env.cairn_json(&restore_args(&snapshot, &url, &["--verify", "--json"]));
     assert_eq!(done["objects"]["rows"], expected_rows, "{done}");
     assert_eq!(done["objects"]["verified_tables"], 6, "{done}");
-    assert_eq!(table_digests(&pg, &src), table_digests(&pg, &copy));
+    assert_eq!(table_digests(&|sql| pg.psql(&src, sql)), table_digests(&|sql| pg.psql(&copy, sql)));
     // Objects beyond rows: view, comment, foreign key, sequence position, index.
     assert_eq!(
         pg.psql(&copy, "SELECT count(*) FROM shop.big_orders"),
@@ -163,7 +137,7 @@ fn big_tables_are_copied_in_block_ranges_and_verified_range_by_range() {
     let done = env.cairn_json(&restore_args(&snapshot, &url, &["--verify", "--json"]));
     assert_eq!(done["objects"]["rows"], rows + 50, "{done}");
     assert_eq!(done["objects"]["verified_tables"], 2, "{done}");
-    assert_eq!(table_digests(&pg, &src), table_digests(&pg, &copy));
+    assert_eq!(table_digests(&|sql| pg.psql(&src, sql)), table_digests(&|sql| pg.psql(&copy, sql)));
     let check = env.cairn_json(&["verify", &snapshot, "--against", &url, "--json"]);
     assert_eq!(check["exit_code"], 0, "{check}");
 
@@ -281,7 +255,7 @@ fn dry_run_and_refusals_write_nothing() {
     assert_eq!(again.status.code(), Some(1), "{}", describe(&again));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"), "{}", describe(&again));
     env.cairn_ok(&restore_args(&snap, &pg.db_url(&target), &["--overwrite", "--verify"]));
-    assert_eq!(table_digests(&pg, &src), table_digests(&pg, &target));
+    assert_eq!(table_digests(&|sql| pg.psql(&src, sql)), table_digests(&|sql| pg.psql(&target, sql)));
 
     let no_db = env.cairn(&restore_args(&snap, &pg.url, &[]));
     assert_eq!(no_db.status.code(), Some(1));
@@ -449,40 +423,9 @@ fn wait_for_load(pg: &PgServer, db: &str, table: &str, child: &mut std::process:
     }
 }
 
-/// Flips a byte inside one data blob of a snapshot file: the middle blob of
-/// the first file whose path ends with `suffix`.
+/// Flips a byte inside one data blob of a snapshot file (again: back).
 fn damage_blob_of_file(env: &Env, snapshot: &str, suffix: &str) {
-    use cairn_repo::BlobType;
-    use cairn_repo::tree::NodeType;
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let location = runtime.block_on(async {
-        let backend: std::sync::Arc<dyn cairn_store::Backend> =
-            std::sync::Arc::new(cairn_store::LocalBackend::new(&env.repo));
-        let repo = cairn_repo::Repository::open(backend, PASSWORD).await.unwrap();
-        let (_, snap) = repo.find_snapshot(snapshot).await.unwrap();
-        let index = repo.load_index().await.unwrap();
-        let mut stack = vec![(snap.tree, String::new())];
-        while let Some((tree, path)) = stack.pop() {
-            for node in repo.load_tree(&index, &tree).await.unwrap().nodes {
-                let child = format!("{path}/{}", node.name_lossy());
-                match node.node_type {
-                    NodeType::Dir => stack.push((node.subtree.unwrap(), child)),
-                    NodeType::File if child.ends_with(suffix) => {
-                        let content = node.content.unwrap();
-                        assert!(content.len() > 2, "{child} has too few blobs to damage one in the middle");
-                        return index.get(&content[content.len() / 2], BlobType::Data).unwrap();
-                    }
-                    _ => {}
-                }
-            }
-        }
-        panic!("no file ending with {suffix} in snapshot {snapshot}");
-    });
-    let pack = location.pack.to_hex();
-    flip_byte(
-        &env.repo.join("data").join(&pack[..2]).join(&pack),
-        u64::from(location.offset + location.length / 2),
-    );
+    cairn_testkit::conformance::damage_blob_of_file(&env.repo, PASSWORD, snapshot, suffix);
 }
 
 /// `restore --overwrite` into a database that holds data: whatever makes it
@@ -499,14 +442,14 @@ fn a_failed_overwrite_restore_leaves_the_target_as_it_was() {
         .as_str()
         .unwrap()
         .to_string();
-    let snapshot_state = table_digests(&pg, &src);
+    let snapshot_state = table_digests(&|sql| pg.psql(&src, sql));
     // Since the backup the database has moved on: rows gone, a new table.
     pg.psql(
         &src,
         "DELETE FROM pgbench_accounts WHERE aid % 7 = 0; UPDATE shop.orders SET note = 'changed';
          CREATE TABLE public.after_backup (x int); INSERT INTO public.after_backup VALUES (1);",
     );
-    let before = table_digests(&pg, &src);
+    let before = table_digests(&|sql| pg.psql(&src, sql));
     assert_ne!(before, snapshot_state);
     let url = pg.db_url(&src);
     let overwrite = restore_args(&snap, &url, &["--overwrite"]);
@@ -516,7 +459,7 @@ fn a_failed_overwrite_restore_leaves_the_target_as_it_was() {
     wait_for_load(&pg, &src, "pgbench_accounts", &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(table_digests(&pg, &src), before, "a killed restore changed the target");
+    assert_eq!(table_digests(&|sql| pg.psql(&src, sql)), before, "a killed restore changed the target");
 
     // The repository disappears while the rows stream in.
     let mut child = env.cairn_cmd().args(&overwrite).stderr(std::process::Stdio::piped()).spawn().unwrap();
@@ -527,19 +470,27 @@ fn a_failed_overwrite_restore_leaves_the_target_as_it_was() {
     std::fs::rename(&gone, &env.repo).unwrap();
     assert!(!out.status.success(), "the restore succeeded without its repository");
     assert!(String::from_utf8_lossy(&out.stderr).contains("left as it was"), "{}", describe(&out));
-    assert_eq!(table_digests(&pg, &src), before, "a restore that lost its repository changed the target");
+    assert_eq!(
+        table_digests(&|sql| pg.psql(&src, sql)),
+        before,
+        "a restore that lost its repository changed the target"
+    );
 
     // A damaged blob in the middle of the biggest table's rows.
     damage_blob_of_file(&env, &snap, "public.pgbench_accounts.copy");
     let out = env.cairn(&overwrite);
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
-    assert_eq!(table_digests(&pg, &src), before, "a restore from damaged data changed the target");
+    assert_eq!(
+        table_digests(&|sql| pg.psql(&src, sql)),
+        before,
+        "a restore from damaged data changed the target"
+    );
     damage_blob_of_file(&env, &snap, "public.pgbench_accounts.copy"); // flipped back
 
     // Undamaged and reachable: the snapshot's rows replace the target's, and
     // what the snapshot does not hold stays.
     env.cairn_ok(&restore_args(&snap, &url, &["--overwrite", "--verify"]));
-    let after = table_digests(&pg, &src);
+    let after = table_digests(&|sql| pg.psql(&src, sql));
     let kept: Vec<&String> = after.iter().filter(|t| t.starts_with("public.after_backup ")).collect();
     assert_eq!(kept.len(), 1, "{after:?}");
     let restored: Vec<String> =

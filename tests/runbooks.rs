@@ -74,15 +74,20 @@ fn volume_restore_runbook_works_as_written() {
     assert!(!restore_to.join("partial/data").exists());
 }
 
-#[test]
-fn postgres_table_restore_runbook_works_as_written() {
-    let pg = cairn_testkit::postgres();
-    let env = Env::new();
-    env.init();
+/// Runs the table-restore runbook against the server at `server_url`
+/// (`psql(database, sql)` reaches it): a logical backup of a fresh `app`
+/// database, then `after_backup` (more backups), then the accident, then
+/// the runbook with `SNAP=latest`.
+fn table_restore_runbook(
+    env: &Env,
+    server_url: &str,
+    psql: &dyn Fn(&str, &str) -> String,
+    after_backup: &dyn Fn(),
+) {
     let suffix = cairn_testkit::unique_bucket("rb").replace('-', "_");
     let (app, side) = (format!("app_{suffix}"), format!("side_{suffix}"));
-    pg.psql("postgres", &format!("CREATE DATABASE {app}"));
-    pg.psql(
+    psql("postgres", &format!("CREATE DATABASE {app}"));
+    psql(
         &app,
         "CREATE SCHEMA shop;
          CREATE TABLE shop.orders (id int PRIMARY KEY, note text);
@@ -90,10 +95,11 @@ fn postgres_table_restore_runbook_works_as_written() {
          CREATE TABLE shop.lines (order_id int REFERENCES shop.orders(id), qty int);
          INSERT INTO shop.lines SELECT i, 1 FROM generate_series(1, 100) i;",
     );
-    let out = env.cairn(&["backup", "postgres", "--url", &pg.db_url(&app)]);
+    let out = env.cairn(&["backup", "postgres", "--url", &format!("{server_url}/{app}")]);
     assert!(out.status.success(), "{}", describe(&out));
+    after_backup();
     // The accident: most orders gone, one changed after the backup.
-    pg.psql(
+    psql(
         &app,
         "DELETE FROM shop.orders WHERE id > 100; UPDATE shop.orders SET note = 'changed' WHERE id = 1",
     );
@@ -105,7 +111,7 @@ fn postgres_table_restore_runbook_works_as_written() {
         &[
             ("/var/backups/cairn", env.repo.display().to_string()),
             ("/etc/cairn/password", password_file.display().to_string()),
-            ("postgresql://postgres@db.internal:5432", pg.url.clone()),
+            ("postgresql://postgres@db.internal:5432", server_url.to_string()),
             ("orders_restored", side.clone()),
             ("\"$PGURL/app\"", format!("\"$PGURL/{app}\"")),
         ],
@@ -114,11 +120,44 @@ fn postgres_table_restore_runbook_works_as_written() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("table restore finished"), "{}", describe(&out));
     // Step 5 replaced the table with the backup's state; the foreign key of
     // the table left alone was set aside and re-created.
-    assert_eq!(pg.psql(&app, "SELECT count(*) FROM shop.orders"), "1000");
-    assert_eq!(pg.psql(&app, "SELECT note FROM shop.orders WHERE id = 1"), "order 1");
-    assert_eq!(pg.psql(&app, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"), "1");
-    let gone = pg.psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{side}'"));
+    assert_eq!(psql(&app, "SELECT count(*) FROM shop.orders"), "1000");
+    assert_eq!(psql(&app, "SELECT note FROM shop.orders WHERE id = 1"), "order 1");
+    assert_eq!(psql(&app, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"), "1");
+    let gone = psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{side}'"));
     assert_eq!(gone, "0", "the side database was dropped at the end");
+}
+
+#[test]
+fn postgres_table_restore_runbook_works_as_written() {
+    let pg = cairn_testkit::postgres();
+    let env = Env::new();
+    env.init();
+    table_restore_runbook(&env, &pg.url, &|db, sql| pg.psql(db, sql), &|| {});
+}
+
+/// `k8s/cronjob-postgres.yaml` takes nightly logical and physical backups
+/// into one repository: the runbook's `SNAP=latest` still means the
+/// newest logical backup when a base backup landed after it.
+#[test]
+fn postgres_table_restore_runbook_works_beside_nightly_base_backups() {
+    let env = Env::new();
+    env.init();
+    // A base backup takes the whole cluster: a private one, not the shared server.
+    let pg = cairn_testkit::PgCluster::start(&env.path("pg/data"), "");
+    let server = format!("postgresql://postgres@127.0.0.1:{}", pg.port);
+    table_restore_runbook(&env, &server, &|db, sql| pg.psql(db, sql), &|| {
+        let base =
+            env.cairn_json(&["backup", "--json", "postgres", "--physical", "--url", &pg.url("postgres")]);
+        assert_eq!(base["mode"], "physical", "{base}");
+    });
+    let modes: Vec<String> = env
+        .cairn_json(&["snapshots", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["mode"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(modes, ["logical", "physical"], "the base backup is the newest snapshot");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_testkit::conformance::{Running, assert_terminated, terminate};
 use cairn_testkit::{Fault, FaultKind, FaultPolicy, FaultProxy, FaultRule, S3Server};
 use common::*;
 
@@ -382,4 +383,114 @@ fn a_backup_whose_lock_refreshes_keep_failing_stops_before_the_lock_goes_stale()
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
     assert_eq!(s3.snapshot_count(), 0, "a backup without a valid lock wrote a snapshot");
     s3.direct_ok(&["check"]);
+}
+
+// ------------------------------------------------------------ SIGTERM
+
+/// Every long command stops on SIGTERM, also while it waits on a slow
+/// store: exit 143 within 10 s, and no lock of it left in the repository.
+/// The store holds back the responses `delayed` names for two minutes, so
+/// the command is surely still running when the signal comes (the proxy
+/// counts the held request: the sign to wait for).
+fn sigterm_while_the_store_is_slow(s3: &FaultEnv, what: &str, mut cmd: Command, delayed: FaultRule) {
+    s3.proxy.set_policy(FaultPolicy::new(1).rule(delayed));
+    let mut run = Running::spawn(&mut cmd);
+    run.wait_for("the slow request", Duration::from_secs(60), || {
+        s3.proxy.counts().total(FaultKind::Delay) > 0
+    });
+    let t = terminate(run);
+    assert_terminated(what, &t, None);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let locks = runtime.block_on(async {
+        use cairn_store::{Backend, FileType};
+        s3_backend(s3).await.list(FileType::Lock).await.unwrap().len()
+    });
+    assert_eq!(locks, 0, "{what} left its lock behind");
+    s3.proxy.set_policy(FaultPolicy::none());
+}
+
+fn held_back(method: &str, path: &str) -> FaultRule {
+    FaultRule::new(Fault::Delay(Duration::from_secs(120))).method(method).path_contains(path)
+}
+
+/// A repository with one small snapshot.
+fn with_a_snapshot() -> FaultEnv {
+    let s3 = FaultEnv::new(cairn_testkit::moto());
+    let src = s3.env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), pseudo_random(77, 2 << 20)).unwrap();
+    s3.direct_ok(&["backup", "volume", "--pack-size", "1", src.to_str().unwrap()]);
+    s3
+}
+
+#[test]
+fn sigterm_stops_a_backup_that_is_still_opening_the_repository() {
+    let s3 = FaultEnv::new(cairn_testkit::moto());
+    let src = source(&s3.env);
+    let mut cmd = s3.proxied();
+    cmd.args(["backup", "volume", src.to_str().unwrap()]);
+    sigterm_while_the_store_is_slow(
+        &s3,
+        "backup opening the repository",
+        cmd,
+        held_back("GET", "/repo/keys/"),
+    );
+    assert_eq!(s3.snapshot_count(), 0);
+}
+
+#[test]
+fn sigterm_stops_check_read_data() {
+    let s3 = with_a_snapshot();
+    let mut cmd = s3.proxied();
+    cmd.args(["check", "--read-data"]);
+    sigterm_while_the_store_is_slow(&s3, "check --read-data", cmd, held_back("GET", "/repo/data/"));
+}
+
+#[test]
+fn sigterm_stops_verify() {
+    let s3 = with_a_snapshot();
+    let mut cmd = s3.proxied();
+    cmd.args(["verify", "latest"]);
+    sigterm_while_the_store_is_slow(&s3, "verify", cmd, held_back("GET", "/repo/data/"));
+}
+
+#[test]
+fn sigterm_stops_replicate() {
+    let s3 = with_a_snapshot();
+    // The replica is another bucket behind the proxy; the primary is read directly.
+    let replica = format!(
+        "s3://{}/replica?endpoint={}&region={}",
+        cairn_testkit::unique_bucket("cairn-replica"),
+        s3.proxy.endpoint(),
+        s3.server.region
+    );
+    let mut cmd = s3.direct();
+    cmd.args(["replicate", "--to", &replica]);
+    sigterm_while_the_store_is_slow(&s3, "replicate", cmd, held_back("PUT", "/replica/data/"));
+}
+
+#[test]
+fn sigterm_stops_wal_drain_and_the_spool_keeps_its_files() {
+    let s3 = FaultEnv::new(cairn_testkit::moto());
+    let segment = s3.env.path("000000010000000000000001");
+    std::fs::write(&segment, pseudo_random(5, 1 << 20)).unwrap();
+    let spool = s3.env.path("spool");
+    // Spooled while the repository is away.
+    let mut push = s3.env.cairn_cmd();
+    push.env("CAIRN_REPOSITORY", s3.env.path("nowhere"));
+    push.args(["wal-push", segment.to_str().unwrap(), "--spool", spool.to_str().unwrap()]);
+    let out = push.output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let spooled = || {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    };
+    assert_eq!(spooled(), 1);
+    let mut cmd = s3.proxied();
+    cmd.args(["wal", "drain", "--spool", spool.to_str().unwrap()]);
+    sigterm_while_the_store_is_slow(&s3, "wal drain", cmd, held_back("PUT", "/repo/cairn/wal/"));
+    assert_eq!(spooled(), 1, "a file left the spool before it was archived");
 }

@@ -303,3 +303,77 @@ fn a_file_that_keeps_changing_while_read_is_reported_not_silently_stored() {
     let snaps = env.cairn_json(&["snapshots", "--json"]);
     assert!(snaps[0]["cairn"]["warnings"].to_string().contains("busy.log"));
 }
+
+/// `cairn backup ARGS` as if on a machine called `hostname` (a CronJob's
+/// pod gets a new name every night): a UTS namespace of its own.
+fn backup_as_host(env: &Env, hostname: &str, args: &[&str]) -> serde_json::Value {
+    let cairn = env.cairn_cmd();
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", hostname]).arg(cairn.get_program());
+    c.args(["backup", "--json"]).args(args);
+    for (k, v) in cairn.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().expect("unshare (util-linux) is needed; the tests run as root");
+    assert!(out.status.success(), "backup as {hostname}: {}", describe(&out));
+    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
+}
+
+/// Tonight's pod has another name than last night's: a named source (with
+/// or without `host:`), or an ad-hoc backup given `--host`, still finds its
+/// parent, so the second run reads only the file that changed.
+#[test]
+fn a_backup_run_under_a_new_hostname_finds_its_parent() {
+    for (case, source_keys, args) in [
+        ("named source with host:", "    host: nightly\n", vec!["--source", "site"]),
+        ("named source without host:", "", vec!["--source", "site"]),
+        ("ad-hoc backup with --host", "", vec!["--host", "nightly", "volume"]),
+    ] {
+        let env = Env::new();
+        env.init();
+        let src = env.path("src");
+        make_tree(&src);
+        let config = env.path("cairn.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "sources:\n  - name: site\n    kind: volume\n    paths: [{}]\n{source_keys}",
+                src.display()
+            ),
+        )
+        .unwrap();
+        let mut args: Vec<&str> = args.clone();
+        if args.last() == Some(&"volume") {
+            args.push(src.to_str().unwrap());
+        }
+        args.splice(0..0, ["--config", config.to_str().unwrap()]);
+        let first = backup_as_host(&env, "pod-a-1", &args);
+        std::fs::write(src.join("many/dir1/file1.dat"), b"changed tonight\n").unwrap();
+        let second = backup_as_host(&env, "pod-b-2", &args);
+        assert_eq!(second["parent"], first["snapshot"], "{case}: {second}");
+        let files = second["objects"]["files"].as_u64().unwrap();
+        assert_eq!(second["objects"]["files_changed"], 1, "{case}: {second}");
+        assert_eq!(
+            second["objects"]["files_unmodified"],
+            files - 1,
+            "{case}: only the change is read: {second}"
+        );
+        let hosts: Vec<String> = env
+            .cairn_json(&["snapshots", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["hostname"].as_str().unwrap().to_string())
+            .collect();
+        let expected = if source_keys.is_empty() && args.contains(&"--source") {
+            vec!["pod-a-1", "pod-b-2"]
+        } else {
+            vec!["nightly", "nightly"]
+        };
+        assert_eq!(hosts, expected, "{case}");
+    }
+}

@@ -1,7 +1,7 @@
 //! Shared helpers for the end-to-end tests: run the real `cairn` binary and
 //! the real `restic` against scratch repositories, build varied source
 //! trees, and compare trees byte for byte.
-#![allow(dead_code)] // each test file uses a different subset
+#![allow(dead_code, unused_imports)] // each test file uses a different subset
 
 pub mod strace;
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-pub const PASSWORD: &str = "correct horse battery staple";
+pub use cairn_testkit::conformance::{PASSWORD, describe, flip_byte, repo_files};
 
 /// A scratch area with one repository.
 pub struct Env {
@@ -31,13 +31,8 @@ impl Env {
     }
 
     pub fn cairn_cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CAIRN_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("CAIRN_REPOSITORY", &self.repo).env("CAIRN_PASSWORD", PASSWORD).env("NO_COLOR", "1");
+        let mut c = cairn_testkit::conformance::cairn_command(Path::new(env!("CARGO_BIN_EXE_cairn")));
+        c.env("CAIRN_REPOSITORY", &self.repo).env("CAIRN_PASSWORD", PASSWORD);
         c
     }
 
@@ -84,15 +79,6 @@ impl Env {
         let v = self.cairn_json(&["backup", "--json", "volume", path.to_str().unwrap()]);
         v["snapshot"].as_str().expect("snapshot id").to_string()
     }
-}
-
-pub fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -209,31 +195,27 @@ pub fn assert_same_tree(expected: &Path, actual: &Path, with_times: bool) {
     }
 }
 
-/// Flips one bit of a file inside the repository (files there are read-only).
-pub fn flip_byte(path: &Path, offset: u64) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut data = std::fs::read(path).unwrap();
-    let i = (offset as usize).min(data.len() - 1);
-    data[i] ^= 0x01;
-    std::fs::write(path, data).unwrap();
+/// A fresh database name on the shared PostgreSQL server.
+pub fn unique_db(prefix: &str) -> String {
+    cairn_testkit::unique_bucket(prefix).replace('-', "_")
 }
 
-/// All files under a repository directory (`data`, `index`, ...).
-pub fn repo_files(repo: &Path, dir: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![repo.join(dir)];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
+/// Row count and an order-independent content digest of every user table
+/// of one database, through `psql` (a query on that database).
+pub fn table_digests(psql: &dyn Fn(&str) -> String) -> Vec<String> {
+    let tables = psql(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+    );
+    tables
+        .lines()
+        .map(|t| {
+            let digest = psql(&format!(
+                "SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"
+            ));
+            format!("{t} {digest}")
+        })
+        .collect()
 }
 
 /// A cluster archiving into `env`'s repository through the real binary.

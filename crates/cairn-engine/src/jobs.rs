@@ -394,7 +394,8 @@ impl Engine {
         if let Some(target) = &req.against {
             let settings = Self::settings_of(&req.settings, kind)?;
             let job = VerifyJob::new(repo, &index, id, snapshot, target.clone(), self.stop.token());
-            let outcome = source.verify_against(job, settings).await?;
+            // A comparison only reads: giving it up half way is safe.
+            let outcome = self.stop.race(source.verify_against(job, settings)).await?;
             let differing = outcome.differences().count() as u64;
             report.target = Some(outcome.target.clone());
             report.objects.insert("objects".into(), outcome.objects.len() as u64);
@@ -450,8 +451,8 @@ impl Engine {
             return Ok(());
         }
         let reader = SnapshotReader::new(repo, &index, snapshot);
-        let envelope = source.envelope(&reader, snapshot).await?;
-        let streams = check_envelope(&reader, &envelope, false).await?;
+        let envelope = self.stop.race(source.envelope(&reader, snapshot)).await?;
+        let streams = self.stop.race(check_envelope(&reader, &envelope, false)).await?;
         let progress = Arc::new(VerifyProgress::default());
         self.progress.show(Arc::new(VerifyMeter(progress.clone())));
         let read = self.stop.race(verify_snapshot(repo, &index, snapshot, progress)).await?;

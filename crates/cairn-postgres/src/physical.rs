@@ -169,15 +169,23 @@ pub async fn base_backup(
     let command = base_backup_command(version_num, max_rate);
     let produce = replication.base_backup(&command, version_num, events_tx);
     let consume = async {
-        let mut totals = TarTotals::default();
-        while let Some(event) = events.recv().await {
-            let BaseBackupEvent::Archive(tablespace) = event else {
-                return Err(stream_error("archive data outside an archive"));
-            };
-            let prefix = tablespace.map(|t| format!("{}/", tablespace_dir(t.oid))).unwrap_or_default();
-            store_tar(&archive, ArchiveReader::new(&mut events), &prefix, &progress, &mut totals).await?;
+        let stored = async {
+            let mut totals = TarTotals::default();
+            while let Some(event) = events.recv().await {
+                let BaseBackupEvent::Archive(tablespace) = event else {
+                    return Err(stream_error("archive data outside an archive"));
+                };
+                let prefix = tablespace.map(|t| format!("{}/", tablespace_dir(t.oid))).unwrap_or_default();
+                store_tar(&archive, ArchiveReader::new(&mut events), &prefix, &progress, &mut totals).await?;
+            }
+            Ok(totals)
         }
-        Ok(totals)
+        .await;
+        // A storing side that gave up (stopped, failed) must stop the
+        // receiving side too, which would otherwise wait forever for room
+        // in the channel.
+        events.close();
+        stored
     };
     let (produced, consumed) = tokio::join!(produce, consume);
     // The server's word wins; when the storing side failed first, the
@@ -380,10 +388,16 @@ async fn store_tar<R: AsyncRead + Unpin>(
     totals: &mut TarTotals,
 ) -> Result<(), PgError> {
     let io = |e: std::io::Error| PgError::io("reading the base backup's archives")(e);
+    // Stopped (SIGTERM, a lost lock): at the next entry, or the next MiB of
+    // a big one; what was stored is indexed and reused by the next run.
+    let cancelled = || progress.cancel.load(std::sync::atomic::Ordering::Relaxed);
     let mut long_name: Option<String> = None;
     let mut first = true;
     let mut header = [0u8; 512];
     loop {
+        if cancelled() {
+            return Err(PgError::Interrupted);
+        }
         match reader.read_exact(&mut header).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
@@ -442,11 +456,17 @@ async fn store_tar<R: AsyncRead + Unpin>(
                             if left == 0 {
                                 return Ok(None);
                             }
+                            if cancelled() {
+                                return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+                            }
                             let mut buf = vec![0u8; left.min(1 << 20) as usize];
                             r.read_exact(&mut buf).await?;
                             Ok::<_, std::io::Error>(Some((Bytes::from(buf), (r, left - left.min(1 << 20)))))
                         });
-                    archive.add_stream_with(&path, stream, Some(entry.meta), chunking).await?;
+                    match archive.add_stream_with(&path, stream, Some(entry.meta), chunking).await {
+                        Err(_) if cancelled() => return Err(PgError::Interrupted),
+                        stored => stored?,
+                    };
                 }
                 skip(&mut reader, padding).await.map_err(io)?;
                 totals.files += 1;
@@ -561,11 +581,14 @@ pub async fn load_physical_manifest(
 }
 
 /// Lays down a base backup, configures recovery and optionally runs it.
+/// `progress` counts the files laid down; setting its `cancel` stops the
+/// restore at the next blob (or, with `start`, stops waiting for recovery).
 pub async fn restore_physical(
     repo: &Repository,
     index: Arc<Index>,
     snapshot: &Snapshot,
     opts: &PitrOptions,
+    progress: Arc<cairn_volume::RestoreProgress>,
 ) -> Result<PitrReport, PgError> {
     let manifest = load_physical_manifest(repo, &index, snapshot).await?;
     let dir = &opts.data_dir;
@@ -578,7 +601,6 @@ pub async fn restore_physical(
         });
     }
     let tablespaces = place_tablespaces(&manifest, opts)?;
-    let progress = Arc::new(cairn_volume::RestoreProgress::default());
     let vopts = cairn_volume::RestoreOptions {
         target: dir.clone(),
         relocate: tablespaces
@@ -594,11 +616,15 @@ pub async fn restore_physical(
         ],
         ..cairn_volume::RestoreOptions::default()
     };
+    let cancel = progress.clone();
+    let cancelled = move || cancel.cancel.load(std::sync::atomic::Ordering::Relaxed);
     let summary =
         cairn_volume::restore(repo, index, snapshot, &vopts, progress).await.map_err(|e| match e {
+            // Damage found reading the snapshot keeps its class (exit 4);
+            // the restorer's own failures (the target's disk) are not damage.
             cairn_volume::VolumeError::Repo(r) => PgError::Repo(r),
-            e @ cairn_volume::VolumeError::NotDurable { .. } => PgError::Restore(e),
-            other => PgError::BadSnapshot { path: dir.display().to_string(), message: other.to_string() },
+            cairn_volume::VolumeError::Interrupted => PgError::Interrupted,
+            other => PgError::Restore(other),
         })?;
     // The data directory itself is not in the tar: give it PG_VERSION's owner and mode 0700.
     let owner = std::fs::metadata(dir.join("PG_VERSION"))
@@ -683,7 +709,10 @@ pub async fn restore_physical(
         recovery_stop: None,
     };
     if opts.start {
-        report.recovery_stop = Some(run_recovery(opts, &manifest, uid).await?);
+        if cancelled() {
+            return Err(PgError::Interrupted);
+        }
+        report.recovery_stop = Some(run_recovery(opts, &manifest, uid, &cancelled).await?);
         report.started = true;
     }
     Ok(report)
@@ -813,7 +842,12 @@ fn append_owned(path: &Path, text: &[u8], owner: (u32, u32), fsync: bool) -> std
 
 /// Starts the restored server and waits until recovery has ended; returns
 /// the log line that says where it stopped.
-async fn run_recovery(opts: &PitrOptions, manifest: &PhysicalManifest, uid: u32) -> Result<String, PgError> {
+async fn run_recovery(
+    opts: &PitrOptions,
+    manifest: &PhysicalManifest,
+    uid: u32,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<String, PgError> {
     let tools = PgTools::new(opts.pg_bin.clone(), manifest.server_version_num);
     let pg_ctl = tools.find("pg_ctl", false).await?;
     let log = opts.data_dir.join("log").join("cairn-recovery.log");
@@ -889,6 +923,13 @@ async fn run_recovery(opts: &PitrOptions, manifest: &PhysicalManifest, uid: u32)
         }
         if !pid_file.exists() {
             return Err(failure(text));
+        }
+        if cancelled() {
+            tracing::warn!(
+                data_dir = %opts.data_dir.display(),
+                "no longer waiting for recovery; the restored server runs on (stop it with pg_ctl -D DIR stop)"
+            );
+            return Err(PgError::Interrupted);
         }
         if Instant::now() > deadline {
             return Err(PgError::ToolFailed {

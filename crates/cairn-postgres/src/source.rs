@@ -620,8 +620,14 @@ async fn restore_physical(
         tablespaces_in_place: s.tablespaces_in_place,
         fsync: job.request.fsync,
     };
+    let progress = Arc::new(cairn_volume::RestoreProgress::default());
+    {
+        let p = progress.clone();
+        job.on_cancel(move || p.cancel.store(true, Ordering::Relaxed));
+    }
     let report =
-        crate::physical::restore_physical(job.repository(), job.index.clone(), job.snapshot, &opts).await?;
+        crate::physical::restore_physical(job.repository(), job.index.clone(), job.snapshot, &opts, progress)
+            .await?;
     let mut lines = vec![format!(
         "restored base backup {} ({} files, {}) into {}",
         job.snapshot_id.short(),

@@ -1,4 +1,5 @@
-//! Real S3 and DynamoDB servers for cairn's tests.
+//! Real S3, DynamoDB and PostgreSQL servers for cairn's tests, the fault
+//! proxy ([`proxy`]) and the source conformance suite ([`conformance`]).
 //!
 //! cairn's S3 code is tested against real servers rather than mocks, because
 //! what matters is how a server actually behaves: which requests it accepts,
@@ -41,6 +42,7 @@
 //! println!("{} {} {} {bucket}", s3.endpoint, s3.region, s3.access_key);
 //! ```
 
+pub mod conformance;
 pub mod proxy;
 pub use proxy::{Fault, FaultCounts, FaultKind, FaultPolicy, FaultProxy, FaultRule};
 
@@ -628,7 +630,8 @@ impl PgCluster {
         let out = as_postgres_user(&bin.join("initdb"))
             .arg("-D")
             .arg(data_dir)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+            // --no-sync: a scratch cluster that runs with fsync off need not wait for initdb's.
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
             .output()
             .expect("running initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
