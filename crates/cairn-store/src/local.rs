@@ -69,9 +69,8 @@ fn write_atomically(root: &Path, target: &Path, data: &[u8], mode: PutMode) -> R
         f.set_permissions(fs::Permissions::from_mode(0o400)).map_err(io(&tmp))?;
         drop(f);
         let parent = target.parent().expect("object paths have a parent");
-        if !parent.is_dir() {
-            fs::create_dir_all(parent).map_err(io(parent))?;
-        }
+        // `cairn/…` directories appear with their first object.
+        crate::durable::create_dir_all(parent).map_err(io(parent))?;
         match mode {
             PutMode::Overwrite => fs::rename(&tmp, target).map_err(io(target))?,
             PutMode::CreateNew => {
