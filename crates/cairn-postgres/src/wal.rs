@@ -77,7 +77,9 @@ fn wal_error(e: RepoError) -> PgError {
     match e {
         RepoError::JournalConflict { entry, .. } => PgError::WalConflict { name: entry },
         RepoError::JournalEntryNotFound { entry, .. } => PgError::WalNotFound { name: entry },
-        RepoError::JournalDamaged { entry, reason, .. } => PgError::WalDamaged { name: entry, message: reason },
+        RepoError::JournalDamaged { entry, reason, .. } => {
+            PgError::WalDamaged { name: entry, message: reason }
+        }
         e => PgError::Repo(e),
     }
 }

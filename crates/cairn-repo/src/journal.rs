@@ -63,9 +63,9 @@ const MAX_ENTRY_NAME: usize = 200;
 const VERIFY_CONCURRENCY: usize = 4;
 
 /// A journal's identity: its name (its directory) and the tag its entries
-/// carry. Sources declare theirs as constants; a name that is not 1 to 32
-/// lower-case letters, digits and `-`, starting with a letter, fails the
-/// build.
+/// carry, both the source's own. Sources declare theirs as a `const`, where
+/// a name that is not 1 to 32 lower-case letters, digits and `-`, starting
+/// with a letter, fails the build (and panics anywhere else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalSpec {
     name: &'static str,
@@ -261,7 +261,10 @@ fn open(spec: JournalSpec, key: &Key, entry: &str, sealed: &[u8]) -> Result<Vec<
         return Err(damaged(format!("not an entry of the {} journal", spec.name)));
     }
     if plain[8] != VERSION {
-        return Err(damaged(format!("format version {} is not supported by this cairn; upgrade it", plain[8])));
+        return Err(damaged(format!(
+            "format version {} is not supported by this cairn; upgrade it",
+            plain[8]
+        )));
     }
     let len = u64::from_le_bytes(plain[41..49].try_into().expect("8 bytes"));
     let mut content = Vec::with_capacity(len.min(1 << 30) as usize);
@@ -304,7 +307,13 @@ mod tests {
 
     /// An entry sealed by hand from the documented layout, so the tests do
     /// not depend on the code under test to build one.
-    fn sealed_by_hand(repo: &Repository, tag: &[u8; 8], version: u8, sha_of: &[u8], content: &[u8]) -> Vec<u8> {
+    fn sealed_by_hand(
+        repo: &Repository,
+        tag: &[u8; 8],
+        version: u8,
+        sha_of: &[u8],
+        content: &[u8],
+    ) -> Vec<u8> {
         let mut plain = tag.to_vec();
         plain.push(version);
         plain.extend_from_slice(&Sha256::digest(sha_of));

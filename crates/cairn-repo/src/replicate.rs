@@ -315,7 +315,10 @@ async fn copy_object(
         .await
         .expect("checking panicked");
         if checked.is_err() {
-            return Err(RepoError::damaged(handle.path(), "fails authentication on the primary; not replicated"));
+            return Err(RepoError::damaged(
+                handle.path(),
+                "fails authentication on the primary; not replicated",
+            ));
         }
         opts.sha256 = Some(hash.0);
     } else if kind != FileType::Config {

@@ -23,8 +23,8 @@ use aws_sdk_s3::types::{
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use cairn_store::{
-    Backend, FileType, Handle, JOURNAL_ROOT, JOURNALS_OUTSIDE_ROOT, ObjectInfo, PutMode, PutOptions, StoreError,
-    journal_below_root, journal_dir,
+    Backend, FileType, Handle, JOURNAL_ROOT, JOURNALS_OUTSIDE_ROOT, ObjectInfo, PutMode, PutOptions,
+    StoreError, journal_below_root, journal_dir,
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 use sha2::{Digest as _, Sha256};
@@ -564,7 +564,9 @@ impl S3Backend {
         let mut out = Vec::new();
         for journal in JOURNALS_OUTSIDE_ROOT {
             let entries = self.list_keys(&format!("{}/", journal_dir(journal)), false).await?;
-            out.extend(entries.into_iter().map(|o| ObjectInfo { name: format!("{journal}/{}", o.name), ..o }));
+            out.extend(
+                entries.into_iter().map(|o| ObjectInfo { name: format!("{journal}/{}", o.name), ..o }),
+            );
         }
         for o in self.list_keys(&format!("{JOURNAL_ROOT}/"), true).await? {
             let entry = o.name.split_once('/').filter(|(journal, entry)| {

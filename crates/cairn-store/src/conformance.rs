@@ -95,7 +95,8 @@ pub async fn journals(be: &dyn Backend) {
     assert_eq!(names, [("oplog/0000000001-0000000002.oplog", 5), ("wal/000000010000000000000001", 7)]);
     // A listed name is the handle's name again.
     assert_eq!(be.get(&Handle::new(FileType::Journal, &listed[0].name), None).await.unwrap(), &b"slice"[..]);
-    let revocations: Vec<_> = be.list(FileType::KeyRevocation).await.unwrap().into_iter().map(|o| o.name).collect();
+    let revocations: Vec<_> =
+        be.list(FileType::KeyRevocation).await.unwrap().into_iter().map(|o| o.name).collect();
     assert_eq!(revocations, [hex_name(0x51)]);
     for h in [wal, oplog, revocation] {
         be.delete(&h).await.unwrap();

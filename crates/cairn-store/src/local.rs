@@ -22,8 +22,8 @@ use bytes::Bytes;
 use rand::Rng;
 
 use crate::{
-    Backend, FileType, Handle, JOURNAL_ROOT, JOURNALS_OUTSIDE_ROOT, ObjectInfo, PutMode, PutOptions, StoreError,
-    journal_below_root, journal_dir,
+    Backend, FileType, Handle, JOURNAL_ROOT, JOURNALS_OUTSIDE_ROOT, ObjectInfo, PutMode, PutOptions,
+    StoreError, journal_below_root, journal_dir,
 };
 
 /// A repository in a local (or mounted) directory.
