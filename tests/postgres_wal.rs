@@ -703,3 +703,21 @@ fn a_capped_base_backup_keeps_to_its_rate() {
     let floor = sent as f64 / rate as f64 * 0.9;
     assert!(elapsed >= floor, "{sent} bytes in {elapsed:.2} s, faster than 16 MiB/s");
 }
+
+/// The first `wal-push` into a repository creates `cairn/` and `cairn/wal/`;
+/// the segment is durable only once those new directories are too, each
+/// named durably in its parent, before `wal-push` reports success.
+#[test]
+fn the_first_push_makes_the_new_archive_directories_durable() {
+    let env = Env::new();
+    env.init();
+    assert!(!env.repo.join("cairn").exists());
+    let segment = env.path("pg_wal").join("000000010000000000000001");
+    std::fs::create_dir_all(segment.parent().unwrap()).unwrap();
+    std::fs::write(&segment, pseudo_random(1, 1 << 16)).unwrap();
+    let mut cmd = env.cairn_cmd();
+    cmd.args(["wal-push", segment.to_str().unwrap()]);
+    // (The temporary file in `tmp/` needs no durable name: it is linked into place.)
+    strace::assert_durable(&cmd, &env.path("push.trace"), &env.repo.join("cairn"), None);
+    assert!(env.repo.join("cairn/wal/000000010000000000000001").is_file());
+}

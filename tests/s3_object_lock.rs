@@ -169,9 +169,13 @@ fn object_lock_on_ceph_rgw_retains_content_but_not_locks() {
     config.multipart_threshold = 5 << 20;
     config.part_size = 5 << 20;
     let small_parts = s3.rt.block_on(S3Backend::new(config)).unwrap();
-    let wal = Handle::new(FileType::Wal, "000000010000000000000001");
+    let wal = Handle::journal("wal", "000000010000000000000001");
     s3.rt.block_on(small_parts.put(&wal, pseudo_random(5, 11 << 20).into(), PutOptions::default())).unwrap();
     assert_retained_for_a_day(&s3, &be, &be.key(&wal));
+    // So is an entry of any other journal.
+    let oplog = Handle::journal("oplog", "0000000001-0000000002.oplog");
+    s3.rt.block_on(be.put(&oplog, b"slice".to_vec().into(), PutOptions::create_new())).unwrap();
+    assert_retained_for_a_day(&s3, &be, &be.key(&oplog));
 
     // A lock file is never retained, and deleting it removes it entirely.
     let lock = Handle::new(FileType::Lock, "ab".repeat(32));
@@ -254,16 +258,19 @@ fn storage_classes_and_sse(server: S3Server, sse: &str, want_sse: (&str, Option<
     config.multipart_threshold = 5 << 20;
     config.part_size = 5 << 20;
     let small_parts = s3.rt.block_on(S3Backend::new(config)).unwrap();
-    let wal = Handle::new(FileType::Wal, "000000010000000000000001");
+    let wal = Handle::journal("wal", "000000010000000000000001");
     let wal_data = pseudo_random(9, 11 << 20);
     s3.rt.block_on(small_parts.put(&wal, wal_data.clone().into(), PutOptions::default())).unwrap();
-    let wal_dir = format!("{}/", FileType::Wal.dir());
+    // Every journal's entries get the same options as PostgreSQL's.
+    let oplog = Handle::journal("oplog", "0000000001-0000000002.oplog");
+    s3.rt.block_on(be.put(&oplog, pseudo_random(10, 1 << 10).into(), PutOptions::create_new())).unwrap();
 
     for (dir, want_class) in [
         ("data/", Some("GLACIER_IR")),
         ("index/", Some("STANDARD_IA")),
         ("snapshots/", Some("STANDARD_IA")),
-        (wal_dir.as_str(), Some("STANDARD_IA")),
+        ("cairn/wal/", Some("STANDARD_IA")),
+        ("cairn/journal/oplog/", Some("STANDARD_IA")),
         ("config", None),
         ("keys/", None),
         ("locks/", None),

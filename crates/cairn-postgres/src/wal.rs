@@ -1,47 +1,40 @@
 //! WAL archiving: `cairn wal-push` as PostgreSQL's `archive_command`,
 //! `cairn wal-fetch` as its `restore_command`, and `cairn wal verify`.
 //!
-//! A WAL file is stored whole, under its own name, as
-//! `cairn/wal/<name>` beside the restic directories (restic ignores the
-//! `cairn/` prefix). WAL never deduplicates against anything, and an
+//! The archive is the repository's journal [`JOURNAL`] (`wal`,
+//! `cairn_repo::journal`): each WAL file is one entry under its own name,
+//! stored whole in `cairn/wal/<name>`, sealed, compressed and checked by its
+//! SHA-256 on every read. WAL never deduplicates against anything, and an
 //! archive must answer "do you have segment X?" in one request, so there is
-//! no pack or index indirection. The object is sealed like every other
-//! object of the repository (`IV || AES-256-CTR || Poly1305-AES` under the
-//! master key) around:
-//!
-//! ```text
-//! "CAIRNWAL" | version (1 byte, 1) | SHA-256 of the WAL file (32) | u64le length | zstd(WAL file)
-//! ```
-//!
-//! so a fetched segment is authenticated, decompressed and then checked
-//! against its SHA-256 before PostgreSQL sees a byte.
+//! no pack or index indirection. What this module adds is PostgreSQL's:
+//! which names are WAL files, the errors PostgreSQL's commands need, and
+//! what the archive means for recovery (timelines, gaps, recovery windows).
 //!
 //! Rules PostgreSQL relies on:
-//! * `wal-push` succeeds only once the object is durably stored (create-new
-//!   write: `If-None-Match` on S3, link-into-place on a directory). Pushing
-//!   a name again with identical content succeeds (PostgreSQL retries after
-//!   crashes); with different content it fails loudly and changes nothing.
+//! * `wal-push` succeeds only once the object is durably stored (the
+//!   journal's create-only write). Pushing a name again with identical
+//!   content succeeds (PostgreSQL retries after crashes); with different
+//!   content it fails loudly and changes nothing.
 //! * `wal-fetch` distinguishes "not in the archive" (exit 1: the normal end
 //!   of the archive during recovery) from damage or an unreachable
 //!   repository, which must stop recovery rather than end it early at the
 //!   wrong point; see the CLI for the exit codes.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
-use bytes::Bytes;
-use cairn_repo::Repository;
-use cairn_store::{FileType, Handle, PutOptions, StoreError};
-use sha2::{Digest, Sha256};
+use cairn_repo::journal::{JournalSpec, Put};
+use cairn_repo::{RepoError, Repository};
 
 use crate::PgError;
 
 pub mod spool;
 
-const MAGIC: &[u8; 8] = b"CAIRNWAL";
-const VERSION: u8 = 1;
-const HEADER: usize = 8 + 1 + 32 + 8;
+/// PostgreSQL's WAL archive. Its tag is what its entries carried before
+/// there were journals, so every archive written since stays readable, and
+/// older cairn binaries (a restored server's `restore_command`) read new
+/// entries.
+pub const JOURNAL: JournalSpec = JournalSpec::new("wal", *b"CAIRNWAL");
 
 /// What `wal-push` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,73 +72,34 @@ pub fn is_wal_name(name: &str) -> bool {
     false
 }
 
-fn handle(name: &str) -> Handle {
-    Handle::new(FileType::Wal, name)
+/// The journal's errors as PostgreSQL's commands report them.
+fn wal_error(e: RepoError) -> PgError {
+    match e {
+        RepoError::JournalConflict { entry, .. } => PgError::WalConflict { name: entry },
+        RepoError::JournalEntryNotFound { entry, .. } => PgError::WalNotFound { name: entry },
+        RepoError::JournalDamaged { entry, reason, .. } => {
+            PgError::WalDamaged { name: entry, message: reason }
+        }
+        e => PgError::Repo(e),
+    }
 }
 
-fn seal(repo: &Repository, content: &[u8]) -> Result<Vec<u8>, PgError> {
-    let sha: [u8; 32] = Sha256::digest(content).into();
-    let mut plain = Vec::with_capacity(HEADER + content.len() / 3);
-    plain.extend_from_slice(MAGIC);
-    plain.push(VERSION);
-    plain.extend_from_slice(&sha);
-    plain.extend_from_slice(&(content.len() as u64).to_le_bytes());
-    // Level 1: WAL is pushed while the database waits; it still shrinks a lot.
-    let compressed = zstd::bulk::compress(content, 1).map_err(PgError::io("compressing a WAL file"))?;
-    plain.extend_from_slice(&compressed);
-    Ok(repo.key().seal(&plain))
-}
-
-/// Opens a stored WAL object: authenticates, decompresses, checks the SHA-256.
-fn unseal(repo: &Repository, name: &str, sealed: &[u8]) -> Result<Vec<u8>, PgError> {
-    let damaged = |message: String| PgError::WalDamaged { name: name.into(), message };
-    let plain = repo.key().open(sealed).map_err(|e| damaged(format!("authentication failed ({e})")))?;
-    if plain.len() < HEADER || &plain[..8] != MAGIC {
-        return Err(damaged("not a cairn WAL object".into()));
-    }
-    if plain[8] != VERSION {
-        return Err(damaged(format!(
-            "format version {} is not supported by this cairn; upgrade it",
-            plain[8]
-        )));
-    }
-    let len = u64::from_le_bytes(plain[41..49].try_into().expect("8 bytes")) as usize;
-    let mut content = Vec::with_capacity(len);
-    zstd::stream::read::Decoder::new(&plain[HEADER..])
-        .and_then(|mut d| d.read_to_end(&mut content))
-        .map_err(|e| damaged(format!("cannot decompress ({e})")))?;
-    if content.len() != len || <[u8; 32]>::from(Sha256::digest(&content)) != plain[9..41] {
-        return Err(damaged("content does not match its SHA-256".into()));
-    }
-    Ok(content)
+/// The WAL file name of `path`, which PostgreSQL passes as `%p`.
+pub(crate) fn wal_file_name(path: &Path) -> Result<String, PgError> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| is_wal_name(n))
+        .map(str::to_string)
+        .ok_or_else(|| PgError::BadWalName { name: path.display().to_string() })
 }
 
 /// Archives the WAL file at `path` under its file name.
 pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, PgError> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| is_wal_name(n))
-        .ok_or_else(|| PgError::BadWalName { name: path.display().to_string() })?
-        .to_string();
+    let name = wal_file_name(path)?;
     let content = tokio::fs::read(path).await.map_err(PgError::io(format!("reading {}", path.display())))?;
-    let sealed = seal(repo, &content)?;
-    let stored = sealed.len() as u64;
-    let sha: [u8; 32] = Sha256::digest(&sealed).into();
-    let opts = PutOptions { sha256: Some(sha), ..PutOptions::create_new() };
-    match repo.backend().put(&handle(&name), Bytes::from(sealed), opts).await {
-        Ok(()) => Ok(PushOutcome::Stored { bytes: content.len() as u64, stored }),
-        Err(StoreError::AlreadyExists { .. }) => {
-            let existing =
-                repo.backend().get(&handle(&name), None).await.map_err(cairn_repo::RepoError::from)?;
-            let archived = unseal(repo, &name, &existing)?;
-            if archived == content {
-                Ok(PushOutcome::AlreadyArchived)
-            } else {
-                Err(PgError::WalConflict { name })
-            }
-        }
-        Err(e) => Err(cairn_repo::RepoError::from(e).into()),
+    match repo.journal(JOURNAL).put_new(&name, &content).await.map_err(wal_error)? {
+        Put::Stored { bytes, stored } => Ok(PushOutcome::Stored { bytes, stored }),
+        Put::AlreadyStored => Ok(PushOutcome::AlreadyArchived),
     }
 }
 
@@ -157,12 +111,7 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<u64, Pg
     if !is_wal_name(name) {
         return Err(PgError::BadWalName { name: name.into() });
     }
-    let sealed = match repo.backend().get(&handle(name), None).await {
-        Ok(b) => b,
-        Err(StoreError::NotFound { .. }) => return Err(PgError::WalNotFound { name: name.into() }),
-        Err(e) => return Err(cairn_repo::RepoError::from(e).into()),
-    };
-    let content = unseal(repo, name, &sealed)?;
+    let content = repo.journal(JOURNAL).get(name).await.map_err(wal_error)?;
     let len = content.len() as u64;
     let tmp = dest.with_file_name(format!(
         ".{}.cairn-{}",
@@ -234,7 +183,8 @@ pub struct WalReport {
     pub bytes: u64,
     /// Objects that failed authentication or their SHA-256 (`read_data` only).
     pub damaged: Vec<String>,
-    /// Objects under `cairn/wal/` with names PostgreSQL never archives.
+    /// Objects in the archive's directory (`cairn/wal/`) with names
+    /// PostgreSQL never archives.
     pub unexpected: Vec<String>,
     /// Per base backup in the repository, newest first: what it can be
     /// recovered to.
@@ -261,7 +211,8 @@ pub async fn verify(
     read_data: bool,
     base_backups: &[BaseBackupRef],
 ) -> Result<WalReport, PgError> {
-    let objects = repo.backend().list(FileType::Wal).await.map_err(cairn_repo::RepoError::from)?;
+    let journal = repo.journal(JOURNAL);
+    let objects = journal.list().await?;
     let per_id = 0x1_0000_0000u64 / segment_size.max(1);
     let mut report = WalReport::default();
     let mut segments: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
@@ -276,13 +227,6 @@ pub async fn verify(
             report.unexpected.push(name.to_string());
             continue;
         }
-        if read_data {
-            let sealed =
-                repo.backend().get(&handle(name), None).await.map_err(cairn_repo::RepoError::from)?;
-            if let Err(e) = unseal(repo, name, &sealed) {
-                report.damaged.push(format!("{name}: {e}"));
-            }
-        }
         if let Some(tli) = name.strip_suffix(".history") {
             histories.insert(u32::from_str_radix(tli, 16).unwrap_or(0));
         } else if name.len() == 24 {
@@ -293,6 +237,13 @@ pub async fn verify(
             if let Some(t) = obj.modified {
                 archived_at.insert((tli, number), t);
             }
+        }
+    }
+    if read_data {
+        let wal_files = objects.iter().map(|o| o.name.as_str()).filter(|n| is_wal_name(n));
+        for damaged in journal.verify(wal_files).await? {
+            let e = PgError::WalDamaged { name: damaged.entry.clone(), message: damaged.reason };
+            report.damaged.push(format!("{}: {e}", damaged.entry));
         }
     }
     let seg_name = |tli: u32, n: u64| format!("{tli:08X}{:08X}{:08X}", n / per_id, n % per_id);

@@ -63,6 +63,23 @@ pub enum RepoError {
     )]
     SnapshotFile { path: String, problem: String },
 
+    #[error(
+        "entry {entry} of the {journal} journal is already stored with different content; refusing to overwrite it"
+    )]
+    JournalConflict { journal: &'static str, entry: String },
+
+    #[error("the {journal} journal has no entry {entry}")]
+    JournalEntryNotFound { journal: &'static str, entry: String },
+
+    /// A journal entry that fails authentication, its tag or its SHA-256.
+    #[error("damaged repository object {path}: {reason}")]
+    JournalDamaged { journal: &'static str, entry: String, path: String, reason: String },
+
+    #[error(
+        "{entry:?} is not a valid name for an entry of the {journal} journal (1 to 200 letters, digits, '.', '_' or '-', not starting with '.')"
+    )]
+    BadJournalEntry { journal: &'static str, entry: String },
+
     #[error("{}: {source}", path.display())]
     LocalFile { path: std::path::PathBuf, source: std::io::Error },
 

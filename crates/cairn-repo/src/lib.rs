@@ -14,6 +14,8 @@
 //! * [`chunker`] cuts streams into content-defined chunks (keyed FastCDC).
 //! * [`archive`] turns named byte streams (database dumps) into snapshots;
 //!   [`reader`] reads a snapshot's files back, every blob verified.
+//! * [`journal`] keeps named logs of whole objects that are never
+//!   deduplicated (PostgreSQL WAL), each entry create-only and verified.
 //! * [`check`] verifies a repository and names what damage affects.
 //! * [`lock`] implements restic-compatible repository locks.
 //!
@@ -28,6 +30,7 @@ pub mod format;
 pub mod gocompat;
 mod id;
 pub mod index;
+pub mod journal;
 pub mod lock;
 pub mod pack;
 pub mod reader;

@@ -11,7 +11,9 @@
 //!    password opens it);
 //! 2. packs;
 //! 3. index files (they only name packs already copied);
-//! 4. snapshots (they only name blobs whose packs and index are copied).
+//! 4. journal entries (every journal: PostgreSQL WAL, …), before the
+//!    snapshots whose restores need them;
+//! 5. snapshots (they only name blobs whose packs and index are copied).
 //!
 //! Locks are not copied. Objects the primary no longer has (after a prune)
 //! stay on the replica: deleting data there is a separate, deliberate act.
@@ -25,7 +27,10 @@
 //! last key.
 //!
 //! Every byte copied is checked against its name while in transit, so a
-//! damaged primary object is reported, never replicated.
+//! damaged primary object is reported, never replicated. Objects named by
+//! what they are about rather than by their hash (journal entries, key
+//! revocations) are authenticated under the master key instead, and
+//! verified against the primary's SHA-256.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -101,24 +106,25 @@ impl VerificationReport {
     }
 }
 
-/// WAL files (`cairn/wal/`, PostgreSQL point-in-time recovery) go before
-/// snapshots: a replica's base backups are only as recoverable as its WAL.
-/// Key revocations go with the keys, before any key is removed for one.
+/// Journal entries (every journal, listed as one type: PostgreSQL's WAL and
+/// whatever other sources keep) go before snapshots: a replica's base
+/// backups are only as recoverable as its WAL. Key revocations go with the
+/// keys, before any key is removed for one.
 const COPY_ORDER: [FileType; 7] = [
     FileType::Key,
     FileType::KeyRevocation,
     FileType::Config,
     FileType::Pack,
     FileType::Index,
-    FileType::Wal,
+    FileType::Journal,
     FileType::Snapshot,
 ];
 
 /// Objects named by the SHA-256 of their bytes; the others (`config`, and
-/// cairn's own WAL files and key revocations, named by what they are about)
-/// are compared with the primary's copy instead.
+/// cairn's own journal entries and key revocations, named by what they are
+/// about) are compared with the primary's copy instead.
 fn named_by_hash(kind: FileType) -> bool {
-    !matches!(kind, FileType::Config | FileType::Wal | FileType::KeyRevocation)
+    !matches!(kind, FileType::Config | FileType::Journal | FileType::KeyRevocation)
 }
 
 /// Objects copied server-side by this process (reported by `replicate --json`).
@@ -300,7 +306,7 @@ async fn copy_object(
     }
     let data: Bytes = source.get(&handle, None).await?;
     let mut opts = PutOptions::default();
-    if matches!(kind, FileType::Wal | FileType::KeyRevocation) {
+    if matches!(kind, FileType::Journal | FileType::KeyRevocation) {
         // Named by what it is about, not by hash: authenticate it instead.
         let (checked, hash) = tokio::task::spawn_blocking({
             let (data, key) = (data.clone(), key.clone());
@@ -309,13 +315,9 @@ async fn copy_object(
         .await
         .expect("checking panicked");
         if checked.is_err() {
-            let hint = match kind {
-                FileType::Wal => " (run `cairn wal verify --read-data`)",
-                _ => "",
-            };
             return Err(RepoError::damaged(
                 handle.path(),
-                format!("fails authentication on the primary; not replicated{hint}"),
+                "fails authentication on the primary; not replicated",
             ));
         }
         opts.sha256 = Some(hash.0);
@@ -423,7 +425,7 @@ async fn object_sha256(backend: &dyn Backend, handle: &Handle) -> Result<(Id, bo
 }
 
 /// Copies again what a verification found missing or different, in the
-/// safe order (keys, key revocations, config, packs, indexes, WAL, snapshots).
+/// safe order (keys, key revocations, config, packs, indexes, journals, snapshots).
 pub async fn repair_replica(
     primary: &Repository,
     replica: Arc<dyn Backend>,
@@ -439,4 +441,73 @@ pub async fn repair_replica(
         repaired += 1;
     }
     Ok(repaired)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use cairn_crypto::KdfParams;
+    use cairn_store::LocalBackend;
+
+    use super::*;
+    use crate::journal::JournalSpec;
+
+    const CHEAP: KdfParams = KdfParams { n: 1 << 10, r: 8, p: 1 };
+
+    fn flip_last_byte(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = bytes.len() - 1;
+        bytes[at] ^= 1;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// Replication knows no journal by name: one it has never heard of is
+    /// copied, verified, repaired and guarded like PostgreSQL's WAL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_journal_is_replicated_and_verified() {
+        let (primary_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let primary = Repository::init_with(Arc::new(LocalBackend::new(primary_dir.path())), "pw", CHEAP)
+            .await
+            .unwrap();
+        let wal = primary.journal(JournalSpec::new("wal", *b"CAIRNWAL"));
+        let aof = primary.journal(JournalSpec::new("aof", *b"TESTAOF1"));
+        wal.put_new("000000010000000000000001", b"segment").await.unwrap();
+        aof.put_new("appendonly.aof.1.incr.aof", b"SET k v").await.unwrap();
+        aof.put_new("appendonly.aof.2.incr.aof", b"DEL k").await.unwrap();
+        let replica: Arc<dyn Backend> = Arc::new(LocalBackend::new(replica_dir.path()));
+
+        let report = replicate(&primary, replica.clone(), 2, ExtraKeys::Keep).await.unwrap();
+        let journals = report.copied.iter().find(|(kind, ..)| *kind == FileType::Journal).unwrap();
+        assert_eq!(journals.1, 3, "{report:?}");
+        let on_replica = replica_dir.path().join("cairn/journal/aof/appendonly.aof.2.incr.aof");
+        assert!(replica_dir.path().join("cairn/wal/000000010000000000000001").is_file());
+        assert!(on_replica.is_file());
+        let copy = Repository::open(replica.clone(), "pw").await.unwrap();
+        let aof_copy = copy.journal(JournalSpec::new("aof", *b"TESTAOF1"));
+        assert_eq!(aof_copy.get("appendonly.aof.2.incr.aof").await.unwrap(), b"DEL k");
+        let verified = verify_replica(&primary, replica.clone(), 2).await.unwrap();
+        assert!(verified.is_complete(), "{verified:?}");
+
+        // A damaged copy on the replica is found and repaired.
+        flip_last_byte(&on_replica);
+        let verified = verify_replica(&primary, replica.clone(), 2).await.unwrap();
+        let differing: Vec<String> = verified.differing.iter().map(|(o, _)| o.to_string()).collect();
+        assert_eq!(differing, ["cairn/journal/aof/appendonly.aof.2.incr.aof"]);
+        assert_eq!(repair_replica(&primary, replica.clone(), &verified).await.unwrap(), 1);
+        assert!(verify_replica(&primary, replica.clone(), 2).await.unwrap().is_complete());
+
+        // A damaged entry on the primary is refused, not copied.
+        aof.put_new("appendonly.aof.3.incr.aof", b"SET k w").await.unwrap();
+        flip_last_byte(&primary_dir.path().join("cairn/journal/aof/appendonly.aof.3.incr.aof"));
+        let err = replicate(&primary, replica.clone(), 2, ExtraKeys::Keep).await.unwrap_err();
+        assert!(
+            matches!(&err, RepoError::Damaged { path, .. } if path == "cairn/journal/aof/appendonly.aof.3.incr.aof"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("fails authentication on the primary"), "{err}");
+        assert!(!replica_dir.path().join("cairn/journal/aof/appendonly.aof.3.incr.aof").exists());
+    }
 }

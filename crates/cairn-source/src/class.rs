@@ -40,9 +40,11 @@ impl Classify for RepoError {
             RepoError::NotARepository { .. } => ErrorClass::NoRepository,
             RepoError::WrongPassword { .. } => ErrorClass::WrongPassword,
             RepoError::Locked { .. } | RepoError::CommitRefused(_) => ErrorClass::Locked,
-            RepoError::Damaged { .. } | RepoError::BlobNotFound { .. } | RepoError::SnapshotFile { .. } => {
-                ErrorClass::Damaged
-            }
+            RepoError::Damaged { .. }
+            | RepoError::BlobNotFound { .. }
+            | RepoError::SnapshotFile { .. }
+            | RepoError::JournalDamaged { .. } => ErrorClass::Damaged,
+            RepoError::BadJournalEntry { .. } => ErrorClass::Usage,
             RepoError::Interrupted => ErrorClass::Interrupted,
             RepoError::Store(e) => e.class(),
             _ => ErrorClass::Failure,

@@ -22,7 +22,10 @@ use aws_sdk_s3::types::{
 };
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use cairn_store::{Backend, FileType, Handle, ObjectInfo, PutMode, PutOptions, StoreError};
+use cairn_store::{
+    Backend, FileType, Handle, JOURNAL_ROOT, JOURNALS_OUTSIDE_ROOT, ObjectInfo, PutMode, PutOptions,
+    StoreError, journal_below_root, journal_dir,
+};
 use futures::{StreamExt as _, TryStreamExt as _};
 use sha2::{Digest as _, Sha256};
 
@@ -525,11 +528,14 @@ impl S3Backend {
         Ok(buf.freeze())
     }
 
+    /// The objects below `dir` (a prefix ending in `/`), named by their key
+    /// below it: with `flat`, the whole tree; otherwise only direct children
+    /// (restic keeps no subdirectories there). A key ending in `/` is a
+    /// folder marker some tools create, not an object.
     async fn list_keys(&self, dir: &str, flat: bool) -> Result<Vec<ObjectInfo>, S3Error> {
         let prefix = self.under_prefix(dir);
         let mut request = self.client.list_objects_v2().bucket(&self.config.bucket).prefix(&prefix);
         if !flat {
-            // Only direct children: restic keeps no subdirectories here.
             request = request.delimiter("/");
         }
         let mut pages = request.into_paginator().send();
@@ -538,12 +544,8 @@ impl S3Backend {
             let page = page.map_err(|e| self.fail("ListObjectsV2", &prefix, e))?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
-                let Some(rest) = key.strip_prefix(&prefix) else { continue };
-                // Packs sit one level down (`data/ab/abcd…`); the name is the
-                // last component. A key ending in `/` is a folder marker some
-                // tools create, not an object.
-                let name = rest.rsplit('/').next().unwrap_or(rest);
-                if name.is_empty() {
+                let Some(name) = key.strip_prefix(&prefix) else { continue };
+                if name.is_empty() || name.ends_with('/') {
                     continue;
                 }
                 out.push(ObjectInfo {
@@ -551,6 +553,27 @@ impl S3Backend {
                     size: object.size().unwrap_or(0).max(0) as u64,
                     modified: object.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                 });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every journal's entries, named `<journal>/<entry>`: the journals
+    /// outside the root, then everything one level below `cairn/journal/`.
+    async fn list_journals(&self) -> Result<Vec<ObjectInfo>, S3Error> {
+        let mut out = Vec::new();
+        for journal in JOURNALS_OUTSIDE_ROOT {
+            let entries = self.list_keys(&format!("{}/", journal_dir(journal)), false).await?;
+            out.extend(
+                entries.into_iter().map(|o| ObjectInfo { name: format!("{journal}/{}", o.name), ..o }),
+            );
+        }
+        for o in self.list_keys(&format!("{JOURNAL_ROOT}/"), true).await? {
+            let entry = o.name.split_once('/').filter(|(journal, entry)| {
+                journal_below_root(journal) && !entry.is_empty() && !entry.contains('/')
+            });
+            if entry.is_some() {
+                out.push(o);
             }
         }
         Ok(out)
@@ -947,7 +970,14 @@ impl Backend for S3Backend {
                     Err(e) => Err(e),
                 }
             }
-            FileType::Pack => Ok(self.list_keys("data/", true).await?),
+            // Packs sit one level down (`data/ab/abcd…`); the name is the last component.
+            FileType::Pack => Ok(self
+                .list_keys("data/", true)
+                .await?
+                .into_iter()
+                .map(|o| ObjectInfo { name: o.name.rsplit('/').next().unwrap_or_default().to_string(), ..o })
+                .collect()),
+            FileType::Journal => Ok(self.list_journals().await?),
             kind => Ok(self.list_keys(&format!("{}/", kind.dir()), false).await?),
         }
     }

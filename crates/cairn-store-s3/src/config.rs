@@ -6,7 +6,8 @@
 //! Besides where the bucket is, the location can say how objects are stored:
 //!
 //! * `storage_class=CLASS`: the storage class of the repository's content
-//!   (packs, index files, snapshots, PostgreSQL WAL), e.g. `STANDARD_IA`;
+//!   (packs, index files, snapshots, journal entries such as PostgreSQL
+//!   WAL), e.g. `STANDARD_IA`;
 //!   `pack_storage_class=CLASS` overrides it for packs (`data/`) alone, e.g.
 //!   `GLACIER_IR`. Lock files, `config`, key files and key revocation
 //!   records always stay in `STANDARD` (no header is sent): locks live for minutes and are rewritten
@@ -23,7 +24,7 @@
 //! * `object_lock=MODE:DURATION`, MODE `GOVERNANCE` or `COMPLIANCE`,
 //!   DURATION a whole number of hours, days, weeks or years (`36h`, `30d`,
 //!   `4w`, `1y`): every immutable object — packs, index files, snapshots,
-//!   key files, key revocation records, `config` and WAL files — is written with S3 Object Lock
+//!   key files, key revocation records, `config` and journal entries (PostgreSQL WAL) — is written with S3 Object Lock
 //!   retention until *now + DURATION*, so neither ransomware holding the
 //!   credentials nor a mistaken prune can delete it before then. Lock files
 //!   never are: they are deleted at the end of every run and by `cairn
@@ -147,7 +148,7 @@ pub struct S3Config {
     /// tests and tools; deployments should use the chain: environment,
     /// profile, web identity/IRSA, container or instance metadata).
     pub credentials: Option<S3Credentials>,
-    /// Storage class of content objects (packs, index, snapshots, WAL);
+    /// Storage class of content objects (packs, index, snapshots, journal entries);
     /// `None`: the bucket's default (`STANDARD`). Never applied to locks,
     /// `config` or keys. One of [`STORAGE_CLASSES`].
     pub storage_class: Option<String>,
@@ -186,12 +187,12 @@ impl S3Config {
 
     /// The storage class to request for objects of `kind`: packs get
     /// `pack_storage_class`, else `storage_class`; index files, snapshots
-    /// and WAL get `storage_class`; locks, `config`, keys and key revocation
+    /// and journal entries get `storage_class`; locks, `config`, keys and key revocation
     /// records none (they stay in `STANDARD`, see the module docs).
     pub fn storage_class_for(&self, kind: FileType) -> Option<&str> {
         match kind {
             FileType::Pack => self.pack_storage_class.as_deref().or(self.storage_class.as_deref()),
-            FileType::Index | FileType::Snapshot | FileType::Wal => self.storage_class.as_deref(),
+            FileType::Index | FileType::Snapshot | FileType::Journal => self.storage_class.as_deref(),
             FileType::Lock | FileType::Config | FileType::Key | FileType::KeyRevocation => None,
         }
     }
@@ -207,7 +208,7 @@ impl S3Config {
             | FileType::Snapshot
             | FileType::Index
             | FileType::Pack
-            | FileType::Wal
+            | FileType::Journal
             | FileType::KeyRevocation => self.object_lock,
         }
     }
@@ -714,13 +715,13 @@ mod tests {
 
         // Which kind gets what.
         use FileType::*;
-        let classes: Vec<_> = [Pack, Index, Snapshot, Wal, Lock, Config, Key, KeyRevocation]
+        let classes: Vec<_> = [Pack, Index, Snapshot, Journal, Lock, Config, Key, KeyRevocation]
             .iter()
             .map(|&k| c.storage_class_for(k))
             .collect();
         let ia = Some("STANDARD_IA");
         assert_eq!(classes, [Some("GLACIER_IR"), ia, ia, ia, None, None, None, None]);
-        for kind in [Pack, Index, Snapshot, Wal, Config, Key, KeyRevocation] {
+        for kind in [Pack, Index, Snapshot, Journal, Config, Key, KeyRevocation] {
             assert_eq!(c.retention_for(kind), Some(lock), "{kind:?}");
         }
         assert_eq!(c.retention_for(Lock), None, "lock files are never retained");

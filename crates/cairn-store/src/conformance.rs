@@ -20,6 +20,7 @@ pub async fn run_all(be: &dyn Backend) {
     range_reads(be).await;
     missing_objects(be).await;
     list_by_type(be).await;
+    journals(be).await;
     create_new_refuses_existing(be).await;
     delete_is_idempotent(be).await;
 }
@@ -73,6 +74,34 @@ pub async fn list_by_type(be: &dyn Backend) {
     let packs = be.list(FileType::Pack).await.unwrap();
     assert!(packs.iter().any(|o| o.name == hex_name(0x11)), "packs are listed across fan-out dirs");
     assert!(be.list(FileType::Index).await.unwrap().is_empty());
+}
+
+/// Journal entries live at their documented paths (an older journal outside
+/// `cairn/journal/` included) and are listed together as `<journal>/<entry>`,
+/// and only they: other objects under `cairn/` are not journal entries.
+pub async fn journals(be: &dyn Backend) {
+    let wal = Handle::journal("wal", "000000010000000000000001");
+    let oplog = Handle::journal("oplog", "0000000001-0000000002.oplog");
+    assert_eq!(wal.path(), "cairn/wal/000000010000000000000001");
+    assert_eq!(oplog.path(), "cairn/journal/oplog/0000000001-0000000002.oplog");
+    be.put(&wal, Bytes::from_static(b"segment"), PutOptions::create_new()).await.unwrap();
+    be.put(&oplog, Bytes::from_static(b"slice"), PutOptions::create_new()).await.unwrap();
+    let revocation = Handle::new(FileType::KeyRevocation, hex_name(0x51));
+    be.put(&revocation, Bytes::from_static(b"record"), PutOptions::create_new()).await.unwrap();
+
+    let mut listed = be.list(FileType::Journal).await.unwrap();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<_> = listed.iter().map(|o| (o.name.as_str(), o.size)).collect();
+    assert_eq!(names, [("oplog/0000000001-0000000002.oplog", 5), ("wal/000000010000000000000001", 7)]);
+    // A listed name is the handle's name again.
+    assert_eq!(be.get(&Handle::new(FileType::Journal, &listed[0].name), None).await.unwrap(), &b"slice"[..]);
+    let revocations: Vec<_> =
+        be.list(FileType::KeyRevocation).await.unwrap().into_iter().map(|o| o.name).collect();
+    assert_eq!(revocations, [hex_name(0x51)]);
+    for h in [wal, oplog, revocation] {
+        be.delete(&h).await.unwrap();
+    }
+    assert!(be.list(FileType::Journal).await.unwrap().is_empty());
 }
 
 pub async fn create_new_refuses_existing(be: &dyn Backend) {

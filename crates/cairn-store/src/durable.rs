@@ -22,6 +22,26 @@ pub fn parent_dir(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
+/// Creates directory `dir` and whatever of its parents is missing, each
+/// named durably in its parent (a new directory is an entry of its parent
+/// like any file), so that a file later made durable in `dir` cannot
+/// vanish with a directory a crash forgot.
+pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = parent_dir(dir);
+    create_dir_all(parent)?;
+    if let Err(e) = std::fs::create_dir(dir) {
+        // Made by a concurrent writer, whose fsync of the parent may not
+        // have happened yet: this one's is still needed.
+        if !(e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir()) {
+            return Err(e);
+        }
+    }
+    sync_path(parent)
+}
+
 /// Writes `content` to `dest` so that a crash leaves either the old file or
 /// the whole new one: written under `temp` (same directory) with `mode`
 /// (before the umask), fsynced, renamed over `dest`, and the directory
@@ -45,6 +65,17 @@ pub fn replace_file(temp: &Path, dest: &Path, content: &[u8], mode: u32) -> std:
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn create_dir_all_makes_what_is_missing_and_accepts_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("cairn/journal/oplog");
+        create_dir_all(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_all(&deep).unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        assert!(create_dir_all(&dir.path().join("file/sub")).is_err(), "a file is not a directory");
+    }
 
     #[test]
     fn replace_file_swaps_content_whole_and_cleans_up_after_failure() {

@@ -60,10 +60,14 @@ pub enum FileType {
     Pack,
     /// Lock files (`locks/`).
     Lock,
-    /// PostgreSQL WAL files (`cairn/wal/`), named by their WAL file name.
-    /// Not a restic type: restic ignores the `cairn/` prefix, and
-    /// [`FileType::ALL`] leaves it out so hash-named walks never meet it.
-    Wal,
+    /// Entries of cairn's journals: whole log objects that are never
+    /// deduplicated (PostgreSQL WAL today), named `<journal>/<entry>`
+    /// ([`Handle::journal`]) and kept in the journal's own directory
+    /// ([`journal_dir`]). Listing this type lists the entries of every
+    /// journal, so replication needs no list of journals. Not a restic
+    /// type: restic ignores the `cairn/` prefix, and [`FileType::ALL`]
+    /// leaves it out so hash-named walks never meet it.
+    Journal,
     /// Records of removed keys (`cairn/revoked-keys/`), named by the removed
     /// key's id; replication reads them to tell a revoked password from a
     /// key the primary merely lacks. Not a restic type either, and not in
@@ -91,7 +95,8 @@ impl FileType {
             FileType::Index => "index",
             FileType::Pack => "data",
             FileType::Lock => "locks",
-            FileType::Wal => "cairn/wal",
+            // The root of new journals; see [`journal_dir`] for the older ones.
+            FileType::Journal => JOURNAL_ROOT,
             FileType::KeyRevocation => "cairn/revoked-keys",
         }
     }
@@ -105,13 +110,39 @@ impl FileType {
             FileType::Index => "index",
             FileType::Pack => "pack",
             FileType::Lock => "lock",
-            FileType::Wal => "WAL file",
+            FileType::Journal => "journal entry",
             FileType::KeyRevocation => "key revocation",
         }
     }
 }
 
-/// Names one object: its type and its name (lower-case hex id, or `config`).
+/// Where journals keep their entries: `cairn/journal/<journal>/`.
+pub const JOURNAL_ROOT: &str = "cairn/journal";
+
+/// Journals older than [`JOURNAL_ROOT`], which keep `cairn/<journal>/`:
+/// PostgreSQL's WAL archive was written there before there were journals,
+/// and moving it would strand every existing archive and the older cairn
+/// binaries that restored servers run as their `restore_command`.
+pub const JOURNALS_OUTSIDE_ROOT: &[&str] = &["wal"];
+
+/// The directory holding the entries of `journal`.
+pub fn journal_dir(journal: &str) -> String {
+    if JOURNALS_OUTSIDE_ROOT.contains(&journal) {
+        format!("cairn/{journal}")
+    } else {
+        format!("{JOURNAL_ROOT}/{journal}")
+    }
+}
+
+/// Whether `cairn/journal/<journal>/` holds that journal's entries: not for
+/// a journal outside the root (nothing is ever written there under its
+/// name) nor for hidden names. Listings of [`FileType::Journal`] skip the rest.
+pub fn journal_below_root(journal: &str) -> bool {
+    !journal.is_empty() && !journal.starts_with('.') && !JOURNALS_OUTSIDE_ROOT.contains(&journal)
+}
+
+/// Names one object: its type and its name (lower-case hex id, or `config`;
+/// `<journal>/<entry>` for journal entries).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Handle {
     pub kind: FileType,
@@ -128,6 +159,11 @@ impl Handle {
         Handle::new(FileType::Config, "config")
     }
 
+    /// Entry `entry` of `journal`.
+    pub fn journal(journal: &str, entry: &str) -> Self {
+        Handle::new(FileType::Journal, format!("{journal}/{entry}"))
+    }
+
     /// The object's path relative to the repository root, in restic's layout
     /// (packs are fanned out by the first two hex digits).
     pub fn path(&self) -> String {
@@ -137,6 +173,10 @@ impl Handle {
                 let fan = self.name.get(..2).unwrap_or("00");
                 format!("data/{fan}/{}", self.name)
             }
+            FileType::Journal => match self.name.split_once('/') {
+                Some((journal, entry)) => format!("{}/{entry}", journal_dir(journal)),
+                None => format!("{JOURNAL_ROOT}/{}", self.name),
+            },
             kind => format!("{}/{}", kind.dir(), self.name),
         }
     }

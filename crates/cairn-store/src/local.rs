@@ -1,7 +1,9 @@
 //! The local-directory backend: the embedded default.
 //!
 //! Layout is restic's: `config`, `keys/`, `snapshots/`, `index/`, `locks/`,
-//! `data/00`..`data/ff/`, and `tmp/` for writes in progress.
+//! `data/00`..`data/ff/`, and `tmp/` for writes in progress; cairn's own
+//! objects (journals, key revocations) sit under `cairn/`, in directories
+//! made on their first write.
 //!
 //! Every write goes to a fresh file in `tmp/`, is fsynced, then moved into
 //! place with `rename` (overwrite) or `link` (create-new, which fails if the
@@ -19,7 +21,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::Rng;
 
-use crate::{Backend, FileType, Handle, ObjectInfo, PutMode, PutOptions, StoreError};
+use crate::{
+    Backend, FileType, Handle, JOURNAL_ROOT, JOURNALS_OUTSIDE_ROOT, ObjectInfo, PutMode, PutOptions,
+    StoreError, journal_below_root, journal_dir,
+};
 
 /// A repository in a local (or mounted) directory.
 #[derive(Debug, Clone)]
@@ -64,9 +69,8 @@ fn write_atomically(root: &Path, target: &Path, data: &[u8], mode: PutMode) -> R
         f.set_permissions(fs::Permissions::from_mode(0o400)).map_err(io(&tmp))?;
         drop(f);
         let parent = target.parent().expect("object paths have a parent");
-        if !parent.is_dir() {
-            fs::create_dir_all(parent).map_err(io(parent))?;
-        }
+        // `cairn/…` directories appear with their first object.
+        crate::durable::create_dir_all(parent).map_err(io(parent))?;
         match mode {
             PutMode::Overwrite => fs::rename(&tmp, target).map_err(io(target))?,
             PutMode::CreateNew => {
@@ -228,6 +232,34 @@ fn list_dir(dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Every journal's entries, named `<journal>/<entry>`: the journals outside
+/// the root, then each directory below `cairn/journal/`.
+fn list_journals(root: &Path, out: &mut Vec<ObjectInfo>) -> Result<(), StoreError> {
+    let mut journals: Vec<String> = JOURNALS_OUTSIDE_ROOT.iter().map(|j| j.to_string()).collect();
+    let below = root.join(JOURNAL_ROOT);
+    match fs::read_dir(&below) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(io(&below))?;
+                if !entry.file_type().map_err(io(&below))?.is_dir() {
+                    continue;
+                }
+                if let Some(name) = entry.file_name().to_str().filter(|n| journal_below_root(n)) {
+                    journals.push(name.to_string());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::from_io(below.display().to_string(), e)),
+    }
+    for journal in journals {
+        let mut entries = Vec::new();
+        list_dir(&root.join(journal_dir(&journal)), &mut entries)?;
+        out.extend(entries.into_iter().map(|o| ObjectInfo { name: format!("{journal}/{}", o.name), ..o }));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Backend for LocalBackend {
     fn location(&self) -> String {
@@ -305,6 +337,7 @@ impl Backend for LocalBackend {
                         }
                     }
                 }
+                FileType::Journal => list_journals(&root, &mut out)?,
                 kind => list_dir(&root.join(kind.dir()), &mut out)?,
             }
             Ok(out)

@@ -221,6 +221,7 @@ impl<B: Backend> Backend for RetryBackend<B> {
     async fn list(&self, kind: FileType) -> Result<Vec<ObjectInfo>, StoreError> {
         let what = match kind {
             FileType::Config => "config".to_string(),
+            FileType::Journal => "journals".to_string(),
             kind => format!("{}/", kind.dir()),
         };
         self.retry("list", &what, || self.inner.list(kind)).await

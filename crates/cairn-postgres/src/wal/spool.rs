@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use cairn_repo::Repository;
 
-use super::{PushOutcome, is_wal_name, push};
+use super::{PushOutcome, is_wal_name, push, wal_file_name};
 use crate::PgError;
 
 /// How long `wal-push` spools without trying the repository after a failure.
@@ -180,14 +180,6 @@ impl Spool {
         self.clear_failure();
         Ok(report)
     }
-}
-
-fn wal_file_name(path: &Path) -> Result<String, PgError> {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| is_wal_name(n))
-        .map(str::to_string)
-        .ok_or_else(|| PgError::BadWalName { name: path.display().to_string() })
 }
 
 /// Whether a `wal-push` failure is the repository's (unreachable, refusing,

@@ -211,8 +211,9 @@ pub async fn wal(ctx: &Context, args: WalArgs) -> Result<u8> {
         for d in &report.damaged {
             println!("DAMAGED: {d}");
         }
+        let dir = repo.journal(cairn_postgres::wal::JOURNAL).dir();
         for u in &report.unexpected {
-            println!("note: unexpected object cairn/wal/{u}");
+            println!("note: unexpected object {dir}/{u}");
         }
     }
     if report.is_healthy() {
