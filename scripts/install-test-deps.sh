@@ -13,6 +13,9 @@
 #     Lock, versioning, Content-MD5, atomic If-None-Match) that the S3 tests
 #     run against (scripts/test-servers.sh starts it by hand; no system ceph
 #     service is left enabled or running).
+#   * redis-server, redis-tools: the Redis tests run scratch servers
+#     (scripts/test-servers.sh and per-test ones) and use redis-cli for
+#     fixtures; the system's redis-server service is switched off.
 # Python packages, in a virtualenv at .test-env/venv:
 #   * moto[s3,dynamodb] with flask and flask-cors: `moto_server`, the fast
 #     in-memory S3 and DynamoDB server of the tests; boto3 for debugging.
@@ -48,6 +51,8 @@ DEPS=(
   "ceph-mon:monmaptool"
   "ceph-osd:ceph-osd"           #   the object store daemon (bluestore on a sparse file)
   "radosgw:radosgw"             #   the S3 gateway
+  "redis-server:redis-server"   # Redis tests: the server (7.0 on Debian 12), started by scripts/test-servers.sh
+  "redis-tools:redis-cli"       #   redis-cli (fixtures, and the benchmark's `redis-cli --rdb` baseline)
 )
 # PostgreSQL tests: a server (initdb, pg_ctl, postgres, pgbench) and its client
 # tools (pg_dump, pg_restore, psql). Any installed major version will do; when
@@ -90,13 +95,18 @@ restic_version_note() {   # restic < 0.14 cannot read repository format v2
   esac
 }
 
-# Installing the ceph packages may enable (and, where services may start,
-# start) the system's ceph units. The tests run their own cluster on private
-# ports, so switch those units off: nothing of the system's ceph stays running.
-quiet_system_ceph() {
-  if [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null 2>&1; then return 0; fi
-  local units=(ceph.target ceph-mon.target ceph-osd.target ceph-radosgw.target ceph-crash.service)
-  "${SUDO[@]}" systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
+# Installing the ceph and redis packages may enable (and, where services may
+# start, start) the system's ceph and redis units. The tests run their own
+# servers on private ports, so switch those units off: nothing of the
+# system's ceph or redis stays running.
+quiet_system_services() {
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    local units=(ceph.target ceph-mon.target ceph-osd.target ceph-radosgw.target ceph-crash.service
+      redis-server.service)
+    "${SUDO[@]}" systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/redis-server ]; then
+    "${SUDO[@]}" /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+  fi
 }
 
 install_apt_pkgs() {
@@ -132,7 +142,7 @@ install_apt_pkgs() {
     exit 1
   fi
   rm -f "$log"
-  quiet_system_ceph
+  quiet_system_services
 
   mapfile -t STILL < <(missing_pkgs)
   if [ ${#STILL[@]} -ne 0 ]; then

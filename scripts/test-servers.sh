@@ -17,21 +17,28 @@
 #          wal_level=replica, fsync off. Runs as the `postgres` OS user when
 #          started by root (initdb refuses root). Takes ~3 s to start. Tests
 #          create their own databases on it.
+#   redis  a scratch redis-server (from PATH; Debian's 7.0) on 127.0.0.1, no
+#          password, no persistence, `enable-debug-command yes` (DEBUG
+#          DIGEST) and `repl-diskless-sync-delay 0` (a backup's RDB streams at
+#          once instead of after 5 s). Starts in well under a second. Shared:
+#          tests that need a key space or settings of their own start private
+#          servers (cairn_testkit::RedisInstance).
 #
 # Tests run in parallel, each in its own process (cargo nextest), so `ensure`
 # is idempotent and race-free: the first caller starts the server under a
 # flock, the others wait for it and get the same server; once it runs,
 # `ensure` only checks its health and prints its settings (well under 0.2 s).
 # Servers are left running for the next test; scripts/test.sh stops them at
-# the end. Both listen on 127.0.0.1 only, on free ports picked at start (the
+# the end. All listen on 127.0.0.1 only, on free ports picked at start (the
 # Ceph monitor too), so other software and other checkouts do not collide.
 #
-#   scripts/test-servers.sh ensure moto|rgw|postgres   # start if needed; print key=value lines:
+#   scripts/test-servers.sh ensure moto|rgw|postgres|redis   # start if needed; print key=value lines:
 #                                             #   kind, endpoint, region, access_key, secret_key
-#                                             #   (postgres: kind, url, endpoint, host, port, user, bin)
-#   scripts/test-servers.sh stop [moto|rgw|postgres|all]   # kill it and remove its state (default all)
+#                                             #   (postgres: kind, url, endpoint, host, port, user, bin;
+#                                             #    redis: kind, url, endpoint, host, port, bin)
+#   scripts/test-servers.sh stop [moto|rgw|postgres|redis|all]   # kill it and remove its state (default all)
 #   scripts/test-servers.sh status            # one line: what runs where
-#   scripts/test-servers.sh running moto|rgw|postgres  # exit 0 if it runs and answers, else 1
+#   scripts/test-servers.sh running moto|rgw|postgres|redis  # exit 0 if it runs and answers, else 1
 #
 # State (pids, ports, logs, Ceph data) lives in target/test-servers/<name>/.
 # Install what the servers need with scripts/install-test-deps.sh.
@@ -69,8 +76,8 @@ usage() {
 
 check_name() {
   case "${1:-}" in
-    moto|rgw|postgres) ;;
-    *) echo "unknown server '${1:-}': expected moto, rgw or postgres" >&2; usage ;;
+    moto|rgw|postgres|redis) ;;
+    *) echo "unknown server '${1:-}': expected moto, rgw, postgres or redis" >&2; usage ;;
   esac
 }
 
@@ -495,12 +502,76 @@ postgres_start() {
   say "postgres ready at 127.0.0.1:$port ($bin, $((SECONDS - t0))s)"
 }
 
+# ---------------------------------------------------------------- redis
+
+REDIS_DIR=$STATE/redis
+
+redis_pid() { cat "$REDIS_DIR/data/redis-server.pid" 2>/dev/null || true; }
+
+redis_healthy() {
+  [ -f "$REDIS_DIR/env" ] || return 1
+  local port
+  port=$(env_value "$REDIS_DIR/env" port)
+  pid_alive "$(redis_pid)" redis-server || return 1
+  [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]
+}
+
+redis_stop() {
+  local pid
+  pid=$(redis_pid)
+  if pid_alive "$pid" redis-server; then kill_pids "$pid"; fi
+  rm -rf "$REDIS_DIR/data"
+  rm -f "$REDIS_DIR/env" "$REDIS_DIR/env.tmp"   # the log stays for post-mortems
+}
+
+redis_start() {
+  local bin port t0=$SECONDS deadline attempt
+  bin=$(command -v redis-server) || die "redis-server not found: $INSTALL_HINT"
+  command -v redis-cli >/dev/null 2>&1 || die "redis-cli not found: $INSTALL_HINT"
+  mkdir -p "$REDIS_DIR/data"
+  for attempt in 1 2 3; do   # another program may take the picked port first: pick again
+    port=$(free_ports 1)
+    rm -f "$REDIS_DIR/data/redis-server.pid"
+    # Daemonised (its own session, so a test runner killing the caller's
+    # process group does not take the shared server down); fd 9 closed.
+    "$bin" --port "$port" --bind 127.0.0.1 --dir "$REDIS_DIR/data" --daemonize yes \
+      --pidfile "$REDIS_DIR/data/redis-server.pid" --logfile "$REDIS_DIR/redis.log" \
+      --save "" --appendonly no --enable-debug-command yes --repl-diskless-sync-delay 0 \
+      </dev/null >/dev/null 2>&1 9>&- || die "redis-server did not start$(log_tail 25 "$REDIS_DIR/redis.log")"
+    deadline=$((SECONDS + TIMEOUT))
+    while [ $SECONDS -lt $deadline ]; do
+      if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ] && pid_alive "$(redis_pid)" redis-server; then
+        {
+          echo "kind=redis"
+          echo "url=redis://127.0.0.1:$port"
+          echo "endpoint=redis://127.0.0.1:$port"
+          echo "host=127.0.0.1"
+          echo "port=$port"
+          echo "bin=$(dirname "$bin")"
+        } >"$REDIS_DIR/env.tmp"
+        mv "$REDIS_DIR/env.tmp" "$REDIS_DIR/env"
+        say "redis ready at 127.0.0.1:$port ($("$bin" --version | awk '{print $3}'), $((SECONDS - t0))s)"
+        return 0
+      fi
+      # Exited (the port was taken meanwhile): try another.
+      if [ -f "$REDIS_DIR/data/redis-server.pid" ] && ! pid_alive "$(redis_pid)" redis-server; then break; fi
+      sleep 0.05
+    done
+    if pid_alive "$(redis_pid)" redis-server; then
+      kill_pids "$(redis_pid)"
+      die "redis-server did not answer on 127.0.0.1:$port within ${TIMEOUT}s$(log_tail 25 "$REDIS_DIR/redis.log")"
+    fi
+  done
+  die "redis-server exited at start three times$(log_tail 25 "$REDIS_DIR/redis.log")"
+}
+
 # ---------------------------------------------------------------- commands
 
 server_dir() {
   case "$1" in
     moto) echo "$MOTO_DIR" ;;
     rgw) echo "$RGW_DIR" ;;
+    redis) echo "$REDIS_DIR" ;;
     *) echo "$PG_DIR" ;;
   esac
 }
@@ -548,13 +619,13 @@ case "$cmd" in
   stop)
     [ $# -le 1 ] || usage
     case "${1:-all}" in
-      all) stop moto; stop rgw; stop postgres ;;
+      all) stop moto; stop rgw; stop postgres; stop redis ;;
       *) check_name "$1"; stop "$1" ;;
     esac
     ;;
   status)
     [ $# -eq 0 ] || usage
-    echo "$(status_of moto); $(status_of rgw); $(status_of postgres)"
+    echo "$(status_of moto); $(status_of rgw); $(status_of postgres); $(status_of redis)"
     ;;
   running)
     [ $# -eq 1 ] || usage

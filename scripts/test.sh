@@ -45,13 +45,13 @@ echo "restic:    $(restic version 2>&1 | head -1)"
 
 # Servers already running (someone else's) are left alone; the rest are stopped at the end.
 SERVERS_BEFORE=" "
-for server in moto rgw postgres; do
+for server in moto rgw postgres redis; do
   if scripts/test-servers.sh running "$server" 2>/dev/null; then SERVERS_BEFORE+="$server "; fi
 done
 echo "servers:   $(scripts/test-servers.sh status 2>&1)"
 stop_servers() {
   local server stop=()
-  for server in moto rgw postgres; do
+  for server in moto rgw postgres redis; do
     if [[ $SERVERS_BEFORE == *" $server "* ]]; then
       echo "leaving the $server test server running (it was running before the tests)"
     else

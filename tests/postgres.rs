@@ -423,11 +423,6 @@ fn wait_for_load(pg: &PgServer, db: &str, table: &str, child: &mut std::process:
     }
 }
 
-/// Flips a byte inside one data blob of a snapshot file (again: back).
-fn damage_blob_of_file(env: &Env, snapshot: &str, suffix: &str) {
-    cairn_testkit::conformance::damage_blob_of_file(&env.repo, PASSWORD, snapshot, suffix);
-}
-
 /// `restore --overwrite` into a database that holds data: whatever makes it
 /// fail halfway — cairn killed, the repository gone, a damaged blob — every
 /// row of the target is still there afterwards, as it was; only a restore

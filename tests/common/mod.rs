@@ -263,3 +263,9 @@ pub fn archive_everything(pg: &cairn_testkit::PgCluster) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Flips a byte inside one data blob of a snapshot file: the middle blob of
+/// the first file whose path ends with `suffix` (again: back).
+pub fn damage_blob_of_file(env: &Env, snapshot: &str, suffix: &str) {
+    cairn_testkit::conformance::damage_blob_of_file(&env.repo, PASSWORD, snapshot, suffix);
+}

@@ -293,7 +293,7 @@ impl Engine {
                     "no source restores into {}: give a directory, or a database URL such as postgresql://HOST/NEWDB",
                     DisplaySafe::new(t.clone())
                 ),
-                None => "say where to restore: --to DIR, --to postgresql://HOST/NEWDB, or --physical --data-dir DIR".into(),
+                None => "say where to restore: --to DIR, --to postgresql://HOST/NEWDB, --physical --data-dir DIR, or --redis-data-dir DIR".into(),
             }));
         }
         let repo = self.open().await?;
@@ -362,7 +362,7 @@ impl Engine {
                 .collect();
             if filter.kinds.is_empty() {
                 return Err(EngineError::Usage(format!(
-                    "no source compares {} with a snapshot: give a directory or a database URL",
+                    "no source compares {} with a snapshot: give a directory, a database URL or a redis:// URL",
                     DisplaySafe::new(target.clone())
                 )));
             }
@@ -404,24 +404,14 @@ impl Engine {
                 .objects
                 .iter()
                 .map(|o| {
+                    let (unit, what) = count_unit(&o.kind);
                     let state = match (o.actual, o.ok()) {
                         (None, _) => "MISSING".to_string(),
                         (_, true) => "ok".to_string(),
-                        (Some(a), false) if a != o.expected => {
-                            format!(
-                                "{} {a}, expected {}",
-                                if o.kind == "table" { "ROWS" } else { "SIZE" },
-                                o.expected
-                            )
-                        }
+                        (Some(a), false) if a != o.expected => format!("{what} {a}, expected {}", o.expected),
                         (Some(_), false) => "CONTENT DIFFERS (same count)".to_string(),
                     };
-                    format!(
-                        "{:<50} {:>12} {}  {state}",
-                        o.name,
-                        o.expected,
-                        if o.kind == "table" { "rows" } else { "bytes" }
-                    )
+                    format!("{:<50} {:>12} {unit}  {state}", o.name, o.expected)
                 })
                 .chain([format!(
                     "{} of {} objects match snapshot {} in {}",
@@ -492,6 +482,16 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+}
+
+/// What an object's count counts, for the verification summary: a table's
+/// rows, a file's bytes; other kinds count what they are named for (`keys`).
+fn count_unit(kind: &str) -> (&str, &'static str) {
+    match kind {
+        "table" => ("rows", "ROWS"),
+        "file" => ("bytes", "SIZE"),
+        other => (other, "COUNT"),
     }
 }
 

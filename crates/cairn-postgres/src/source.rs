@@ -16,10 +16,10 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use cairn_repo::reader::SnapshotReader;
 use cairn_repo::{Id, Snapshot};
-use cairn_source::units::Size;
+use cairn_source::units::{Size, human_bytes};
 use cairn_source::{
     BackupJob, BackupOutcome, Classify, Descriptor, Envelope, ErrorClass, Meter, ObjectCheck, ObjectEntry,
-    Reading, RestoreJob, RestoreOutcome, RestoreRequest, Source, VerifyJob, VerifyOutcome,
+    Reading, RestoreJob, RestoreOutcome, RestoreRequest, Source, VerifyJob, VerifyOutcome, counts,
 };
 
 use crate::physical::{BaseBackupOptions, PitrOptions, RecoveryTarget};
@@ -35,7 +35,7 @@ pub struct PostgresSettings {
     #[arg(long, env = "CAIRN_PG_URL", hide_env_values = true)]
     pub url: String,
     /// File holding the server password (a mounted secret); `password_file:` in cairn.yaml.
-    #[arg(long = "pg-password-file", value_name = "FILE")]
+    #[arg(long = "pg-password-file", id = "pg_password_file", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Database to dump (repeatable). Default: the one the URL names, or every database.
     #[arg(long = "database", short = 'd')]
@@ -125,12 +125,6 @@ pub struct PostgresRestoreSettings {
     /// Recover to this named restore point (pg_create_restore_point).
     #[arg(long, group = "recovery_target")]
     pub to_name: Option<String>,
-    /// Start the restored server and wait until recovery has reached the target.
-    #[arg(long)]
-    pub start: bool,
-    /// Port for the restored server (must differ from a server running on this host).
-    #[arg(long)]
-    pub port: Option<u16>,
     /// What the server does at the target: promote (default), pause or shutdown.
     #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
     pub target_action: String,
@@ -223,21 +217,6 @@ impl Meter for RestoreMeter {
         let p = &self.0;
         Reading::counted([&p.bytes_done, &p.bytes_total], [&p.tables_done, &p.tables_total], "tables")
     }
-}
-
-fn counts<const N: usize>(pairs: [(&str, u64); N]) -> std::collections::BTreeMap<String, u64> {
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
 #[async_trait]
@@ -611,9 +590,9 @@ async fn restore_physical(
         target: target.clone(),
         restore_command,
         target_action: s.target_action.clone(),
-        port: s.port,
+        port: job.request.port,
         keep_archiving: s.keep_archiving,
-        start: s.start,
+        start: job.request.start,
         pg_bin: s.pg_bin.clone(),
         timeout: std::time::Duration::from_secs(s.recovery_timeout),
         tablespace_map: s.tablespace_map.clone(),

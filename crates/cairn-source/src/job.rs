@@ -67,6 +67,11 @@ pub(crate) fn on_cancel(cancel: &Cancel, hook: impl FnOnce() + Send + 'static) {
     });
 }
 
+/// The `objects` counts of an outcome, from name and number pairs.
+pub fn counts<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<String, u64> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 /// What a finished backup reports.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {
@@ -117,6 +122,11 @@ pub struct RestoreRequest {
     /// Make what the restore writes durable (fsync) before it reports
     /// success; off only for scratch restores (`--no-fsync`).
     pub fsync: bool,
+    /// Start the restored server (a data-directory restore: PostgreSQL's
+    /// `--physical`, Redis's `--redis-data-dir`) once its files are in place.
+    pub start: bool,
+    /// The port a started server listens on (`None`: the adapter's default).
+    pub port: Option<u16>,
 }
 
 /// Durable by default: a restore that skips fsync must say so.
@@ -130,6 +140,8 @@ impl Default for RestoreRequest {
             verify: false,
             jobs: 2,
             fsync: true,
+            start: false,
+            port: None,
         }
     }
 }

@@ -45,7 +45,7 @@ pub use envelope::{
 };
 pub use job::{
     BackupJob, BackupOutcome, Labels, ObjectCheck, Overwrite, RepositoryAccess, RestoreJob, RestoreOutcome,
-    RestoreRequest, VerifyJob, VerifyOutcome,
+    RestoreRequest, VerifyJob, VerifyOutcome, counts,
 };
 pub use progress::{Meter, Progress, Reading};
 pub use registry::{AnySettings, DynSource, Registry, SourceFailure};

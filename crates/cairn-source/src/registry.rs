@@ -143,7 +143,8 @@ impl<S: Source> DynSource for Registered<S> {
 
     fn backup_command(&self) -> clap::Command {
         let d = self.0.descriptor();
-        <S::Settings as clap::Args>::augment_args(clap::Command::new(d.kind).about(d.about))
+        // The descriptor's line last: a doc comment on the settings struct would otherwise replace it.
+        <S::Settings as clap::Args>::augment_args(clap::Command::new(d.kind)).about(d.about)
     }
 
     fn augment_restore(&self, command: clap::Command) -> clap::Command {

@@ -4,7 +4,7 @@
 //! `500ms`, `90s`, `15m`, `26h`, `2d` (a bare number is seconds). The
 //! [`Size`] and [`Span`] types parse the same text from a flag (`FromStr`)
 //! and from YAML (a string or a number), so a setting means the same both
-//! ways.
+//! ways; [`human_bytes`] shows a size the way summaries do.
 
 use std::time::Duration;
 
@@ -93,6 +93,18 @@ impl<'de> serde::Deserialize<'de> for Span {
     }
 }
 
+/// A size for people: `512 B`, `1.5 KiB`, `8.1 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +122,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Span>("\"2d\"").unwrap(), Span(Duration::from_secs(172_800)));
         assert!(serde_json::from_str::<Size>("\"lots\"").is_err());
         assert_eq!("1MiB".parse::<Size>().unwrap(), Size(1 << 20));
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(8_510_625), "8.1 MiB");
     }
 }

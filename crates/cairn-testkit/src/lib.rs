@@ -44,7 +44,9 @@
 
 pub mod conformance;
 pub mod proxy;
+pub mod redis;
 pub use proxy::{Fault, FaultCounts, FaultKind, FaultPolicy, FaultProxy, FaultRule};
+pub use redis::{RedisInstance, RedisServer, StreamFault, TcpFaultProxy, redis};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -311,6 +311,15 @@ pub struct RestoreArgs {
     /// Work done at once (tables loaded, indexes built).
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// Start the restored server once its files are in place (a data
+    /// directory restore: PostgreSQL --physical --data-dir, Redis
+    /// --redis-data-dir) and wait until it serves (PostgreSQL: until recovery
+    /// has reached its target).
+    #[arg(long)]
+    pub start: bool,
+    /// Port of the server --start starts (must differ from a server running on this host).
+    #[arg(long)]
+    pub port: Option<u16>,
     #[command(flatten)]
     pub filter: SnapshotFilterArgs,
 }
@@ -384,5 +393,22 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent_with_every_adapter() {
         super::command(&crate::sources::registry()).debug_assert();
+    }
+
+    /// A source's server password file is not the repository's: an adapter
+    /// flag whose field is named `password_file` would share the global
+    /// flag's id and become the repository password.
+    #[test]
+    fn server_password_files_are_not_the_repository_password_file() {
+        for (kind, flag) in [("postgres", "--pg-password-file"), ("redis", "--redis-password-file")] {
+            let matches = super::command(&crate::sources::registry())
+                .try_get_matches_from(["cairn", "backup", kind, "--url", "x://h", flag, "/run/secret"])
+                .unwrap();
+            assert_eq!(
+                matches.get_one::<std::path::PathBuf>("password_file"),
+                None,
+                "{flag} set the repository's password file"
+            );
+        }
     }
 }

@@ -6,5 +6,8 @@
 use cairn_source::Registry;
 
 pub fn registry() -> Registry {
-    Registry::new().with(cairn_volume::VolumeSource).with(cairn_postgres::PostgresSource)
+    Registry::new()
+        .with(cairn_volume::VolumeSource)
+        .with(cairn_postgres::PostgresSource)
+        .with(cairn_redis::RedisSource)
 }

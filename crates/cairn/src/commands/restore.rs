@@ -28,6 +28,8 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, matches: &clap::ArgMatche
         verify: args.verify,
         jobs: args.jobs.max(1),
         fsync: !args.no_fsync,
+        start: args.start,
+        port: args.port,
     };
     let engine = ctx.engine()?;
     let ticker = Ticker::job(ctx.progress && !args.dry_run, "restore", engine.progress());

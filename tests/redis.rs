@@ -1,0 +1,436 @@
+//! Redis backups against real `redis-server`s (Debian's 7.0): private
+//! servers per test (`cairn_testkit::RedisInstance`, started on free
+//! loopback ports; the shared one of `scripts/test-servers.sh ensure redis`
+//! where a test does not need a key space of its own), fixtures written
+//! with the real `redis-cli`, restored data loaded by a real server and
+//! compared with `DEBUG DIGEST`.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cairn_testkit::{RedisInstance, StreamFault, TcpFaultProxy};
+use common::*;
+
+fn cmd(args: &[&[u8]]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.to_vec()).collect()
+}
+
+fn text(args: &[&str]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+/// Every type in several encodings, in two databases: strings (small,
+/// integer, compressible, a 100 MiB random value), lists (a listpack and a
+/// quicklist of many nodes), sets (an intset and a table), sorted sets (a
+/// listpack and a skiplist), hashes (a listpack and a table), a stream with
+/// two consumer groups and pending entries, keys with TTLs, a function
+/// library.
+fn fill_every_type(r: &RedisInstance) {
+    let mut c: Vec<Vec<Vec<u8>>> = Vec::new();
+    let big = pseudo_random(7, 100 << 20);
+    c.push(cmd(&[b"SET", b"str:big", &big]));
+    drop(big);
+    c.push(text(&["SET", "str:lzf", &"abcdefgh".repeat(5000)]));
+    c.push(text(&["SET", "str:int", "123456789"]));
+    for i in 0..200 {
+        c.push(text(&["SET", &format!("str:small:{i}"), &format!("value {i}")]));
+    }
+    c.push(text(&["RPUSH", "list:small", "a", "2", "-3", "four", ""]));
+    for i in 0..3000 {
+        c.push(text(&["RPUSH", "list:big", &format!("element number {i} of the big list, padded")]));
+    }
+    for i in 0..200 {
+        c.push(text(&["SADD", "set:int", &i.to_string()]));
+    }
+    for i in 0..1000 {
+        c.push(text(&["SADD", "set:big", &format!("member-{i}")]));
+    }
+    c.push(text(&["ZADD", "zset:small", "1.5", "x", "-3", "y", "+inf", "z", "0", "w"]));
+    for i in 0..500 {
+        c.push(text(&["ZADD", "zset:big", &format!("{}.25", i * 7 % 91), &format!("player:{i}")]));
+    }
+    c.push(text(&["HSET", "hash:small", "name", "cairn", "n", "42", "neg", "-70000"]));
+    for i in 0..1000 {
+        c.push(text(&["HSET", "hash:big", &format!("field:{i}"), &format!("{}", i * i)]));
+    }
+    for i in 0..200 {
+        c.push(text(&["XADD", "stream", "*", "event", &format!("e{i}"), "n", &i.to_string()]));
+    }
+    c.push(text(&["XGROUP", "CREATE", "stream", "g1", "0"]));
+    c.push(text(&["XREADGROUP", "GROUP", "g1", "alice", "COUNT", "50", "STREAMS", "stream", ">"]));
+    c.push(text(&["XREADGROUP", "GROUP", "g1", "bob", "COUNT", "20", "STREAMS", "stream", ">"]));
+    c.push(text(&["XGROUP", "CREATE", "stream", "g2", "$"]));
+    for i in 0..50 {
+        c.push(text(&["SET", &format!("ttl:{i}"), "volatile", "EX", "3600"]));
+    }
+    c.push(text(&["HSET", "ttl:hash", "f", "v"]));
+    c.push(text(&["PEXPIRE", "ttl:hash", "7200000"]));
+    c.push(text(&["SELECT", "3"]));
+    c.push(text(&["SET", "other:string", "in db 3"]));
+    c.push(text(&["RPUSH", "other:list", "x", "y"]));
+    c.push(text(&["SADD", "other:set", "p", "q"]));
+    c.push(text(&["SELECT", "0"]));
+    r.pipe(c);
+    // Acknowledge some of alice's entries, so the group's pending list and hers differ.
+    let ids = r.cli(&["XRANGE", "stream", "-", "+", "COUNT", "5"]);
+    let first: Vec<&str> = ids.lines().filter(|l| l.contains('-') && l.len() > 10).take(3).collect();
+    assert_eq!(first.len(), 3, "{ids}");
+    let mut ack = vec!["XACK", "stream", "g1"];
+    ack.extend(first);
+    r.cli(&ack);
+    r.cli(&[
+        "FUNCTION",
+        "LOAD",
+        "#!lua name=cairnlib\nredis.register_function('hello', function() return 'hi' end)",
+    ]);
+}
+
+fn total_keys(r: &RedisInstance) -> u64 {
+    r.cli(&["INFO", "keyspace"])
+        .lines()
+        .filter_map(|l| {
+            l.split_once(":keys=").and_then(|(_, rest)| rest.split(',').next()?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn snapshot_count(env: &Env) -> usize {
+    env.cairn_json(&["snapshots", "--json"]).as_array().unwrap().len()
+}
+
+/// Stops a server cairn started (pid from the restore's report) and waits until it has gone.
+fn stop_pid(pid: u64) {
+    let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+        assert!(Instant::now() < deadline, "redis-server {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Backup, restore into a new data directory with the server started,
+/// comparison with the snapshot, and the data loaded by a plain
+/// redis-server: `DEBUG DIGEST` equal to the source's, TTLs kept, functions
+/// kept; a change on the restored side is found by `verify --against`.
+#[test]
+fn every_type_round_trips_through_a_restored_data_directory() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    fill_every_type(&src);
+    let keys = total_keys(&src);
+    let backup = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()]);
+    assert_eq!(
+        (backup["kind"].as_str(), backup["mode"].as_str()),
+        (Some("redis"), Some("physical")),
+        "{backup}"
+    );
+    assert_eq!(backup["exit_code"], 0, "{backup}");
+    assert_eq!(backup["objects"]["keys"].as_u64(), Some(keys), "{backup}");
+    assert_eq!(backup["objects"]["databases"], 2, "{backup}");
+    assert_eq!(backup["objects"]["expires"], 51, "{backup}");
+    assert_eq!(backup["objects"]["functions"], 1, "{backup}");
+    assert!(backup["bytes"]["read"].as_u64().unwrap() > 100 << 20, "{backup}");
+    assert_eq!(backup["details"]["replication"]["diskless"], true, "streamed from the fork: {backup}");
+    let db0 = &backup["details"]["databases"]["0"]["types"];
+    for kind in ["string", "list", "set", "zset", "hash", "stream"] {
+        assert!(db0[kind]["keys"].as_u64().unwrap() > 0, "no {kind} counted: {backup}");
+    }
+    let snap = backup["snapshot"].as_str().unwrap().to_string();
+    // Read back: every blob, and the envelope's streams.
+    env.cairn_ok(&["verify", &snap]);
+
+    let dir = env.path("restored");
+    let port = cairn_testkit::free_port();
+    let restore = env.cairn_json(&[
+        "restore",
+        "--json",
+        &snap,
+        "--redis-data-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--verify",
+    ]);
+    let pid = restore["details"]["server"]["pid"].as_u64().expect("the started server's pid");
+    assert!(restore["objects"]["verified_objects"].as_u64().unwrap() > 10, "{restore}");
+    assert!(dir.join("dump.rdb").is_file());
+    let target = format!("redis://127.0.0.1:{port}");
+    let verify = env.cairn_json(&["verify", "--json", &snap, "--against", &target]);
+    assert_eq!(verify["objects"]["differing"], 0, "{verify}");
+    stop_pid(pid);
+
+    // A plain redis-server loads it (DEBUG enabled, so the digests can be compared).
+    let restored = RedisInstance::start(&dir, &[]);
+    assert_eq!(total_keys(&restored), keys);
+    assert_eq!(restored.cli(&["DEBUG", "DIGEST"]), src.cli(&["DEBUG", "DIGEST"]), "the data differs");
+    for key in ["ttl:0", "ttl:49", "ttl:hash"] {
+        let a: i64 = src.cli(&["PTTL", key]).parse().unwrap();
+        let b: i64 = restored.cli(&["PTTL", key]).parse().unwrap();
+        assert!(a > 0 && (a - b).abs() < 1000, "{key}: TTL {a} ms on the source, {b} ms restored");
+    }
+    assert!(restored.cli(&["FCALL", "hello", "0"]).contains("hi"), "the function library is missing");
+    assert_eq!(restored.cli(&["XPENDING", "stream", "g1"]), src.cli(&["XPENDING", "stream", "g1"]));
+
+    // A change on the restored side is a difference, named.
+    restored.cli(&["SET", "str:small:7", "changed"]);
+    let out = env.cairn(&["verify", &snap, "--against", &restored.url()]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("db0") && report.contains("CONTENT DIFFERS"), "{}", describe(&out));
+    assert!(
+        report.contains("db3") && report.lines().any(|l| l.starts_with("db3 ") && l.ends_with("ok")),
+        "{report}"
+    );
+}
+
+/// A scratch-sized night: 40 000 keys, 10 of them rewritten; the second
+/// backup adds a small fraction of what it read. restic restores the same
+/// `dump.rdb`.
+#[test]
+fn the_next_night_stores_little() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    src.pipe((0..40_000u64).map(|i| cmd(&[b"SET", format!("key:{i}").as_bytes(), &pseudo_random(i, 200)])));
+    let first = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()]);
+    let read = first["bytes"]["read"].as_u64().unwrap();
+    assert!(read > 8 << 20, "{first}");
+    src.pipe(
+        (0..10u64)
+            .map(|i| cmd(&[b"SET", format!("key:{}", i * 3917).as_bytes(), &pseudo_random(i + 99, 200)])),
+    );
+    let second = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()]);
+    let added = second["bytes"]["added"].as_u64().unwrap();
+    // The same keys and sizes; only the header's fields (memory used, time) differ.
+    assert!(second["bytes"]["read"].as_u64().unwrap().abs_diff(read) < 64, "{first}\n{second}");
+    assert!(added * 10 < read, "10 rewritten keys added {added} of {read} bytes (10% or more)");
+    assert_eq!(snapshot_count(&env), 2);
+    // restic reads the same snapshot: its dump.rdb is the one cairn restores.
+    let dir = env.path("restored");
+    env.cairn_ok(&["restore", "latest", "--redis-data-dir", dir.to_str().unwrap()]);
+    let by_restic = env.path("by-restic");
+    env.restic_ok(&["restore", "latest", "--target", by_restic.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(by_restic.join("dump.rdb")).unwrap(),
+        std::fs::read(dir.join("dump.rdb")).unwrap()
+    );
+}
+
+/// A server whose replication stream ends in the middle of the RDB, and one
+/// whose RDB arrives with a byte flipped: the backup fails with one line
+/// saying which, and writes no snapshot.
+#[test]
+fn a_truncated_or_damaged_rdb_fails_the_backup_and_writes_no_snapshot() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    src.pipe((0..20_000u64).map(|i| cmd(&[b"SET", format!("key:{i}").as_bytes(), &pseudo_random(i, 200)])));
+    for (fault, expected) in [
+        (StreamFault::CloseAfter(1_000_000), "closed the replication stream after"),
+        (StreamFault::FlipByteAt(2_000_000), "is unusable"),
+    ] {
+        let proxy = TcpFaultProxy::start(src.port, fault);
+        let out = env.cairn(&["backup", "redis", "--url", &format!("redis://127.0.0.1:{}", proxy.port)]);
+        assert!(proxy.applied.load(std::sync::atomic::Ordering::Relaxed), "{fault:?} never happened");
+        assert_eq!(out.status.code(), Some(1), "{fault:?}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains(expected)).collect();
+        assert_eq!(errors.len(), 1, "{fault:?}: one line saying so: {}", describe(&out));
+        assert_eq!(snapshot_count(&env), 0, "{fault:?} wrote a snapshot");
+    }
+    // Straight from the server, the same data backs up.
+    env.cairn_ok(&["backup", "redis", "--url", &src.url()]);
+    assert_eq!(snapshot_count(&env), 1);
+}
+
+/// An ACL user with only the replication commands, its password in a file
+/// (a `kind: redis` source in cairn.yaml): the backup works and the
+/// password appears nowhere, even with debug logs; a user without the
+/// permission and a wrong password fail with one line saying what to do.
+#[test]
+fn acl_users_with_a_password_file_and_the_password_is_never_printed() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    const PW: &str = "pw-Kq8-zz91-secret";
+    src.cli(&["ACL", "SETUSER", "backup", "on", &format!(">{PW}"), "+psync", "+replconf", "+sync"]);
+    src.cli(&["ACL", "SETUSER", "reader", "on", &format!(">{PW}"), "+get", "~*"]);
+    src.cli(&["CONFIG", "SET", "requirepass", "default-pass-xyz"]);
+    src.cli(&["-a", "default-pass-xyz", "--no-auth-warning", "SET", "k", "v"]);
+    let secret = env.path("redis-password");
+    std::fs::write(&secret, format!("{PW}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = env.path("cairn.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sources:\n  - name: cache\n    kind: redis\n    url: redis://backup@127.0.0.1:{}\n    password_file: {}\n",
+            src.port,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = env.cairn(&["--config", cfg, "-vv", "backup", "--json", "--source", "cache"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let all = describe(&out);
+    assert!(!all.contains(PW), "the password was printed: {all}");
+    assert_eq!(snapshot_count(&env), 1);
+
+    // The password in the URL works too, and is masked.
+    let url = format!("redis://backup:{PW}@127.0.0.1:{}", src.port);
+    let out = env.cairn(&["-vv", "backup", "redis", "--url", &url]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!describe(&out).contains(PW), "the password was printed: {}", describe(&out));
+
+    let reader = format!("redis://reader@127.0.0.1:{}", src.port);
+    let out =
+        env.cairn(&["backup", "redis", "--url", &reader, "--redis-password-file", secret.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ACL SETUSER reader +psync +replconf +sync"), "{}", describe(&out));
+    assert!(!describe(&out).contains(PW));
+
+    let wrong = env.path("wrong-password");
+    std::fs::write(&wrong, "not-the-password-777").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = env.cairn(&[
+        "backup",
+        "redis",
+        "--url",
+        &format!("redis://backup@127.0.0.1:{}", src.port),
+        "--redis-password-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the login"), "{}", describe(&out));
+    assert!(!describe(&out).contains("not-the-password-777"));
+    assert_eq!(snapshot_count(&env), 2, "failed backups wrote snapshots");
+}
+
+/// SIGTERM while the RDB streams (the server is slowed to a millisecond per
+/// key): exit 143, no snapshot, no lock left.
+#[test]
+fn sigterm_mid_backup_exits_143_without_a_snapshot() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &["--rdb-key-save-delay", "1000"]);
+    src.pipe((0..10_000u64).map(|i| cmd(&[b"SET", format!("key:{i}").as_bytes(), &pseudo_random(i, 100)])));
+    let child = env
+        .cairn_cmd()
+        .args(["backup", "redis", "--url", &src.url()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server's fork is writing keys to cairn: mid-RDB.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while src.info("current_save_keys_processed").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the RDB transfer never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", describe(&out));
+    assert!(started.elapsed() < Duration::from_secs(5), "stopping took {:?}", started.elapsed());
+    assert_eq!(snapshot_count(&env), 0);
+    assert!(repo_files(&env.repo, "locks").is_empty(), "the lock was left behind");
+}
+
+/// A replica backs up like its primary; the snapshot matches the primary.
+#[test]
+fn a_replica_is_backed_up_and_matches_its_primary() {
+    let env = Env::new();
+    env.init();
+    let primary = RedisInstance::start(&env.path("primary"), &[]);
+    primary.pipe(
+        (0..2000u64).map(|i| cmd(&[b"HSET", format!("h:{i}").as_bytes(), b"f", &pseudo_random(i, 64)])),
+    );
+    let replica =
+        RedisInstance::start(&env.path("replica"), &["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica.info("master_link_status").as_deref() != Some("up") || total_keys(&replica) != 2000 {
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let backup = env.cairn_json(&["backup", "--json", "redis", "--url", &replica.url()]);
+    assert_eq!(backup["objects"]["keys"], 2000, "{backup}");
+    let snap = backup["snapshot"].as_str().unwrap();
+    let verify = env.cairn_json(&["verify", "--json", snap, "--against", &primary.url()]);
+    assert_eq!(verify["objects"]["differing"], 0, "{verify}");
+}
+
+/// Refusals and plans write nothing: a dry run, an existing dump.rdb
+/// without --overwrite, a live target; a damaged blob in the repository
+/// stops the restore (exit 4) before any dump.rdb is in place.
+#[test]
+fn restores_refuse_plan_and_stop_at_damage_without_leaving_a_dump() {
+    let env = Env::new();
+    env.init();
+    let redis = cairn_testkit::redis();
+    // The shared server: what it holds does not matter here.
+    redis.cli(&["SET", &format!("restore-test:{}", std::process::id()), &"x".repeat(1000)]);
+    let snap = env.cairn_json(&["backup", "--json", "redis", "--url", &redis.url])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = env.path("data");
+
+    let plan =
+        env.cairn_json(&["restore", "--json", &snap, "--redis-data-dir", dir.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    assert!(plan["details"]["plan"]["rdb_bytes"].as_u64().unwrap() > 0, "{plan}");
+    assert!(!dir.exists(), "a dry run created the directory");
+
+    let out = env.cairn(&["restore", &snap, "--to", "redis://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--redis-data-dir"), "{}", describe(&out));
+    let out = env.cairn(&["restore", &snap, "--redis-data-dir", dir.to_str().unwrap(), "--verify"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --start"), "{}", describe(&out));
+    assert!(!dir.exists(), "a refused restore created the directory");
+
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("dump.rdb"), b"someone's data").unwrap();
+    let out = env.cairn(&["restore", &snap, "--redis-data-dir", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"), "{}", describe(&out));
+    assert_eq!(std::fs::read(dir.join("dump.rdb")).unwrap(), b"someone's data");
+
+    // A big value spans many blobs; damage one in the middle.
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    src.pipe([cmd(&[b"SET", b"big", &pseudo_random(3, 4 << 20)])]);
+    let big = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    damage_blob_of_file(&env, &big, "dump.rdb");
+    let out = env.cairn(&["restore", &big, "--redis-data-dir", dir.to_str().unwrap(), "--overwrite"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("damaged repository object data/"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(std::fs::read(dir.join("dump.rdb")).unwrap(), b"someone's data", "the old file was replaced");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["dump.rdb"], "a partial file was left behind");
+
+    // With --overwrite, an intact snapshot replaces it.
+    env.cairn_ok(&["restore", &snap, "--redis-data-dir", dir.to_str().unwrap(), "--overwrite"]);
+    assert!(std::fs::read(dir.join("dump.rdb")).unwrap().starts_with(b"REDIS00"));
+}
