@@ -16,6 +16,8 @@
 //!   [`reader`] reads a snapshot's files back, every blob verified.
 //! * [`journal`] keeps named logs of whole objects that are never
 //!   deduplicated (PostgreSQL WAL), each entry create-only and verified.
+//! * [`forget`] decides which snapshots a retention policy keeps (restic's rules);
+//!   [`prune`] deletes the data no snapshot needs.
 //! * [`check`] verifies a repository and names what damage affects.
 //! * [`lock`] implements restic-compatible repository locks.
 //!
@@ -26,6 +28,7 @@ pub mod archive;
 pub mod check;
 pub mod chunker;
 mod error;
+pub mod forget;
 pub mod format;
 pub mod gocompat;
 mod id;
@@ -33,6 +36,7 @@ pub mod index;
 pub mod journal;
 pub mod lock;
 pub mod pack;
+pub mod prune;
 pub mod reader;
 pub mod replicate;
 mod repository;

@@ -87,6 +87,22 @@ impl PackBuilder {
         });
     }
 
+    /// Appends a blob that is already encrypted (copied from another pack by
+    /// prune): blobs are sealed independently of their pack, so the bytes
+    /// move as they are.
+    pub fn add_sealed(&mut self, id: Id, kind: BlobType, sealed: &[u8], uncompressed_length: u32) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(sealed);
+        self.hasher.update(sealed);
+        self.blobs.push(PackedBlob {
+            id,
+            kind,
+            offset: (at - self.base) as u32,
+            length: sealed.len() as u32,
+            uncompressed_length,
+        });
+    }
+
     /// Appends another builder's blobs. Blobs are encrypted independently,
     /// so moving them only shifts their offsets.
     pub fn absorb(&mut self, other: PackBuilder) {

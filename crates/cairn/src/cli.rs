@@ -12,6 +12,7 @@ use cairn_source::units::{parse_duration, parse_size};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::output::LogFormat;
+use cairn_repo::forget::KeepDuration;
 
 /// The whole command line: the static part plus every adapter's.
 pub fn command(registry: &Registry) -> clap::Command {
@@ -99,6 +100,119 @@ pub enum Command {
     Wal(WalArgs),
     /// Manage the DynamoDB snapshot catalog (catalog_table / CAIRN_CATALOG_TABLE).
     Catalog(CatalogArgs),
+    /// Remove snapshots by a retention policy (restic's --keep-* rules) or by id.
+    Forget(ForgetArgs),
+    /// Delete the data no snapshot references and repack partly used packs.
+    Prune(PruneArgs),
+}
+
+/// A retention policy on the command line (restic's flags and meanings).
+#[derive(Debug, Args, Clone, Default)]
+pub struct PolicyArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest days that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest months that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest years that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot newer than the newest one minus this (e.g. 1y6m, 14d, 36h).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<KeepDuration>,
+    /// Keep the newest snapshot of every hour within this duration of the newest snapshot.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_hourly: Option<KeepDuration>,
+    /// Keep the newest snapshot of every day within this duration of the newest snapshot.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_daily: Option<KeepDuration>,
+    /// Keep the newest snapshot of every week within this duration of the newest snapshot.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_weekly: Option<KeepDuration>,
+    /// Keep the newest snapshot of every month within this duration of the newest snapshot.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_monthly: Option<KeepDuration>,
+    /// Keep the newest snapshot of every year within this duration of the newest snapshot.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_yearly: Option<KeepDuration>,
+    /// Keep snapshots that carry all of these tags (comma-separated; repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG[,TAG...]")]
+    pub keep_tags: Vec<String>,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> cairn_repo::forget::Policy {
+        let n = |v: Option<u32>| v.unwrap_or(0);
+        let d = |v: Option<KeepDuration>| v.unwrap_or_default();
+        cairn_repo::forget::Policy {
+            keep_last: n(self.keep_last),
+            keep_hourly: n(self.keep_hourly),
+            keep_daily: n(self.keep_daily),
+            keep_weekly: n(self.keep_weekly),
+            keep_monthly: n(self.keep_monthly),
+            keep_yearly: n(self.keep_yearly),
+            keep_within: d(self.keep_within),
+            keep_within_hourly: d(self.keep_within_hourly),
+            keep_within_daily: d(self.keep_within_daily),
+            keep_within_weekly: d(self.keep_within_weekly),
+            keep_within_monthly: d(self.keep_within_monthly),
+            keep_within_yearly: d(self.keep_within_yearly),
+            keep_tags: self.keep_tags.iter().map(|t| cairn_repo::forget::Policy::tag_list(t)).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshots to forget (ids or unique prefixes) instead of a policy.
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Apply the policy to each group of snapshots with the same host,
+    /// paths, tags and/or source name (comma-separated; '' for one group).
+    #[arg(long, short = 'g', default_value = "host,paths", value_name = "GROUPING")]
+    pub group_by: String,
+    /// Show what would be removed; remove nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Prune afterwards when snapshots were removed (the prune options apply).
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_options: PruneOptionArgs,
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
+}
+
+/// How much `prune` repacks.
+#[derive(Debug, Args, Clone)]
+pub struct PruneOptionArgs {
+    /// Unused space to tolerate in partly used packs: a share of the used
+    /// data (`5%`), a size (`2GiB`), or `unlimited` (repack nothing).
+    #[arg(long, default_value = "5%", value_name = "PERCENT|SIZE")]
+    pub max_unused: String,
+    /// Repack at most this much (pack bytes) in one run (e.g. 10GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_repack_size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show the plan (packs to delete and repack, bytes freed); change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub options: PruneOptionArgs,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! and turns the outcome into an exit code.
 
 mod backup;
+mod forget;
 mod postgres;
 mod replicate;
 mod repo;
@@ -94,6 +95,8 @@ fn job_name(command: &Command) -> &'static str {
         Command::WalFetch(_) => "wal-fetch",
         Command::Wal(_) => "wal",
         Command::Catalog(_) => "catalog",
+        Command::Forget(_) => "forget",
+        Command::Prune(_) => "prune",
     }
 }
 
@@ -129,6 +132,8 @@ pub async fn run(cli: Cli, matches: clap::ArgMatches, registry: Registry) -> u8 
         Command::WalFetch(args) => postgres::wal_fetch(&ctx, args).await,
         Command::Wal(args) => postgres::wal(&ctx, args).await,
         Command::Catalog(args) => repo::catalog(&ctx, args).await,
+        Command::Forget(args) => forget::forget(&ctx, args).await,
+        Command::Prune(args) => forget::prune(&ctx, args).await,
     };
     match result {
         Ok(code) => code,
