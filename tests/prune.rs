@@ -25,8 +25,11 @@ fn night_tree(root: &Path, n: u64) {
     }
     for night in n.saturating_sub(1).max(1)..=n {
         for k in 0..12 {
-            std::fs::write(root.join(format!("nightly/n{night}-{k}")), pseudo_random(night * 100 + k, 60_000))
-                .unwrap();
+            std::fs::write(
+                root.join(format!("nightly/n{night}-{k}")),
+                pseudo_random(night * 100 + k, 60_000),
+            )
+            .unwrap();
         }
     }
     std::fs::write(root.join("night.txt"), format!("night {n}\n")).unwrap();
@@ -39,7 +42,8 @@ fn nightly_backups(env: &Env, nights: u64) -> Vec<String> {
     (1..=nights)
         .map(|n| {
             night_tree(&src, n);
-            let v = env.cairn_json(&["backup", "--json", "volume", "--pack-size", "1", src.to_str().unwrap()]);
+            let v =
+                env.cairn_json(&["backup", "--json", "volume", "--pack-size", "1", src.to_str().unwrap()]);
             v["snapshot"].as_str().unwrap().to_string()
         })
         .collect()
@@ -133,7 +137,8 @@ fn max_unused_unlimited_only_deletes_wholly_unused_packs_and_forget_prune_runs_b
     let env = Env::new();
     env.init();
     nightly_backups(&env, 4);
-    let report = env.cairn_json(&["forget", "--json", "--keep-last", "1", "--prune", "--max-unused", "unlimited"]);
+    let report =
+        env.cairn_json(&["forget", "--json", "--keep-last", "1", "--prune", "--max-unused", "unlimited"]);
     // With --json, forget prints its groups and prune its report: the last line is prune's.
     assert_eq!(report["job"], "prune", "{report}");
     assert_eq!(report["objects"]["packs_repack"], 0, "{report}");
@@ -181,7 +186,10 @@ fn kill_9_before_every_step_leaves_a_checkable_repository_and_a_rerun_finishes()
                 break;
             }
         }
-        assert!(seen.last().is_some_and(|l| l.contains("paused before")), "{step}: prune never paused: {seen:?}");
+        assert!(
+            seen.last().is_some_and(|l| l.contains("paused before")),
+            "{step}: prune never paused: {seen:?}"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
 
@@ -250,11 +258,7 @@ fn backups_racing_a_prune_either_wait_their_turn_or_succeed_and_check_passes() {
         }
     }
     let pruned = pruner.join().unwrap();
-    assert!(
-        pruned.status.success() || pruned.status.code() == Some(11),
-        "prune: {}",
-        describe(&pruned)
-    );
+    assert!(pruned.status.success() || pruned.status.code() == Some(11), "prune: {}", describe(&pruned));
     env.cairn_ok(&["prune"]);
     both_checks_pass(&env);
     for (id, n) in saved {

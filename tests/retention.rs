@@ -62,7 +62,8 @@ fn histories() -> Vec<History> {
         for _ in 0..14 {
             t += Duration::hours(5) + Duration::minutes(rng.next(30) as i64);
             // Skip wall times that do not exist on the spring change day.
-            if t.date() == NaiveDate::from_ymd_opt(2026, 3, 29).unwrap() && t.format("%H").to_string() == "02" {
+            if t.date() == NaiveDate::from_ymd_opt(2026, 3, 29).unwrap() && t.format("%H").to_string() == "02"
+            {
                 continue;
             }
             berlin.push(stamp(t));
@@ -98,7 +99,9 @@ fn outcome(json: &serde_json::Value) -> Outcome {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|r| format!("{} {} {}", r["snapshot"]["time"].as_str().unwrap(), r["matches"], r["counters"]))
+            .map(|r| {
+                format!("{} {} {}", r["snapshot"]["time"].as_str().unwrap(), r["matches"], r["counters"])
+            })
             .collect();
         reasons.sort();
         out.insert(key, (ids(&g["keep"]), ids(&g["remove"]), reasons));
@@ -172,7 +175,11 @@ fn forget_keeps_and_removes_what_restic_does_for_many_policies() {
         assert!(cairn.status.success(), "cairn {args:?}: {}", describe(&cairn));
         let cairn: serde_json::Value = serde_json::from_slice(&cairn.stdout).unwrap();
         let (expected, actual) = (outcome(&restic), outcome(&cairn));
-        assert_eq!(expected.keys().collect::<Vec<_>>(), actual.keys().collect::<Vec<_>>(), "groups for {policy:?}");
+        assert_eq!(
+            expected.keys().collect::<Vec<_>>(),
+            actual.keys().collect::<Vec<_>>(),
+            "groups for {policy:?}"
+        );
         for (group, want) in &expected {
             assert_eq!(&actual[group], want, "policy {policy:?}, group {group}");
         }
@@ -192,7 +199,13 @@ fn forget_removes_by_policy_or_id_and_refuses_bad_input() {
     std::fs::create_dir_all(&src).unwrap();
     for day in 1..=4 {
         std::fs::write(src.join("f"), format!("{day}")).unwrap();
-        env.restic_ok(&["backup", "-q", "--time", &format!("2026-02-0{day} 12:00:00"), src.to_str().unwrap()]);
+        env.restic_ok(&[
+            "backup",
+            "-q",
+            "--time",
+            &format!("2026-02-0{day} 12:00:00"),
+            src.to_str().unwrap(),
+        ]);
     }
     let ids = |env: &Env| -> Vec<String> {
         env.cairn_json(&["snapshots", "--json"])

@@ -267,7 +267,9 @@ fn cutoff(latest: &DateTime<FixedOffset>, d: &KeepDuration, zone: &dyn Zone) -> 
     let utc = if in_local_zone {
         resolve_in_zone(zone, stepped)
     } else {
-        Utc.from_utc_datetime(&(stepped - chrono::Duration::seconds(latest.offset().local_minus_utc() as i64)))
+        Utc.from_utc_datetime(
+            &(stepped - chrono::Duration::seconds(latest.offset().local_minus_utc() as i64)),
+        )
     };
     utc - chrono::Duration::hours(d.hours as i64)
 }
@@ -543,7 +545,8 @@ mod tests {
     #[test]
     fn buckets_use_the_recorded_local_time_not_utc() {
         // 23:30 UTC on Jan 1 is 00:30 on Jan 2 at +01:00.
-        let mut list = vec![snap(1, "2026-01-02T00:30:00+01:00", &[]), snap(2, "2026-01-01T22:00:00+00:00", &[])];
+        let mut list =
+            vec![snap(1, "2026-01-02T00:30:00+01:00", &[]), snap(2, "2026-01-01T22:00:00+00:00", &[])];
         let daily = Policy { keep_daily: 5, ..Policy::default() };
         assert_eq!(kept(&mut list, &daily, &UTC), vec![1, 2]);
         // Read as UTC both would be Jan 1 and only one kept.
@@ -604,7 +607,8 @@ mod tests {
         assert_eq!(cutoff(&latest, &two_days, &Berlin), Utc.with_ymd_and_hms(2026, 3, 28, 11, 0, 0).unwrap());
         // The same offset read in another zone stays fixed: 10:00 UTC.
         assert_eq!(cutoff(&latest, &two_days, &UTC), Utc.with_ymd_and_hms(2026, 3, 28, 10, 0, 0).unwrap());
-        let mut list = vec![snap(1, "2026-03-28T11:30:00+01:00", &[]), snap(2, "2026-03-30T12:00:00+02:00", &[])];
+        let mut list =
+            vec![snap(1, "2026-03-28T11:30:00+01:00", &[]), snap(2, "2026-03-30T12:00:00+02:00", &[])];
         let p = Policy { keep_within: two_days, ..Policy::default() };
         assert_eq!(kept(&mut list, &p, &Berlin), vec![2]);
         assert_eq!(kept(&mut list, &p, &UTC), vec![2, 1]);
@@ -632,7 +636,8 @@ mod tests {
             snap(2, "2026-01-02T00:00:00Z", &["a"]),
             snap(3, "2026-01-03T00:00:00Z", &[]),
         ];
-        let p = Policy { keep_tags: vec![Policy::tag_list("a, b"), Policy::tag_list("")], ..Policy::default() };
+        let p =
+            Policy { keep_tags: vec![Policy::tag_list("a, b"), Policy::tag_list("")], ..Policy::default() };
         let d = apply(&mut list, &p, now(), &UTC);
         let ids: Vec<u8> = d.keep.iter().map(|&i| list[i].0.0[0]).collect();
         assert_eq!(ids, vec![3, 1]);

@@ -189,7 +189,8 @@ impl Plan {
     }
     /// Bytes the run frees (repacked packs less what their used blobs take again).
     pub fn bytes_freed(&self) -> u64 {
-        self.bytes(PackFate::Delete) + self.unindexed.iter().map(|u| u.1).sum::<u64>()
+        self.bytes(PackFate::Delete)
+            + self.unindexed.iter().map(|u| u.1).sum::<u64>()
             + self.bytes(PackFate::Repack).saturating_sub(self.repack_used_bytes())
     }
     /// Nothing to delete or rewrite, and no index to merge.
@@ -199,7 +200,11 @@ impl Plan {
 }
 
 /// Builds the plan. `stop` is asked between steps of the tree walk.
-pub async fn plan(repo: &Repository, options: &PruneOptions, stop: &(dyn Fn() -> bool + Sync)) -> Result<Plan> {
+pub async fn plan(
+    repo: &Repository,
+    options: &PruneOptions,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Plan> {
     // Snapshots before indexes (section 4): every listed snapshot's index is there.
     let (snapshots, damaged) = repo.snapshots().await?;
     if let Some(e) = damaged.into_iter().next() {
@@ -268,7 +273,8 @@ pub async fn plan(repo: &Repository, options: &PruneOptions, stop: &(dyn Fn() ->
 
     // Mark what the snapshots use: the first copy of each blob.
     let trees = Arc::new(trees);
-    let find = |table: &[BlobEntry], id: &Id, tree: bool| table.binary_search_by(|e| e.key().cmp(&(*id, tree))).ok();
+    let find =
+        |table: &[BlobEntry], id: &Id, tree: bool| table.binary_search_by(|e| e.key().cmp(&(*id, tree))).ok();
     let first = |table: &[BlobEntry], mut at: usize| {
         while at > 0 && table[at - 1].key() == table[at].key() {
             at -= 1;
@@ -353,7 +359,8 @@ pub async fn plan(repo: &Repository, options: &PruneOptions, stop: &(dyn Fn() ->
         let (a, b) = (&packs[a], &packs[b]);
         b.tree.cmp(&a.tree).then_with(|| {
             // unused/used, highest first, without floating point.
-            (b.unused_bytes as u128 * a.used_bytes as u128).cmp(&(a.unused_bytes as u128 * b.used_bytes as u128))
+            (b.unused_bytes as u128 * a.used_bytes as u128)
+                .cmp(&(a.unused_bytes as u128 * b.used_bytes as u128))
         })
     });
     let mut repack_bytes = 0u64;
@@ -369,7 +376,8 @@ pub async fn plan(repo: &Repository, options: &PruneOptions, stop: &(dyn Fn() ->
         }
     }
     plan.unused_after = unused_left;
-    plan.unindexed = stored.iter().filter(|(id, _)| !pack_numbers.contains_key(id)).map(|(i, s)| (*i, *s)).collect();
+    plan.unindexed =
+        stored.iter().filter(|(id, _)| !pack_numbers.contains_key(id)).map(|(i, s)| (*i, *s)).collect();
     plan.unindexed.sort();
     plan.memory_bytes = (table.capacity() * std::mem::size_of::<BlobEntry>()
         + packs.capacity() * std::mem::size_of::<PackPlan>()
@@ -410,7 +418,12 @@ pub struct Hooks<'a> {
 }
 
 /// Carries the plan out (the caller holds the exclusive lock).
-pub async fn execute(repo: &Repository, plan: &Plan, options: &PruneOptions, hooks: &Hooks<'_>) -> Result<Outcome> {
+pub async fn execute(
+    repo: &Repository,
+    plan: &Plan,
+    options: &PruneOptions,
+    hooks: &Hooks<'_>,
+) -> Result<Outcome> {
     let mut out = Outcome::default();
     if plan.is_noop() && plan.index_files.len() <= 1 {
         return Ok(out);
@@ -431,10 +444,14 @@ pub async fn execute(repo: &Repository, plan: &Plan, options: &PruneOptions, hoo
         let bytes = repo.backend().get(&handle, None).await?;
         out.bytes_read += bytes.len() as u64;
         if Id::hash(&bytes) != p.id {
-            return Err(RepoError::damaged(handle.path(), "content does not match its SHA-256 name; nothing was pruned"));
+            return Err(RepoError::damaged(
+                handle.path(),
+                "content does not match its SHA-256 name; nothing was pruned",
+            ));
         }
         let key = repo.key().clone();
-        let used: std::collections::HashSet<(Id, bool)> = wanted.remove(&n).unwrap_or_default().into_iter().collect();
+        let used: std::collections::HashSet<(Id, bool)> =
+            wanted.remove(&n).unwrap_or_default().into_iter().collect();
         let bytes_for_check = bytes.clone();
         let blobs = tokio::task::spawn_blocking(move || -> Result<Vec<PackedBlob>> {
             let header = crate::pack::parse_pack(&key, &bytes_for_check)
@@ -459,7 +476,12 @@ pub async fn execute(repo: &Repository, plan: &Plan, options: &PruneOptions, hoo
                 keep.push(b);
             }
             if let Some((id, _)) = used.into_iter().next() {
-                return Err(RepoError::damaged(handle.path(), format!("the index lists blob {id} in this pack but its header does not; nothing was pruned")));
+                return Err(RepoError::damaged(
+                    handle.path(),
+                    format!(
+                        "the index lists blob {id} in this pack but its header does not; nothing was pruned"
+                    ),
+                ));
             }
             Ok(keep)
         })
@@ -468,7 +490,12 @@ pub async fn execute(repo: &Repository, plan: &Plan, options: &PruneOptions, hoo
         for b in blobs {
             let slot = &mut builders[(b.kind == BlobType::Tree) as usize];
             let builder = slot.get_or_insert_with(|| PackBuilder::new(options.pack_size + (1 << 20)));
-            builder.add_sealed(b.id, b.kind, &bytes[b.offset as usize..(b.offset + b.length) as usize], b.uncompressed_length);
+            builder.add_sealed(
+                b.id,
+                b.kind,
+                &bytes[b.offset as usize..(b.offset + b.length) as usize],
+                b.uncompressed_length,
+            );
             if builder.len() >= options.pack_size {
                 let full = slot.take().expect("just filled");
                 new_packs.push(upload(repo, full, &mut out).await?);
@@ -576,7 +603,9 @@ async fn upload(repo: &Repository, builder: PackBuilder, out: &mut Outcome) -> R
     let pack = builder.finish(repo.key());
     let opts = PutOptions { sha256: Some(pack.id.0), ..PutOptions::default() };
     out.bytes_written += pack.bytes.len() as u64;
-    repo.backend().put(&Handle::new(FileType::Pack, pack.id.to_hex()), Bytes::clone(&pack.bytes), opts).await?;
+    repo.backend()
+        .put(&Handle::new(FileType::Pack, pack.id.to_hex()), Bytes::clone(&pack.bytes), opts)
+        .await?;
     out.packs_written += 1;
     Ok((pack.id, pack.blobs))
 }

@@ -76,7 +76,8 @@ pub async fn forget(ctx: &Context, args: ForgetArgs) -> Result<u8> {
     }
     let prune_options = if args.prune { Some(prune_options(&args.prune_options)?) } else { None };
     let repo = ctx.open().await?;
-    let removed = locked(ctx, &repo, !args.dry_run, forget_locked(ctx, &repo, &args, &policy, group_by)).await?;
+    let removed =
+        locked(ctx, &repo, !args.dry_run, forget_locked(ctx, &repo, &args, &policy, group_by)).await?;
     let Some(options) = prune_options else { return Ok(exit::SUCCESS) };
     if removed == 0 && !args.dry_run {
         tracing::info!("no snapshot was removed; not pruning");
@@ -105,7 +106,11 @@ async fn forget_locked(
         }
         if !ctx.json() {
             for id in &doomed {
-                println!("{} snapshot {}", if args.dry_run { "would remove" } else { "removing" }, id.short());
+                println!(
+                    "{} snapshot {}",
+                    if args.dry_run { "would remove" } else { "removing" },
+                    id.short()
+                );
             }
         }
     } else {
@@ -125,7 +130,12 @@ async fn forget_locked(
                 println!("keep {} snapshots:", decision.keep.len());
                 for r in &decision.reasons {
                     let (id, s) = &list[r.snapshot];
-                    println!("  {}  {}  {}", id.short(), s.time.format("%Y-%m-%d %H:%M:%S %:z"), r.matches.join(", "));
+                    println!(
+                        "  {}  {}  {}",
+                        id.short(),
+                        s.time.format("%Y-%m-%d %H:%M:%S %:z"),
+                        r.matches.join(", ")
+                    );
                 }
                 if !decision.remove.is_empty() {
                     println!("remove {} snapshots:", decision.remove.len());
@@ -159,7 +169,12 @@ async fn forget_locked(
         }
     }
     if !failed.is_empty() {
-        bail!("{} of {} snapshots could not be removed; the first: {}", failed.len(), doomed.len(), failed[0]);
+        bail!(
+            "{} of {} snapshots could not be removed; the first: {}",
+            failed.len(),
+            doomed.len(),
+            failed[0]
+        );
     }
     if !ctx.json() {
         println!("removed {} snapshots", doomed.len());
@@ -174,10 +189,16 @@ fn prune_options(args: &PruneOptionArgs) -> Result<PruneOptions> {
     } else if let Some(p) = text.strip_suffix('%') {
         match p.trim().parse::<f64>() {
             Ok(p) if (0.0..=100.0).contains(&p) => MaxUnused::Percent(p),
-            _ => return Err(usage(format!("--max-unused {text:?}: a percentage from 0% to 100%, a size or `unlimited`"))),
+            _ => {
+                return Err(usage(format!(
+                    "--max-unused {text:?}: a percentage from 0% to 100%, a size or `unlimited`"
+                )));
+            }
         }
     } else {
-        MaxUnused::Bytes(cairn_source::units::parse_size(text).map_err(|e| usage(format!("--max-unused: {e}")))?)
+        MaxUnused::Bytes(
+            cairn_source::units::parse_size(text).map_err(|e| usage(format!("--max-unused: {e}")))?,
+        )
     };
     Ok(PruneOptions { max_unused, max_repack_bytes: args.max_repack_size, ..PruneOptions::default() })
 }
@@ -200,26 +221,40 @@ fn pause_hook(step: Step) {
 }
 
 /// Plans and (unless a dry run) prunes under the exclusive lock; the report.
-pub async fn run_prune(ctx: &Context, repo: &Repository, options: &PruneOptions, dry_run: bool) -> Result<JobReport> {
+pub async fn run_prune(
+    ctx: &Context,
+    repo: &Repository,
+    options: &PruneOptions,
+    dry_run: bool,
+) -> Result<JobReport> {
     let mut job = JobReport::start("prune");
     job.dry_run = dry_run;
     let stop = ctx.stop.clone();
     let is_stopped = move || stop.is_stopped();
     let (plan, outcome) = locked(ctx, repo, !dry_run, async {
-        let plan = ctx.stop.race(async { Ok::<_, EngineError>(prune::plan(repo, options, &is_stopped).await?) }).await?;
+        let plan = ctx
+            .stop
+            .race(async { Ok::<_, EngineError>(prune::plan(repo, options, &is_stopped).await?) })
+            .await?;
         let outcome = if dry_run {
             None
         } else {
-            let hooks = Hooks { stop: &is_stopped, step: &|s| {
-                tracing::info!(step = s.name(), "prune");
-                pause_hook(s);
-            } };
+            let hooks = Hooks {
+                stop: &is_stopped,
+                step: &|s| {
+                    tracing::info!(step = s.name(), "prune");
+                    pause_hook(s);
+                },
+            };
             Some(prune::execute(repo, &plan, options, &hooks).await?)
         };
         Ok((plan, outcome))
     })
     .await?;
-    let freed = outcome.as_ref().map(|o| o.bytes_deleted.saturating_sub(o.bytes_written)).unwrap_or(plan.bytes_freed());
+    let freed = outcome
+        .as_ref()
+        .map(|o| o.bytes_deleted.saturating_sub(o.bytes_written))
+        .unwrap_or(plan.bytes_freed());
     job.objects = [
         ("snapshots", plan.snapshots as u64),
         ("packs", plan.packs.len() as u64),
@@ -247,7 +282,8 @@ pub async fn run_prune(ctx: &Context, repo: &Repository, options: &PruneOptions,
         ] {
             job.objects.insert(k.into(), v as u64);
         }
-        job.warnings.extend(o.deferred.iter().map(|d| format!("not deleted yet (a later prune retries): {d}")));
+        job.warnings
+            .extend(o.deferred.iter().map(|d| format!("not deleted yet (a later prune retries): {d}")));
     }
     job.details = serde_json::json!({
         "used_bytes": plan.used_bytes,
@@ -275,7 +311,9 @@ pub async fn run_prune(ctx: &Context, repo: &Repository, options: &PruneOptions,
         plan.unindexed.len(),
         if dry_run { "would free" } else { "freed" },
         bytes(freed),
-        if dry_run { " (dry run: nothing changed)".to_string() } else {
+        if dry_run {
+            " (dry run: nothing changed)".to_string()
+        } else {
             format!("; {} unused bytes remain", bytes(plan.unused_after))
         },
     );
