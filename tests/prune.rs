@@ -265,3 +265,38 @@ fn backups_racing_a_prune_either_wait_their_turn_or_succeed_and_check_passes() {
         restores_identically(&env, &id, n, &format!("raced-{n}"));
     }
 }
+
+#[test]
+fn a_sources_retention_is_applied_after_each_backup_and_prunes() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let config = env.path("cairn.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sources:\n  - name: site\n    kind: volume\n    paths: [\"{}\"]\n    pack_size: 1\n    retention:\n      keep_last: 2\n      prune: true\n",
+            src.display()
+        ),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        night_tree(&src, n);
+        let v = env.cairn_json(&["--config", config.to_str().unwrap(), "backup", "--json", "--source", "site"]);
+        assert_eq!(v["exit_code"], 0, "{v}");
+        ids.push(v["snapshot"].as_str().unwrap().to_string());
+        if n >= 3 {
+            assert_eq!(v["details"]["retention"]["removed"], serde_json::json!([ids[n as usize - 3]]), "{v}");
+            assert!(v["details"]["retention"]["prune"]["objects"]["packs"].as_u64().unwrap() > 0, "{v}");
+        }
+    }
+    assert_eq!(snapshot_ids(&env), ids[2..].to_vec());
+    both_checks_pass(&env);
+    restores_identically(&env, &ids[3], 4, "retained");
+    // A policy that keeps everything is refused when the file is read.
+    std::fs::write(&config, "sources:\n  - name: site\n    kind: volume\n    paths: [/x]\n    retention: {prune: true}\n")
+        .unwrap();
+    let out = env.cairn(&["--config", config.to_str().unwrap(), "backup", "--source", "site"]);
+    assert!(!out.status.success() && describe(&out).contains("retention"), "{}", describe(&out));
+}

@@ -97,6 +97,17 @@ pub struct SourceConfig {
     pub tags: Vec<String>,
     /// The kind's own keys, as written (not yet interpolated).
     pub keys: serde_yaml::Value,
+    /// `retention:` — applied after every successful backup of the source.
+    pub retention: Option<Retention>,
+}
+
+/// A source's `retention:`: restic's policy keys (`keep_last`, `keep_daily`,
+/// `keep_within: 30d`, `keep_tags: [[monthly]]`, …) and `prune: true` to
+/// prune after forgetting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    pub policy: cairn_repo::forget::Policy,
+    pub prune: bool,
 }
 
 /// The keys every source has, whatever its kind.
@@ -204,6 +215,28 @@ impl Config {
                     common.insert(key.into(), v);
                 }
             }
+            let in_source = |message: String| ConfigError::Parse {
+                path: path.into(),
+                message: format!("sources[{i}].retention: {message}"),
+            };
+            let retention = match keys.remove("retention") {
+                None | Some(serde_yaml::Value::Null) => None,
+                Some(serde_yaml::Value::Mapping(mut r)) => {
+                    let prune = match r.remove("prune") {
+                        None => false,
+                        Some(serde_yaml::Value::Bool(b)) => b,
+                        Some(_) => return Err(in_source("prune: must be true or false".into())),
+                    };
+                    let policy: cairn_repo::forget::Policy =
+                        cairn_source::config::from_value(serde_yaml::Value::Mapping(r), path, env)
+                            .map_err(|e| in_source(e.to_string()))?;
+                    if policy.is_empty() {
+                        return Err(in_source("no keep_* rule: it would keep everything".into()));
+                    }
+                    Some(Retention { policy, prune })
+                }
+                Some(_) => return Err(in_source("must be a mapping (keep_daily: 7, …)".into())),
+            };
             let common: CommonKeys =
                 cairn_source::config::from_value(serde_yaml::Value::Mapping(common), path, env).map_err(
                     |e| match e {
@@ -219,6 +252,7 @@ impl Config {
                 host: common.host,
                 tags: common.tags,
                 keys: serde_yaml::Value::Mapping(keys),
+                retention,
             });
         }
         cfg.path = path.to_path_buf();
@@ -254,7 +288,14 @@ mod tests {
         )
         .unwrap();
         let source =
-            SourceConfig { name: "db".into(), kind: "postgres".into(), host: None, tags: vec![], keys };
+            SourceConfig {
+            name: "db".into(),
+            kind: "postgres".into(),
+            host: None,
+            tags: vec![],
+            keys,
+            retention: None,
+        };
         let cfg = Config {
             repository: Some("s3:https://AKIA:hunter4@host/bucket".into()),
             replicas: vec!["rest:https://u:hunter5@host/".into()],

@@ -11,6 +11,7 @@ use crate::output::Ticker;
 pub async fn run(ctx: &Context, args: BackupArgs, matches: &clap::ArgMatches) -> Result<u8> {
     let registry = &ctx.registry;
     let file_host = ctx.config.as_ref().and_then(|c| c.host.clone());
+    let retention = args.source.as_ref().and_then(|name| ctx.config.as_ref()?.source(name).ok()?.retention.clone());
     let (kind, settings, source_name, source_host, mut tags) = match (matches.subcommand(), &args.source) {
         (Some((kind, flags)), None) => {
             let source = registry.get(kind).expect("clap only offers registered kinds");
@@ -50,10 +51,10 @@ pub async fn run(ctx: &Context, args: BackupArgs, matches: &clap::ArgMatches) ->
     tags.extend(args.tags.iter().cloned());
     let engine = ctx.engine()?;
     let ticker = Ticker::job(ctx.progress, "backup", engine.progress());
-    let report = engine
+    let mut report = engine
         .backup(BackupRequest {
             kind,
-            source_name,
+            source_name: source_name.clone(),
             settings,
             tags,
             host: args.host.clone().or(source_host).or(file_host),
@@ -61,5 +62,16 @@ pub async fn run(ctx: &Context, args: BackupArgs, matches: &clap::ArgMatches) ->
         })
         .await;
     ticker.finish();
+    if let (Some(retention), Some(name), true) =
+        (retention, source_name, matches!(report.exit_code, crate::exit::SUCCESS | crate::exit::PARTIAL))
+    {
+        match super::forget::after_backup(ctx, &name, &retention).await {
+            Ok(details) => report.details["retention"] = details,
+            Err(e) => {
+                report.errors.push(format!("the snapshot is saved, but applying the source's retention failed: {e:#}"));
+                report.exit_code = crate::exit::code_for(&e, ctx.stop.reason().as_ref()).max(crate::exit::FAILURE);
+            }
+        }
+    }
     Ok(print_report(ctx, &report))
 }

@@ -182,6 +182,33 @@ async fn forget_locked(
     Ok(doomed.len())
 }
 
+/// A source's `retention:` after its backup: forget among that source's
+/// snapshots (one group), then prune if asked; the facts for the report.
+pub async fn after_backup(ctx: &Context, source: &str, retention: &crate::config::Retention) -> Result<serde_json::Value> {
+    let repo = ctx.open().await?;
+    let filter = cairn_repo::SnapshotFilter { sources: vec![source.to_string()], ..Default::default() };
+    let removed = locked(ctx, &repo, true, async {
+        let (all, _) = repo.snapshots().await?;
+        let mut list: Vec<_> = all.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+        let decision = forget::apply(&mut list, &retention.policy, chrono::Utc::now(), &LocalZone);
+        let mut removed = Vec::new();
+        for &i in &decision.remove {
+            let id = list[i].0;
+            repo.backend().delete(&Handle::new(FileType::Snapshot, id.to_hex())).await?;
+            removed.push(id.to_hex());
+        }
+        Ok(removed)
+    })
+    .await?;
+    tracing::info!(source, removed = removed.len(), "retention applied");
+    let mut details = serde_json::json!({ "removed": removed });
+    if retention.prune && !removed.is_empty() {
+        let report = run_prune(ctx, &repo, &PruneOptions::default(), false).await?;
+        details["prune"] = serde_json::json!({ "objects": report.objects, "details": report.details, "warnings": report.warnings });
+    }
+    Ok(details)
+}
+
 fn prune_options(args: &PruneOptionArgs) -> Result<PruneOptions> {
     let text = args.max_unused.trim();
     let max_unused = if text == "unlimited" {
