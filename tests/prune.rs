@@ -283,7 +283,8 @@ fn a_sources_retention_is_applied_after_each_backup_and_prunes() {
     let mut ids = Vec::new();
     for n in 1..=4 {
         night_tree(&src, n);
-        let v = env.cairn_json(&["--config", config.to_str().unwrap(), "backup", "--json", "--source", "site"]);
+        let v =
+            env.cairn_json(&["--config", config.to_str().unwrap(), "backup", "--json", "--source", "site"]);
         assert_eq!(v["exit_code"], 0, "{v}");
         ids.push(v["snapshot"].as_str().unwrap().to_string());
         if n >= 3 {
@@ -294,9 +295,31 @@ fn a_sources_retention_is_applied_after_each_backup_and_prunes() {
     assert_eq!(snapshot_ids(&env), ids[2..].to_vec());
     both_checks_pass(&env);
     restores_identically(&env, &ids[3], 4, "retained");
-    // A policy that keeps everything is refused when the file is read.
-    std::fs::write(&config, "sources:\n  - name: site\n    kind: volume\n    paths: [/x]\n    retention: {prune: true}\n")
+    // The shipped policies parse, and a named one is found beside cairn.yaml.
+    std::fs::create_dir_all(env.path("policies")).unwrap();
+    for name in ["nightly", "hourly"] {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../policies/{name}.yaml"));
+        std::fs::copy(shipped, env.path(&format!("policies/{name}.yaml"))).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "sources:\n  - name: site\n    kind: volume\n    paths: [\"{}\"]\n    retention: {name}\n",
+                src.display()
+            ),
+        )
         .unwrap();
+        let v =
+            env.cairn_json(&["--config", config.to_str().unwrap(), "backup", "--json", "--source", "site"]);
+        assert_eq!(v["exit_code"], 0, "{v}");
+        assert!(v["details"]["retention"]["removed"].is_array(), "{v}");
+    }
+    both_checks_pass(&env);
+    // A policy that keeps everything is refused when the file is read.
+    std::fs::write(
+        &config,
+        "sources:\n  - name: site\n    kind: volume\n    paths: [/x]\n    retention: {prune: true}\n",
+    )
+    .unwrap();
     let out = env.cairn(&["--config", config.to_str().unwrap(), "backup", "--source", "site"]);
     assert!(!out.status.success() && describe(&out).contains("retention"), "{}", describe(&out));
 }

@@ -110,6 +110,17 @@ pub struct Retention {
     pub prune: bool,
 }
 
+/// `retention: NAME`: the mapping in `policies/NAME.yaml` beside the config file.
+fn named_policy(config: &Path, name: &str) -> Result<serde_yaml::Value, String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("{name:?} is not a policy name (letters, digits, '-', '_')"));
+    }
+    let file = config.parent().unwrap_or(Path::new(".")).join("policies").join(format!("{name}.yaml"));
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| format!("policy {name:?}: {}: {e}", file.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
 /// The keys every source has, whatever its kind.
 #[derive(Deserialize)]
 struct CommonKeys {
@@ -219,7 +230,11 @@ impl Config {
                 path: path.into(),
                 message: format!("sources[{i}].retention: {message}"),
             };
-            let retention = match keys.remove("retention") {
+            let mut retention = keys.remove("retention");
+            if let Some(serde_yaml::Value::String(name)) = &retention {
+                retention = Some(named_policy(path, name).map_err(in_source)?);
+            }
+            let retention = match retention {
                 None | Some(serde_yaml::Value::Null) => None,
                 Some(serde_yaml::Value::Mapping(mut r)) => {
                     let prune = match r.remove("prune") {
@@ -235,7 +250,9 @@ impl Config {
                     }
                     Some(Retention { policy, prune })
                 }
-                Some(_) => return Err(in_source("must be a mapping (keep_daily: 7, …)".into())),
+                Some(_) => {
+                    return Err(in_source("must be a mapping (keep_daily: 7, …) or a policy name".into()));
+                }
             };
             let common: CommonKeys =
                 cairn_source::config::from_value(serde_yaml::Value::Mapping(common), path, env).map_err(
@@ -287,8 +304,7 @@ mod tests {
             "url: postgresql://backup:hunter2@db.internal/app?sslpassword=hunter3\npassword_file: /etc/cairn/pg-password\n",
         )
         .unwrap();
-        let source =
-            SourceConfig {
+        let source = SourceConfig {
             name: "db".into(),
             kind: "postgres".into(),
             host: None,

@@ -11,7 +11,8 @@ use crate::output::Ticker;
 pub async fn run(ctx: &Context, args: BackupArgs, matches: &clap::ArgMatches) -> Result<u8> {
     let registry = &ctx.registry;
     let file_host = ctx.config.as_ref().and_then(|c| c.host.clone());
-    let retention = args.source.as_ref().and_then(|name| ctx.config.as_ref()?.source(name).ok()?.retention.clone());
+    let retention =
+        args.source.as_ref().and_then(|name| ctx.config.as_ref()?.source(name).ok()?.retention.clone());
     let (kind, settings, source_name, source_host, mut tags) = match (matches.subcommand(), &args.source) {
         (Some((kind, flags)), None) => {
             let source = registry.get(kind).expect("clap only offers registered kinds");
@@ -68,8 +69,11 @@ pub async fn run(ctx: &Context, args: BackupArgs, matches: &clap::ArgMatches) ->
         match super::forget::after_backup(ctx, &name, &retention).await {
             Ok(details) => report.details["retention"] = details,
             Err(e) => {
-                report.errors.push(format!("the snapshot is saved, but applying the source's retention failed: {e:#}"));
-                report.exit_code = crate::exit::code_for(&e, ctx.stop.reason().as_ref()).max(crate::exit::FAILURE);
+                report.errors.push(format!(
+                    "the snapshot is saved, but applying the source's retention failed: {e:#}"
+                ));
+                report.exit_code =
+                    crate::exit::code_for(&e, ctx.stop.reason().as_ref()).max(crate::exit::FAILURE);
             }
         }
     }

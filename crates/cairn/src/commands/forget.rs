@@ -184,7 +184,11 @@ async fn forget_locked(
 
 /// A source's `retention:` after its backup: forget among that source's
 /// snapshots (one group), then prune if asked; the facts for the report.
-pub async fn after_backup(ctx: &Context, source: &str, retention: &crate::config::Retention) -> Result<serde_json::Value> {
+pub async fn after_backup(
+    ctx: &Context,
+    source: &str,
+    retention: &crate::config::Retention,
+) -> Result<serde_json::Value> {
     let repo = ctx.open().await?;
     let filter = cairn_repo::SnapshotFilter { sources: vec![source.to_string()], ..Default::default() };
     let removed = locked(ctx, &repo, true, async {
