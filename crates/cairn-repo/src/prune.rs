@@ -619,6 +619,63 @@ mod tests {
         assert_eq!(std::mem::size_of::<BlobEntry>(), 40);
     }
 
+    /// How the plan's memory scales: `CAIRN_PLAN_BLOBS=1000000 cargo test
+    /// -p cairn-repo --lib plan_memory -- --ignored --nocapture` writes that
+    /// many index entries (1000 per pack, packs stored empty), plans, and
+    /// prints the plan's own count and the process's peak RSS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn plan_memory() {
+        let blobs: usize =
+            std::env::var("CAIRN_PLAN_BLOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(cairn_store::LocalBackend::new(dir.path()));
+        let cheap = cairn_crypto::KdfParams { n: 1 << 10, r: 8, p: 1 };
+        let repo = Repository::init_with(backend, "pw", cheap).await.unwrap();
+        let mut n = 0u64;
+        let mut file = IndexFile::default();
+        while (n as usize) < blobs {
+            let pack = Id::hash(&n.to_le_bytes());
+            let entries = (0..1000)
+                .map(|i| IndexBlob {
+                    id: Id::hash(&(n + i).to_be_bytes()),
+                    kind: BlobType::Data,
+                    offset: i as u32 * 1000,
+                    length: 1000,
+                    uncompressed_length: 0,
+                })
+                .collect();
+            n += 1000;
+            file.packs.push(IndexPack { id: pack, blobs: entries });
+            repo.backend()
+                .put(&Handle::new(FileType::Pack, pack.to_hex()), Bytes::new(), PutOptions::default())
+                .await
+                .unwrap();
+            if file.packs.len() == 50 {
+                repo.save_json(FileType::Index, &std::mem::take(&mut file)).await.unwrap();
+            }
+        }
+        if !file.packs.is_empty() {
+            repo.save_json(FileType::Index, &file).await.unwrap();
+        }
+        let before = peak_rss_kib();
+        let plan = plan(&repo, &PruneOptions::default(), &|| false).await.unwrap();
+        assert_eq!(plan.blobs, n);
+        println!(
+            "blobs {n}: plan tables {} MiB ({} B/blob); peak RSS {} MiB before planning, {} MiB after",
+            plan.memory_bytes >> 20,
+            plan.memory_bytes / n,
+            before >> 10,
+            peak_rss_kib() >> 10
+        );
+    }
+
+    fn peak_rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     #[test]
     fn max_unused_is_a_share_of_the_used_data() {
         assert_eq!(MaxUnused::Percent(5.0).limit(95_000), 5_000);
