@@ -12,6 +12,8 @@
 //!   reader at once; a truncated or damaged RDB writes no snapshot.
 //! * [`restore`], [`server`]: `dump.rdb` laid down from verified blobs and
 //!   read back as it is written, then optionally a `redis-server` on it.
+//! * [`restore_live`]: keys `RESTORE`d into a running server from the
+//!   RDB's own value bytes, chosen by pattern ([`pattern`]) and database.
 //! * [`live`]: a live key space, digested the same way (`DUMP`), against a
 //!   snapshot's manifest.
 //! * [`scratch`]: throwaway servers for drills.
@@ -24,9 +26,11 @@ pub mod crc64;
 mod error;
 pub mod live;
 pub mod manifest;
+pub mod pattern;
 pub mod rdb;
 pub mod resp;
 pub mod restore;
+pub mod restore_live;
 pub mod scratch;
 pub mod server;
 pub mod source;

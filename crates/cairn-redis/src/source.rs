@@ -64,9 +64,22 @@ pub struct RedisRestoreSettings {
     /// The redis-server --start runs (default: redis-server from PATH).
     #[arg(long, env = "CAIRN_REDIS_SERVER", value_name = "PATH")]
     pub redis_server: Option<PathBuf>,
-    /// For verify --against redis://USER@HOST:PORT: the file holding that user's password.
+    /// For --to / verify --against redis://USER@HOST:PORT: the file holding that user's password.
     #[arg(long = "redis-password-file", value_name = "FILE")]
     pub redis_password_file: Option<PathBuf>,
+    /// With --to redis://…: restore only keys matching this Redis glob
+    /// pattern (`user:*`, `h?llo`, `[ab]*`); repeat for several.
+    #[arg(long = "match", value_name = "PATTERN")]
+    pub matches: Vec<String>,
+    /// With --to redis://…: restore database FROM into database TO (e.g.
+    /// 0=3); repeat for several; unmapped databases keep their number.
+    #[arg(long = "db-map", value_name = "FROM=TO")]
+    pub db_map: Vec<String>,
+    /// With --to redis://…: replace keys the server already holds (after
+    /// every key has been read and verified); without it such keys stop
+    /// the restore before anything is written.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// Redis servers.
@@ -85,7 +98,68 @@ impl Meter for BackupMeter {
     }
 }
 
-const LIVE_RESTORE_LATER: &str = "restoring into a running Redis (--to redis://…) is not supported yet; lay the RDB down for a new instance with --redis-data-dir DIR [--start --port P]";
+const NO_TARGET: &str =
+    "name the target: --to redis://HOST:PORT (a running server) or --redis-data-dir DIR (a new instance)";
+
+/// `restore --to redis://…`.
+async fn restore_live(
+    job: &RestoreJob<'_>,
+    s: &RedisRestoreSettings,
+    to: &str,
+) -> Result<RestoreOutcome, RedisError> {
+    let target = RedisTarget::parse(to)?.with_password_file(s.redis_password_file.as_deref())?;
+    let opts = crate::restore_live::LiveOptions {
+        target: target.clone(),
+        patterns: s.matches.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        db_map: crate::restore_live::parse_db_map(&s.db_map)?,
+        replace: s.replace || job.request.overwrite == cairn_source::Overwrite::Always,
+    };
+    let plan = crate::restore_live::restore(job, &opts).await?;
+    let dbs: Vec<String> = plan.databases.iter().map(|(db, n)| format!("db{db} {n}")).collect();
+    let dbs = if dbs.is_empty() { "no keys".to_string() } else { dbs.join(", ") };
+    let mut lines = Vec::new();
+    if job.request.dry_run {
+        lines.push(format!(
+            "would restore {} keys of snapshot {} into {} ({dbs}){}",
+            plan.keys,
+            job.snapshot_id.short(),
+            target.display(),
+            match (plan.existing, opts.replace) {
+                (0, _) => String::new(),
+                (n, true) => format!(", replacing {n} it holds"),
+                (n, false) => format!(
+                    "; it already holds {n} of them ({}), so without --replace the restore would stop before writing",
+                    plan.existing_named.iter().map(|(db, k)| format!("db{db} {k}")).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        ));
+    } else {
+        lines.push(format!(
+            "restored {} keys of snapshot {} into {} ({dbs}){}; the snapshot's RDB was verified whole first",
+            plan.restored,
+            job.snapshot_id.short(),
+            target.display(),
+            if plan.existing > 0 { format!(", {} of them replaced", plan.existing) } else { String::new() }
+        ));
+    }
+    if plan.expired > 0 {
+        lines.push(format!("  {} matching keys had expired and were left out", plan.expired));
+    }
+    Ok(RestoreOutcome {
+        target: target.display(),
+        objects: counts([
+            ("databases", plan.databases.len() as u64),
+            ("keys", plan.keys),
+            ("restored", plan.restored),
+            ("replaced", if opts.replace { plan.existing } else { 0 }),
+            ("expired", plan.expired),
+        ]),
+        bytes: plan.payload_bytes,
+        warnings: Vec::new(),
+        summary: lines.join("\n"),
+        details: serde_json::json!({ "plan": plan }),
+    })
+}
 
 #[async_trait]
 impl Source for RedisSource {
@@ -166,8 +240,21 @@ impl Source for RedisSource {
         request: &RestoreRequest,
         settings: &RedisRestoreSettings,
     ) -> Result<(), RedisError> {
+        let live_only = !settings.matches.is_empty() || !settings.db_map.is_empty() || settings.replace;
         match (&request.target, &settings.redis_data_dir) {
-            (Some(t), None) if is_redis_url(t) => Err(RedisError::Usage(LIVE_RESTORE_LATER.into())),
+            (Some(t), None) if is_redis_url(t) => {
+                crate::restore_live::parse_db_map(&settings.db_map)?;
+                RedisTarget::parse(t)?;
+                if request.verify || request.start {
+                    return Err(RedisError::Usage(
+                        "--verify and --start are for --redis-data-dir; after a live restore compare with `cairn verify ID --against redis://…`".into(),
+                    ));
+                }
+                Ok(())
+            }
+            _ if live_only => Err(RedisError::Usage(
+                "--match, --db-map and --replace select and place keys of a live restore: use them with --to redis://HOST:PORT".into(),
+            )),
             (Some(_), Some(_)) => {
                 Err(RedisError::Usage("--redis-data-dir names where the RDB goes; leave out --to".into()))
             }
@@ -192,8 +279,11 @@ impl Source for RedisSource {
         job: RestoreJob<'_>,
         s: &RedisRestoreSettings,
     ) -> Result<RestoreOutcome, RedisError> {
+        if let Some(to) = job.request.target.as_deref().filter(|t| is_redis_url(t)) {
+            return restore_live(&job, s, to).await;
+        }
         let Some(data_dir) = s.redis_data_dir.clone() else {
-            return Err(RedisError::Usage(LIVE_RESTORE_LATER.into()));
+            return Err(RedisError::Usage(NO_TARGET.into()));
         };
         let opts = RestoreOptions { data_dir: data_dir.clone(), redis_server: s.redis_server.clone() };
         let done = crate::restore::restore(&job, &opts).await?;
