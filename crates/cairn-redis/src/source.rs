@@ -38,6 +38,19 @@ pub struct RedisSettings {
     // Its own id: the field's name is the global --password-file's (the repository's).
     #[arg(long = "redis-password-file", id = "redis_password_file", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Read the keys with SCAN + DUMP + PEXPIRETIME instead of pulling the
+    /// server's RDB (mode redis/logical): for part of the key space, or a
+    /// user without +psync. Not a point in time: each key is as it was read.
+    /// The user needs `+scan +dump +pexpiretime +select +info +time ~*`.
+    #[arg(long)]
+    pub logical: bool,
+    /// With --logical: only keys matching this Redis glob pattern (SCAN MATCH).
+    #[arg(long = "match", value_name = "PATTERN", requires = "logical")]
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+    /// With --logical: only this database (default: every database holding keys).
+    #[arg(long, value_name = "N", requires = "logical")]
+    pub db: Option<u32>,
 }
 
 impl RedisSettings {
@@ -171,15 +184,20 @@ impl Source for RedisSource {
         Descriptor {
             kind: "redis",
             about: "Redis: the RDB, streamed over the replication protocol from a primary or a replica.",
-            modes: &["physical"],
+            modes: &["physical", "logical"],
         }
     }
 
-    fn mode(&self, _settings: &RedisSettings) -> &'static str {
-        "physical"
+    fn mode(&self, settings: &RedisSettings) -> &'static str {
+        if settings.logical { "logical" } else { "physical" }
     }
 
     fn validate(&self, settings: &RedisSettings) -> Result<(), RedisError> {
+        if !settings.logical && (settings.pattern.is_some() || settings.db.is_some()) {
+            return Err(RedisError::Settings(
+                "match and db select keys of a logical backup: add logical (--logical)".into(),
+            ));
+        }
         settings.target().map(|_| ())
     }
 
@@ -188,11 +206,17 @@ impl Source for RedisSource {
         let progress = Arc::new(BackupProgress::default());
         job.progress.show(Arc::new(BackupMeter(progress.clone())));
         tracing::info!(server = %target.display(), "Redis backup started");
-        let result = crate::backup::backup(&job, &target, progress).await?;
+        let result = if s.logical {
+            let scope = crate::manifest::LogicalScope { pattern: s.pattern.clone(), db: s.db };
+            crate::backup::backup_logical(&job, &target, progress, scope).await?
+        } else {
+            crate::backup::backup(&job, &target, progress).await?
+        };
         let m = &result.manifest;
         let expires: u64 = m.databases.values().map(|d| d.volatile).sum();
         let mut lines = vec![format!(
-            "RDB of {} from {} (Redis {}, RDB version {}): {} keys in {} database(s), {expires} with a TTL",
+            "{} of {} from {} (Redis {}, RDB version {}): {} keys in {} database(s), {expires} with a TTL",
+            if m.logical.is_some() { "Keys read with DUMP, as an RDB" } else { "RDB" },
             human_bytes(m.rdb_bytes),
             m.server,
             m.redis_version.as_deref().unwrap_or("?"),
@@ -225,6 +249,7 @@ impl Source for RedisSource {
                 "crc64": m.crc64,
                 "replication": m.replication,
                 "databases": m.databases,
+                "logical": m.logical,
             }),
             snapshot: result.snapshot,
         })
@@ -232,7 +257,7 @@ impl Source for RedisSource {
 
     fn restore_modes(&self, request: &RestoreRequest, settings: &RedisRestoreSettings) -> Vec<&'static str> {
         let to_redis = request.target.as_deref().is_some_and(is_redis_url);
-        if settings.redis_data_dir.is_some() || to_redis { vec!["physical"] } else { Vec::new() }
+        if settings.redis_data_dir.is_some() || to_redis { vec!["physical", "logical"] } else { Vec::new() }
     }
 
     fn validate_restore(

@@ -135,6 +135,22 @@ pub fn dump_payload(t: u8, value: &[u8], rdb_version: u32) -> Vec<u8> {
     out
 }
 
+/// An RDB length: 6 bits, 14 bits, 32 or 64 bits big-endian.
+pub fn encode_length(out: &mut Vec<u8>, n: u64) {
+    match n {
+        0..0x40 => out.push(n as u8),
+        0x40..0x4000 => out.extend_from_slice(&[0x40 | (n >> 8) as u8, n as u8]),
+        0x4000..=0xffff_ffff => {
+            out.push(0x80);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(0x81);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
 /// Sees every key of an RDB as [`read_rdb_with`] reads it.
 pub trait KeyVisitor {
     /// Whether the value of this key is wanted as it is (for [`KeyRecord::raw`]).
@@ -436,6 +452,17 @@ pub(crate) mod tests {
             let payload = r.dump_payload().unwrap();
             assert_eq!(u16::from_le_bytes([payload[payload.len() - 10], payload[payload.len() - 9]]), 10);
             assert_eq!(read_dump(Bytes::from(payload)).unwrap(), r.value, "{:?}", r.key);
+        }
+    }
+
+    #[test]
+    fn lengths_encode_as_the_reader_reads_them() {
+        for n in [0u64, 63, 64, 16383, 16384, 0xffff_ffff, 1 << 32] {
+            let mut out = Vec::new();
+            encode_length(&mut out, n);
+            let mut input = Input::new(Whole(Some(Bytes::from(out))));
+            assert_eq!(input.number().unwrap(), n);
+            assert!(input.at_end().unwrap());
         }
     }
 
