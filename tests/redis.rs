@@ -635,3 +635,83 @@ fn logical_backups_select_keys_and_restore_like_physical_ones() {
     let loaded = RedisInstance::start(&dir, &[]);
     assert_eq!(loaded.cli(&["DEBUG", "DIGEST"]), src.cli(&["DEBUG", "DIGEST"]), "the data differs");
 }
+
+/// A writer runs throughout the backup, each write a transaction that adds
+/// `seq:N` and sets `last` to N (N counting up). The RDB is the fork's, so
+/// the snapshot must hold exactly `seq:0..=last` — a prefix, with nothing
+/// after `last` and nothing missing before it — and the fork point must lie
+/// between what was written when the backup began and when it ended. The
+/// server is slowed to 200 µs per key while it writes the RDB, so the
+/// writer keeps writing while the RDB streams.
+#[test]
+fn a_backup_under_a_writer_is_consistent_to_the_fork_point() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &["--rdb-key-save-delay", "200"]);
+    const FILL: u64 = 10_000;
+    src.pipe((0..FILL).map(|i| cmd(&[b"SET", format!("fill:{i}").as_bytes(), &pseudo_random(i, 100)])));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written, port) = (stop.clone(), written.clone(), src.port);
+        std::thread::spawn(move || {
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let expected = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n+OK\r\n";
+            let mut reply = [0u8; 37];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (key, value) = (format!("seq:{n}"), n.to_string());
+                let mut out = Vec::new();
+                for args in [
+                    text(&["MULTI"]),
+                    text(&["SET", &key, &value]),
+                    text(&["SET", "last", &value]),
+                    text(&["EXEC"]),
+                ] {
+                    out.extend(format!("*{}\r\n", args.len()).into_bytes());
+                    for a in args {
+                        out.extend(format!("${}\r\n", a.len()).into_bytes());
+                        out.extend(a);
+                        out.extend(b"\r\n");
+                    }
+                }
+                conn.write_all(&out).unwrap();
+                conn.read_exact(&mut reply).unwrap();
+                assert_eq!(&reply, expected, "the writer's transaction failed");
+                n += 1;
+                written.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written.load(Ordering::Relaxed) < 100 {
+        assert!(Instant::now() < deadline, "the writer never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = written.load(Ordering::Relaxed);
+    let backup = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()]);
+    let after = written.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let snap = backup["snapshot"].as_str().unwrap().to_string();
+    env.cairn_ok(&["verify", &snap]);
+
+    let dir = env.path("restored");
+    env.cairn_ok(&["restore", &snap, "--redis-data-dir", dir.to_str().unwrap()]);
+    let restored = RedisInstance::start(&dir, &[]);
+    let last: u64 = restored.cli(&["GET", "last"]).parse().expect("last is in the backup");
+    let seq = keys_of(&restored, "0", "seq:*");
+    assert_eq!(seq.len() as u64, last + 1, "the seq keys are not the prefix 0..={last}");
+    assert_eq!(restored.cli(&["GET", &format!("seq:{last}")]), last.to_string());
+    assert_eq!(restored.cli(&["EXISTS", &format!("seq:{}", last + 1)]), "0");
+    assert_eq!(backup["objects"]["keys"].as_u64(), Some(FILL + 1 + last + 1), "{backup}");
+    assert!(
+        before <= last + 1 && last + 1 < after,
+        "the fork point ({} writes) is not between the backup's start ({before}) and end ({after})",
+        last + 1
+    );
+}
