@@ -2,11 +2,13 @@
 //! adapter of this build, each with its fixture: volume (a directory tree,
 //! compared byte for byte with modes, times and links), PostgreSQL logical
 //! (a database on the shared test server, compared by row counts and
-//! content digests per table) and PostgreSQL physical (a private cluster,
+//! content digests per table), PostgreSQL physical (a private cluster,
 //! since a base backup takes the whole cluster; its restore is started and
-//! compared the same way). Restores here skip fsync (`--no-fsync`): these
-//! rules are not about durability (tests/volume.rs and tests/postgres_wal.rs
-//! trace that), and on a slow disk syncing would double their time.
+//! compared the same way) and Redis logical (a private server, restored
+//! into a new one each time, compared by `DEBUG DIGEST`). Restores here
+//! skip fsync (`--no-fsync`): these rules are not about durability
+//! (tests/volume.rs and tests/postgres_wal.rs trace that), and on a slow
+//! disk syncing would double their time.
 
 mod common;
 

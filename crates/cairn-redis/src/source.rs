@@ -1,12 +1,12 @@
 //! The Redis source on the adapter contract ([`cairn_source::Source`]).
 //!
-//! One mode so far, `physical`: the server's RDB, pulled over the
-//! replication protocol ([`crate::backup`]). Its snapshots restore into a
-//! data directory for a new instance (`--redis-data-dir DIR [--start
-//! --port P]`, [`crate::restore`]) and compare with a live server
-//! (`verify --against redis://…`, [`crate::live`]). Restoring into a running
-//! server (`--to redis://…`) is not there yet and is refused with that
-//! reason.
+//! Two modes: `physical`, the server's RDB pulled over the replication
+//! protocol ([`crate::backup`]), and `logical`, the keys read with `DUMP`
+//! and written as an RDB of their own ([`crate::logical`]). Both snapshots
+//! restore into a data directory for a new instance (`--redis-data-dir DIR
+//! [--start --port P]`, [`crate::restore`]) or into a running server (`--to
+//! redis://…`, [`crate::restore_live`]), and compare with a live server
+//! (`verify --against redis://…`, [`crate::live`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -295,7 +295,7 @@ impl Source for RedisSource {
     }
 
     fn restore_hint(&self, _mode: &str) -> String {
-        "restore it into a data directory for a new instance: `cairn restore ID --redis-data-dir DIR [--start --port P]`"
+        "restore it into a running server (`cairn restore ID --to redis://HOST:PORT [--match PATTERN] [--db-map 0=3]`) or into a data directory for a new instance (`cairn restore ID --redis-data-dir DIR [--start --port P]`)"
             .into()
     }
 
