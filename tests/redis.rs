@@ -715,3 +715,67 @@ fn a_backup_under_a_writer_is_consistent_to_the_fork_point() {
         last + 1
     );
 }
+
+/// A live restore as an ACL user whose password is in a file: with
+/// `+restore +exists +select +time` it works and the password is printed
+/// nowhere; a user without `+restore` fails with one line naming the
+/// `ACL SETUSER` to run, and nothing is written.
+#[test]
+fn live_restores_log_in_as_acl_users_and_name_missing_permissions() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    src.pipe((0..50u64).map(|i| cmd(&[b"SET", format!("k:{i}").as_bytes(), &pseudo_random(i, 50)])));
+    let snap = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dst = RedisInstance::start(&env.path("dst"), &[]);
+    const PW: &str = "restore-pw-77-Qx-secret";
+    dst.cli(&[
+        "ACL",
+        "SETUSER",
+        "restorer",
+        "on",
+        &format!(">{PW}"),
+        "+restore",
+        "+exists",
+        "+select",
+        "+time",
+        "~*",
+    ]);
+    dst.cli(&["ACL", "SETUSER", "lacking", "on", &format!(">{PW}"), "+exists", "+select", "+time", "~*"]);
+    let secret = env.path("pw");
+    std::fs::write(&secret, format!("{PW}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret = secret.to_str().unwrap();
+
+    let out = env.cairn(&[
+        "restore",
+        &snap,
+        "--to",
+        &format!("redis://lacking@127.0.0.1:{}", dst.port),
+        "--redis-password-file",
+        secret,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    assert!(lines[0].contains("ACL SETUSER lacking +restore"), "{}", describe(&out));
+    assert_eq!(dst.cli(&["DBSIZE"]), "0");
+
+    let out = env.cairn(&[
+        "-vv",
+        "restore",
+        &snap,
+        "--to",
+        &format!("redis://restorer@127.0.0.1:{}", dst.port),
+        "--redis-password-file",
+        secret,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!describe(&out).contains(PW), "the password was printed");
+    assert_eq!(dst.cli(&["DBSIZE"]), "50");
+    assert_eq!(dst.cli(&["DEBUG", "DIGEST"]), src.cli(&["DEBUG", "DIGEST"]));
+}
