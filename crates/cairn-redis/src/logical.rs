@@ -16,16 +16,14 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use sha2::{Digest, Sha256};
-
 use crate::RedisError;
-use crate::crc64::{Crc64, crc64};
-use crate::live::keyspace_info;
+use crate::crc64::Crc64;
+use crate::live::{dump_batch, keyspace_info, scan_page};
 use crate::manifest::LogicalScope;
 use crate::rdb::encode_length;
-use crate::resp::{Conn, Reply, encode, info_field};
+use crate::resp::{Conn, info_field};
 use crate::sync::{Streamed, Tee};
+use bytes::Bytes;
 
 /// Keys read per pipeline.
 const BATCH: usize = 256;
@@ -87,7 +85,9 @@ pub async fn stream(
 ) -> Result<Streamed, RedisError> {
     let info = conn.call(&[b"INFO", b"server"]).await?;
     let version = info_field(&info, "redis_version");
-    let now_s = crate::restore_live::server_time_ms(&mut conn).await? / 1000;
+    let now_ms = crate::live::server_time_ms(&mut conn).await?;
+    let now_s = now_ms / 1000;
+    let pattern = scope.pattern.as_deref().map(str::as_bytes);
     let dbs: Vec<u32> = match scope.db {
         Some(db) => vec![db],
         None => keyspace_info(&mut conn).await?.into_iter().map(|(db, _)| db).collect(),
@@ -102,31 +102,14 @@ pub async fn stream(
         conn.call(&[b"SELECT", db.to_string().as_bytes()]).await?;
         let mut selected = false;
         let mut seen: HashSet<[u8; 16]> = HashSet::new();
-        let mut cursor = b"0".to_vec();
+        let mut cursor = Bytes::from_static(b"0");
         loop {
             if cancel.is_cancelled() {
                 return Err(RedisError::Interrupted);
             }
-            let mut args: Vec<&[u8]> = vec![b"SCAN", &cursor, b"COUNT", b"1000"];
-            if let Some(p) = &scope.pattern {
-                args.extend([b"MATCH".as_slice(), p.as_bytes()]);
-            }
-            let reply = conn.call(&args).await?;
-            let mut parts = reply.into_array().unwrap_or_default().into_iter();
-            let next = parts
-                .next()
-                .and_then(Reply::into_bulk)
-                .ok_or_else(|| conn.protocol("SCAN gave no cursor"))?;
-            let keys: Vec<Bytes> = parts
-                .next()
-                .and_then(Reply::into_array)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(Reply::into_bulk)
-                .filter(|k| seen.insert(Sha256::digest(k)[..16].try_into().expect("16 bytes")))
-                .collect();
+            let (next, keys) = scan_page(&mut conn, &cursor, pattern, &mut seen).await?;
             for batch in keys.chunks(BATCH) {
-                for (key, payload, expiry) in read_batch(&mut conn, batch, &mut exact_expiry).await? {
+                for (key, payload, expiry) in dump_batch(&mut conn, batch, now_ms, &mut exact_expiry).await? {
                     let body = payload.len() - 10;
                     let v = u16::from_le_bytes([payload[body], payload[body + 1]]);
                     out.header(v);
@@ -150,7 +133,7 @@ pub async fn stream(
             if next.as_ref() == b"0" {
                 break;
             }
-            cursor = next.to_vec();
+            cursor = next;
         }
     }
     out.header(EMPTY_VERSION);
@@ -172,54 +155,4 @@ fn gone(tee: &Tee) -> Streamed {
         crate::sync::Consumer::Writer
     };
     Streamed::ConsumerGone(which)
-}
-
-/// `DUMP` and the expiry of each key, pipelined: the keys still there,
-/// with their payloads (checked) and absolute expiry times.
-async fn read_batch(
-    conn: &mut Conn,
-    keys: &[Bytes],
-    exact_expiry: &mut bool,
-) -> Result<Vec<(Bytes, Bytes, Option<i64>)>, RedisError> {
-    let now_ms = if *exact_expiry { 0 } else { crate::restore_live::server_time_ms(conn).await? };
-    let expiry_command: &[u8] = if *exact_expiry { b"PEXPIRETIME" } else { b"PTTL" };
-    let mut out = Vec::with_capacity(keys.len() * 48);
-    for k in keys {
-        encode(&mut out, &[b"DUMP", k]);
-        encode(&mut out, &[expiry_command, k]);
-    }
-    conn.write(&out).await?;
-    let mut replies = Vec::with_capacity(keys.len());
-    for _ in keys {
-        let dump = conn.reply().await?;
-        let expiry = conn.reply().await?;
-        replies.push((dump, expiry));
-    }
-    if *exact_expiry
-        && replies.iter().any(|(_, e)| matches!(e, Reply::Error(m) if m.starts_with("ERR unknown command")))
-    {
-        // Redis before 7: no PEXPIRETIME. Read this batch again with PTTL.
-        *exact_expiry = false;
-        return Box::pin(read_batch(conn, keys, exact_expiry)).await;
-    }
-    let mut found = Vec::with_capacity(keys.len());
-    for (key, (dump, expiry)) in keys.iter().zip(replies) {
-        let Some(payload) = conn.check(b"DUMP", dump)?.into_bulk() else { continue }; // gone since SCAN
-        let expiry = match conn.check(expiry_command, expiry)?.as_int() {
-            Some(-2) => continue,
-            Some(-1) | None => None,
-            Some(t) if *exact_expiry => Some(t),
-            Some(ttl) => Some(now_ms + ttl),
-        };
-        let n = payload.len();
-        let recorded = (n >= 11).then(|| u64::from_le_bytes(payload[n - 8..].try_into().expect("8 bytes")));
-        if recorded.is_none_or(|r| r != 0 && r != crc64(&payload[..n - 8])) {
-            return Err(conn.protocol(format!(
-                "the DUMP of key {:?} is damaged",
-                String::from_utf8_lossy(&key[..key.len().min(80)])
-            )));
-        }
-        found.push((key.clone(), payload, expiry));
-    }
-    Ok(found)
 }

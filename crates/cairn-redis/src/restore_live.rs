@@ -38,7 +38,7 @@ use serde::Serialize;
 
 use crate::manifest::{RDB_FILE, RedisManifest};
 use crate::rdb::{self, KeyRecord, KeyVisitor, RdbError, RdbReport, Received};
-use crate::resp::{Conn, Reply, encode};
+use crate::resp::{Conn, encode};
 use crate::{RedisError, RedisTarget, pattern};
 
 /// Commands per pipeline.
@@ -188,15 +188,6 @@ async fn read_checked(
     Ok(visitor)
 }
 
-/// The server's clock, Unix milliseconds.
-pub async fn server_time_ms(conn: &mut Conn) -> Result<i64, RedisError> {
-    let time = conn.call(&[b"TIME"]).await?.into_array().unwrap_or_default();
-    match (time.first().and_then(Reply::as_int), time.get(1).and_then(Reply::as_int)) {
-        (Some(s), Some(us)) => Ok(s * 1000 + us / 1000),
-        _ => Err(conn.protocol("TIME did not answer seconds and microseconds")),
-    }
-}
-
 /// Which of `keys` (by target database) the server holds.
 async fn existing(conn: &mut Conn, keys: &[(u32, Vec<u8>)]) -> Result<(u64, Vec<(u32, String)>), RedisError> {
     let mut by_db: BTreeMap<u32, Vec<&[u8]>> = BTreeMap::new();
@@ -316,7 +307,7 @@ pub async fn restore(job: &RestoreJob<'_>, opts: &LiveOptions) -> Result<LivePla
     let manifest = RedisManifest::read(&job.reader).await?;
     let node = job.reader.file(RDB_FILE).await?;
     let mut conn = Conn::open(&opts.target).await?;
-    let now_ms = server_time_ms(&mut conn).await?;
+    let now_ms = crate::live::server_time_ms(&mut conn).await?;
     let chooser = |send| Chooser {
         patterns: opts.patterns.clone(),
         db_map: opts.db_map.clone(),
