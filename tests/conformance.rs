@@ -2,18 +2,20 @@
 //! adapter of this build, each with its fixture: volume (a directory tree,
 //! compared byte for byte with modes, times and links), PostgreSQL logical
 //! (a database on the shared test server, compared by row counts and
-//! content digests per table) and PostgreSQL physical (a private cluster,
+//! content digests per table), PostgreSQL physical (a private cluster,
 //! since a base backup takes the whole cluster; its restore is started and
-//! compared the same way). Restores here skip fsync (`--no-fsync`): these
-//! rules are not about durability (tests/volume.rs and tests/postgres_wal.rs
-//! trace that), and on a slow disk syncing would double their time.
+//! compared the same way) and Redis logical (a private server, restored
+//! into a new one each time, compared by `DEBUG DIGEST`). Restores here
+//! skip fsync (`--no-fsync`): these rules are not about durability
+//! (tests/volume.rs and tests/postgres_wal.rs trace that), and on a slow
+//! disk syncing would double their time.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use cairn_testkit::conformance::{self as rules, Fixture, Harness};
-use cairn_testkit::{PgCluster, PgServer};
+use cairn_testkit::{PgCluster, PgServer, RedisInstance};
 use common::*;
 
 fn harness() -> Harness {
@@ -442,4 +444,131 @@ fn postgres_physical_sigterm_mid_restore() {
 fn postgres_physical_unreachable_source() {
     let h = harness();
     rules::an_unreachable_source_fails_in_one_line(&h, &mut Physical::new(&h));
+}
+
+// ------------------------------------------------------------ redis logical
+
+/// A logical Redis source (SCAN + DUMP): a private server; restores go into
+/// a new empty server each (`--to redis://…`), compared by `DEBUG DIGEST`.
+struct RedisLogical {
+    src: RedisInstance,
+    url: String,
+    targets: usize,
+}
+
+impl RedisLogical {
+    fn new(h: &Harness) -> RedisLogical {
+        let src = RedisInstance::start(&h.path("redis-src"), &[]);
+        src.pipe((0..20_000u64).map(|i| redis_set(&format!("key:{i}"), &pseudo_random(i, 200))));
+        RedisLogical { url: src.url(), src, targets: 0 }
+    }
+}
+
+fn redis_set(key: &str, value: &[u8]) -> Vec<Vec<u8>> {
+    vec![b"SET".to_vec(), key.as_bytes().to_vec(), value.to_vec()]
+}
+
+impl Fixture for RedisLogical {
+    type Target = RedisInstance;
+
+    fn name(&self) -> String {
+        "redis/logical".into()
+    }
+
+    fn backup_args(&self) -> Vec<String> {
+        vec!["redis".into(), "--url".into(), self.url.clone(), "--logical".into()]
+    }
+
+    fn change_a_little(&mut self) {
+        self.src.pipe((0..3u64).map(|i| redis_set(&format!("key:{}", i * 6007), b"changed")));
+    }
+
+    fn make_big(&mut self) {
+        self.src.pipe((0..96u64).map(|i| redis_set(&format!("big:{i}"), &pseudo_random(7_000 + i, 1 << 20))));
+    }
+
+    fn make_unreachable(&mut self) {
+        self.url = format!("redis://127.0.0.1:{}", cairn_testkit::free_port());
+    }
+
+    fn unreachable_names(&self) -> String {
+        self.url.trim_start_matches("redis://").to_string()
+    }
+
+    fn damage_path(&self) -> String {
+        "dump.rdb".into()
+    }
+
+    fn new_target(&mut self, h: &Harness) -> RedisInstance {
+        self.targets += 1;
+        RedisInstance::start(&h.path(&format!("redis-target-{}", self.targets)), &[])
+    }
+
+    fn restore_args(&self, target: &RedisInstance) -> Vec<String> {
+        vec!["--to".into(), target.url()]
+    }
+
+    fn restore_started(&self, target: &RedisInstance) -> bool {
+        target.cli(&["DBSIZE"]) != "0"
+    }
+
+    fn source_digest(&self) -> String {
+        self.src.cli(&["DEBUG", "DIGEST"])
+    }
+
+    fn target_digest(&self, target: &RedisInstance) -> String {
+        target.cli(&["DEBUG", "DIGEST"])
+    }
+}
+
+#[test]
+fn redis_logical_round_trip_is_identical() {
+    let h = harness();
+    rules::round_trip_is_identical(&h, &mut RedisLogical::new(&h));
+}
+
+#[test]
+fn redis_logical_small_change_stores_little() {
+    let h = harness();
+    rules::a_small_change_stores_little(&h, &mut RedisLogical::new(&h));
+}
+
+#[test]
+fn redis_logical_kill_9_mid_backup_resumes() {
+    let h = harness();
+    rules::kill_9_mid_backup_leaves_a_sound_repository_and_the_next_run_reuses_it(
+        &h,
+        &mut RedisLogical::new(&h),
+    );
+}
+
+#[test]
+fn redis_logical_damaged_blob_refuses_restore() {
+    let h = harness();
+    rules::a_damaged_blob_makes_restore_refuse_and_name_it(&h, &mut RedisLogical::new(&h));
+}
+
+#[test]
+fn redis_logical_sigterm_mid_backup() {
+    let h = harness();
+    rules::sigterm_mid_backup_stops_cleanly(&h, &mut RedisLogical::new(&h));
+}
+
+#[test]
+fn redis_logical_sigterm_mid_restore() {
+    let h = harness();
+    rules::sigterm_mid_restore_stops_cleanly(&h, &mut RedisLogical::new(&h));
+}
+
+#[test]
+fn redis_logical_unreachable_source() {
+    let h = harness();
+    rules::an_unreachable_source_fails_in_one_line(&h, &mut RedisLogical::new(&h));
+}
+
+#[test]
+fn redis_settings() {
+    let url = "redis://cache.internal:6379";
+    rules::settings_defaults_agree(&cairn_redis::RedisSource, &["--url", url], &format!("url: {url}"));
+    rules::unknown_settings_keys_are_refused(&harness(), "redis", &format!("url: {url}"));
 }

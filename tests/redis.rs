@@ -393,9 +393,9 @@ fn restores_refuse_plan_and_stop_at_damage_without_leaving_a_dump() {
     assert!(plan["details"]["plan"]["rdb_bytes"].as_u64().unwrap() > 0, "{plan}");
     assert!(!dir.exists(), "a dry run created the directory");
 
-    let out = env.cairn(&["restore", &snap, "--to", "redis://127.0.0.1:1"]);
+    let out = env.cairn(&["restore", &snap, "--redis-data-dir", dir.to_str().unwrap(), "--match", "a*"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--redis-data-dir"), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--to redis://"), "{}", describe(&out));
     let out = env.cairn(&["restore", &snap, "--redis-data-dir", dir.to_str().unwrap(), "--verify"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --start"), "{}", describe(&out));
@@ -433,4 +433,349 @@ fn restores_refuse_plan_and_stop_at_damage_without_leaving_a_dump() {
     // With --overwrite, an intact snapshot replaces it.
     env.cairn_ok(&["restore", &snap, "--redis-data-dir", dir.to_str().unwrap(), "--overwrite"]);
     assert!(std::fs::read(dir.join("dump.rdb")).unwrap().starts_with(b"REDIS00"));
+}
+
+/// Keys of every type under `t:`, hashes under `user:`, strings with a TTL
+/// under `session:`, and others that a pattern leaves out, in databases 0
+/// and 2; how many keys `user:*`/`session:*`/`t:*` select in database 0.
+fn fill_for_live_restore(r: &RedisInstance) -> usize {
+    let mut c: Vec<Vec<Vec<u8>>> = Vec::new();
+    for i in 0..300 {
+        c.push(text(&["HSET", &format!("user:{i}"), "name", &format!("n{i}"), "age", &i.to_string()]));
+        c.push(text(&["SET", &format!("cache:{i}"), "left out"]));
+    }
+    for i in 0..100 {
+        c.push(text(&["SET", &format!("session:{i}"), &format!("s{i}"), "EX", &(3600 + i).to_string()]));
+    }
+    c.push(cmd(&[b"SET", b"t:big", &pseudo_random(11, 3 << 20)]));
+    c.push(text(&["SET", "t:lzf", &"compressible ".repeat(2000)]));
+    c.push(text(&["SET", "t:int", "-987654"]));
+    for i in 0..1000 {
+        c.push(text(&["RPUSH", "t:list", &format!("element {i}")]));
+        c.push(text(&["SADD", "t:set", &format!("m{i}")]));
+        c.push(text(&["ZADD", "t:zset", &format!("{}.5", i % 37), &format!("p{i}")]));
+        c.push(text(&["HSET", "t:hash", &format!("f{i}"), &i.to_string()]));
+    }
+    c.push(text(&["SADD", "t:intset", "1", "2", "3", "-70000"]));
+    for i in 0..100 {
+        c.push(text(&["XADD", "t:stream", "*", "n", &i.to_string()]));
+    }
+    c.push(text(&["XGROUP", "CREATE", "t:stream", "g", "0"]));
+    c.push(text(&["XREADGROUP", "GROUP", "g", "c1", "COUNT", "30", "STREAMS", "t:stream", ">"]));
+    c.push(text(&["SET", "t:ttl", "v", "PX", "5000000"]));
+    c.push(text(&["SELECT", "2"]));
+    c.push(text(&["SET", "user:in-db2", "from db 2"]));
+    c.push(text(&["SET", "cache:in-db2", "left out"]));
+    r.pipe(c);
+    300 + 100 + 10
+}
+
+fn keys_of(r: &RedisInstance, db: &str, pattern: &str) -> Vec<String> {
+    let mut keys: Vec<String> =
+        r.cli(&["-n", db, "--scan", "--pattern", pattern]).lines().map(str::to_string).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// A pattern and db-map restore into a live server that holds keys of its
+/// own: the chosen keys arrive (DEBUG DIGEST-VALUE equal to the source's,
+/// TTLs within a second), nothing else does, the target's own keys stay.
+/// Again without --replace: refused before anything is written, naming
+/// the keys; with --replace: the changed key is replaced. A damaged blob
+/// writes nothing, even with --replace.
+#[test]
+fn live_restore_by_pattern_and_db_map_keeps_values_and_ttls() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    let chosen = fill_for_live_restore(&src);
+    let backup = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()]);
+    let snap = backup["snapshot"].as_str().unwrap().to_string();
+    let dst = RedisInstance::start(&env.path("dst"), &[]);
+    dst.cli(&["-n", "3", "SET", "own:key", "the target's"]);
+    dst.cli(&["-n", "0", "SET", "user:0", "in db 0 of the target: not where db 0 goes"]);
+    let dst_url = dst.url();
+    let live = |extra: &[&str]| {
+        let mut args = vec!["restore", "--json", &snap, "--to", &dst_url];
+        args.extend(["--match", "user:*", "--match", "session:*", "--match", "t:*", "--db-map", "0=3"]);
+        args.extend(extra);
+        env.cairn(&args)
+    };
+
+    let out = live(&["--dry-run"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let plan = cairn_testkit::conformance::last_json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(plan["objects"]["keys"].as_u64(), Some(chosen as u64 + 1), "{plan}");
+    assert_eq!(dst.cli(&["-n", "3", "DBSIZE"]), "1", "a dry run wrote");
+
+    let out = live(&[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let report = cairn_testkit::conformance::last_json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(report["objects"]["restored"].as_u64(), Some(chosen as u64 + 1), "{report}");
+    let restored = keys_of(&dst, "3", "*");
+    assert_eq!(restored.len(), chosen + 1, "{restored:?}");
+    assert!(restored.iter().all(|k| !k.starts_with("cache:")), "a key outside the patterns came");
+    assert_eq!(dst.cli(&["-n", "3", "GET", "own:key"]), "the target's");
+    assert_eq!(dst.cli(&["-n", "0", "DBSIZE"]), "1", "db 0 was written to");
+    assert_eq!(
+        dst.cli(&["-n", "2", "GET", "user:in-db2"]),
+        "from db 2",
+        "unmapped databases keep their number"
+    );
+    assert_eq!(dst.cli(&["-n", "2", "EXISTS", "cache:in-db2"]), "0");
+    for key in restored.iter().filter(|k| *k != "own:key") {
+        let a = src.cli(&["-n", "0", "DEBUG", "DIGEST-VALUE", key]);
+        let b = dst.cli(&["-n", "3", "DEBUG", "DIGEST-VALUE", key]);
+        assert_eq!(a, b, "{key} differs");
+        let ttl_a: i64 = src.cli(&["-n", "0", "PTTL", key]).parse().unwrap();
+        let ttl_b: i64 = dst.cli(&["-n", "3", "PTTL", key]).parse().unwrap();
+        assert!(
+            (ttl_a - ttl_b).abs() < 1000 && (ttl_a > 0) == (ttl_b > 0),
+            "{key}: TTL {ttl_a} ms, restored {ttl_b} ms"
+        );
+    }
+    assert!(dst.cli(&["-n", "3", "PTTL", "session:7"]).parse::<i64>().unwrap() > 3_000_000);
+    assert_eq!(dst.cli(&["-n", "3", "XPENDING", "t:stream", "g"]), src.cli(&["XPENDING", "t:stream", "g"]));
+
+    // Again: every key exists now. Refused, one line, nothing written.
+    dst.cli(&["-n", "3", "HSET", "user:5", "name", "changed on the target"]);
+    let before = dst.cli(&["DEBUG", "DIGEST"]);
+    let out = live(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("already holds")).collect();
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    assert!(
+        lines[0].contains(&format!("{} of the keys", chosen + 1)) && lines[0].contains("--replace"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(dst.cli(&["DEBUG", "DIGEST"]), before, "a refused restore wrote");
+    let out = live(&["--replace"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        dst.cli(&["-n", "3", "DEBUG", "DIGEST-VALUE", "user:5"]),
+        src.cli(&["-n", "0", "DEBUG", "DIGEST-VALUE", "user:5"])
+    );
+
+    // A damaged blob (in the big value): exit 4, not one key written.
+    damage_blob_of_file(&env, &snap, "dump.rdb");
+    let fresh = RedisInstance::start(&env.path("fresh"), &[]);
+    fresh.cli(&["SET", "t:lzf", "the target's"]);
+    let before = fresh.cli(&["DEBUG", "DIGEST"]);
+    let out = env.cairn(&["restore", &snap, "--to", &fresh.url(), "--replace"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"), "{}", describe(&out));
+    assert_eq!(fresh.cli(&["DEBUG", "DIGEST"]), before, "a damaged snapshot wrote");
+    assert_eq!(fresh.cli(&["DBSIZE"]), "1");
+}
+
+/// `--logical`: SCAN + DUMP + PEXPIRETIME, stored as an RDB of its own
+/// (mode redis/logical). A pattern-and-database backup holds just those
+/// keys and restores into a live server with --db-map; a whole one
+/// compares equal with `verify --against` and loads into a new instance
+/// whose `DEBUG DIGEST` is the source's.
+#[test]
+fn logical_backups_select_keys_and_restore_like_physical_ones() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    fill_for_live_restore(&src);
+    let part = env.cairn_json(&[
+        "backup",
+        "--json",
+        "redis",
+        "--url",
+        &src.url(),
+        "--logical",
+        "--match",
+        "user:*",
+        "--db",
+        "0",
+    ]);
+    assert_eq!((part["kind"].as_str(), part["mode"].as_str()), (Some("redis"), Some("logical")), "{part}");
+    assert_eq!(part["objects"]["keys"], 300, "{part}");
+    assert_eq!(part["objects"]["databases"], 1, "{part}");
+    let out = env.cairn(&["backup", "redis", "--url", &src.url(), "--db", "0"]);
+    assert_eq!(out.status.code(), Some(2), "--db without --logical: {}", describe(&out));
+
+    let dst = RedisInstance::start(&env.path("dst"), &[]);
+    let snap = part["snapshot"].as_str().unwrap();
+    let restored = env.cairn_json(&["restore", "--json", snap, "--to", &dst.url(), "--db-map", "0=5"]);
+    assert_eq!(restored["objects"]["restored"], 300, "{restored}");
+    assert_eq!(dst.cli(&["-n", "5", "DBSIZE"]), "300");
+    for key in ["user:0", "user:123", "user:299"] {
+        assert_eq!(
+            dst.cli(&["-n", "5", "DEBUG", "DIGEST-VALUE", key]),
+            src.cli(&["-n", "0", "DEBUG", "DIGEST-VALUE", key])
+        );
+    }
+
+    let whole = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url(), "--logical"]);
+    assert_eq!(whole["objects"]["keys"].as_u64(), Some(total_keys(&src)), "{whole}");
+    let snap = whole["snapshot"].as_str().unwrap().to_string();
+    let verify = env.cairn_json(&["verify", "--json", &snap, "--against", &src.url()]);
+    assert_eq!(verify["objects"]["differing"], 0, "{verify}");
+    let dir = env.path("restored");
+    let port = cairn_testkit::free_port();
+    let restore = env.cairn_json(&[
+        "restore",
+        "--json",
+        &snap,
+        "--redis-data-dir",
+        dir.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--verify",
+    ]);
+    let pid = restore["details"]["server"]["pid"].as_u64().expect("the started server's pid");
+    stop_pid(pid);
+    let loaded = RedisInstance::start(&dir, &[]);
+    assert_eq!(loaded.cli(&["DEBUG", "DIGEST"]), src.cli(&["DEBUG", "DIGEST"]), "the data differs");
+}
+
+/// A writer runs throughout the backup, each write a transaction that adds
+/// `seq:N` and sets `last` to N (N counting up). The RDB is the fork's, so
+/// the snapshot must hold exactly `seq:0..=last` — a prefix, with nothing
+/// after `last` and nothing missing before it — and the fork point must lie
+/// between what was written when the backup began and when it ended. The
+/// server is slowed to 200 µs per key while it writes the RDB, so the
+/// writer keeps writing while the RDB streams.
+#[test]
+fn a_backup_under_a_writer_is_consistent_to_the_fork_point() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &["--rdb-key-save-delay", "200"]);
+    const FILL: u64 = 10_000;
+    src.pipe((0..FILL).map(|i| cmd(&[b"SET", format!("fill:{i}").as_bytes(), &pseudo_random(i, 100)])));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written, port) = (stop.clone(), written.clone(), src.port);
+        std::thread::spawn(move || {
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let expected = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n+OK\r\n";
+            let mut reply = [0u8; 37];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (key, value) = (format!("seq:{n}"), n.to_string());
+                let mut out = Vec::new();
+                for args in [
+                    text(&["MULTI"]),
+                    text(&["SET", &key, &value]),
+                    text(&["SET", "last", &value]),
+                    text(&["EXEC"]),
+                ] {
+                    out.extend(format!("*{}\r\n", args.len()).into_bytes());
+                    for a in args {
+                        out.extend(format!("${}\r\n", a.len()).into_bytes());
+                        out.extend(a);
+                        out.extend(b"\r\n");
+                    }
+                }
+                conn.write_all(&out).unwrap();
+                conn.read_exact(&mut reply).unwrap();
+                assert_eq!(&reply, expected, "the writer's transaction failed");
+                n += 1;
+                written.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written.load(Ordering::Relaxed) < 100 {
+        assert!(Instant::now() < deadline, "the writer never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = written.load(Ordering::Relaxed);
+    let backup = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()]);
+    let after = written.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let snap = backup["snapshot"].as_str().unwrap().to_string();
+    env.cairn_ok(&["verify", &snap]);
+
+    let dir = env.path("restored");
+    env.cairn_ok(&["restore", &snap, "--redis-data-dir", dir.to_str().unwrap()]);
+    let restored = RedisInstance::start(&dir, &[]);
+    let last: u64 = restored.cli(&["GET", "last"]).parse().expect("last is in the backup");
+    let seq = keys_of(&restored, "0", "seq:*");
+    assert_eq!(seq.len() as u64, last + 1, "the seq keys are not the prefix 0..={last}");
+    assert_eq!(restored.cli(&["GET", &format!("seq:{last}")]), last.to_string());
+    assert_eq!(restored.cli(&["EXISTS", &format!("seq:{}", last + 1)]), "0");
+    assert_eq!(backup["objects"]["keys"].as_u64(), Some(FILL + 1 + last + 1), "{backup}");
+    assert!(
+        before <= last + 1 && last + 1 < after,
+        "the fork point ({} writes) is not between the backup's start ({before}) and end ({after})",
+        last + 1
+    );
+}
+
+/// A live restore as an ACL user whose password is in a file: with
+/// `+restore +exists +select +time` it works and the password is printed
+/// nowhere; a user without `+restore` fails with one line naming the
+/// `ACL SETUSER` to run, and nothing is written.
+#[test]
+fn live_restores_log_in_as_acl_users_and_name_missing_permissions() {
+    let env = Env::new();
+    env.init();
+    let src = RedisInstance::start(&env.path("src"), &[]);
+    src.pipe((0..50u64).map(|i| cmd(&[b"SET", format!("k:{i}").as_bytes(), &pseudo_random(i, 50)])));
+    let snap = env.cairn_json(&["backup", "--json", "redis", "--url", &src.url()])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dst = RedisInstance::start(&env.path("dst"), &[]);
+    const PW: &str = "restore-pw-77-Qx-secret";
+    dst.cli(&[
+        "ACL",
+        "SETUSER",
+        "restorer",
+        "on",
+        &format!(">{PW}"),
+        "+restore",
+        "+exists",
+        "+select",
+        "+time",
+        "~*",
+    ]);
+    dst.cli(&["ACL", "SETUSER", "lacking", "on", &format!(">{PW}"), "+exists", "+select", "+time", "~*"]);
+    let secret = env.path("pw");
+    std::fs::write(&secret, format!("{PW}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret = secret.to_str().unwrap();
+
+    let out = env.cairn(&[
+        "restore",
+        &snap,
+        "--to",
+        &format!("redis://lacking@127.0.0.1:{}", dst.port),
+        "--redis-password-file",
+        secret,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    assert!(lines[0].contains("ACL SETUSER lacking +restore"), "{}", describe(&out));
+    assert_eq!(dst.cli(&["DBSIZE"]), "0");
+
+    let out = env.cairn(&[
+        "-vv",
+        "restore",
+        &snap,
+        "--to",
+        &format!("redis://restorer@127.0.0.1:{}", dst.port),
+        "--redis-password-file",
+        secret,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!describe(&out).contains(PW), "the password was printed");
+    assert_eq!(dst.cli(&["DBSIZE"]), "50");
+    assert_eq!(dst.cli(&["DEBUG", "DIGEST"]), src.cli(&["DEBUG", "DIGEST"]));
 }

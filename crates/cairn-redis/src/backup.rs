@@ -13,7 +13,7 @@ use cairn_repo::chunker::ChunkerParams;
 use cairn_repo::{Id, SaverOptions, Snapshot};
 use cairn_source::{BackupJob, ObjectEntry, SnapshotWriter};
 
-use crate::manifest::{MANIFEST_FILE, RDB_FILE, RedisManifest, Replication};
+use crate::manifest::{LogicalScope, MANIFEST_FILE, RDB_FILE, RedisManifest, Replication};
 use crate::rdb::{self, RdbReport, Received};
 use crate::resp::Conn;
 use crate::sync::{self, Consumer, Framing, Streamed, Tee};
@@ -70,14 +70,60 @@ pub async fn backup(
             "the server saved the RDB to its own disk before sending it (repl-diskless-sync no, or a server older than 4.0)"
         );
     }
+    let report = store_rdb(job, &writer, target, &progress, async |tee: &Tee| {
+        sync::stream(conn, &handshake.framing, tee, &job.cancel, &progress.bytes).await
+    })
+    .await?;
+    let replication = Replication {
+        id: handshake.replication_id.clone(),
+        offset: handshake.offset,
+        diskless: handshake.diskless(),
+        rdb_only: handshake.rdb_only,
+    };
+    let manifest = RedisManifest::new(target.server(), &report, replication, started);
+    finish(writer, target, manifest).await
+}
 
+/// A logical backup: the keys `SCAN` finds (matching a pattern, in one
+/// database or all), each read with `DUMP` and `PEXPIRETIME` and written
+/// as an RDB of their own ([`crate::logical`]), so it restores, checks and
+/// compares as a physical one does.
+pub async fn backup_logical(
+    job: &BackupJob<'_>,
+    target: &RedisTarget,
+    progress: Arc<BackupProgress>,
+    scope: LogicalScope,
+) -> Result<BackupResult, RedisError> {
+    let started = chrono::Local::now().fixed_offset();
+    let conn = Conn::open(target).await?;
+    let writer = SnapshotWriter::start(job, "redis", "logical", RDB_CHUNKS, SaverOptions::default()).await?;
+    tracing::info!(server = %target.server(), pattern = ?scope.pattern, db = ?scope.db, "reading keys");
+    let report = store_rdb(job, &writer, target, &progress, async |tee: &Tee| {
+        crate::logical::stream(conn, &scope, tee, &job.cancel, &progress.bytes).await
+    })
+    .await?;
+    let replication = Replication { id: None, offset: None, diskless: false, rdb_only: false };
+    let mut manifest = RedisManifest::new(target.server(), &report, replication, started);
+    manifest.logical = Some(scope);
+    finish(writer, target, manifest).await
+}
+
+/// Streams the RDB `produce` passes to the [`Tee`] into the snapshot and
+/// through the RDB reader at once; the report of an RDB stored whole.
+async fn store_rdb(
+    job: &BackupJob<'_>,
+    writer: &SnapshotWriter,
+    target: &RedisTarget,
+    progress: &BackupProgress,
+    produce: impl AsyncFnOnce(&Tee) -> Result<Streamed, RedisError>,
+) -> Result<RdbReport, RedisError> {
     let (to_writer, from_net) = flume::bounded::<Result<Bytes, String>>(PIECES_IN_FLIGHT);
     let (to_parser, parser_input) = flume::bounded::<Bytes>(PIECES_IN_FLIGHT);
     let keys = progress.keys.clone();
     let parse = tokio::task::spawn_blocking(move || rdb::read_rdb(Received(parser_input), &keys));
     let tee = Tee { writer: to_writer, parser: to_parser };
     let produce = async {
-        let result = sync::stream(conn, &handshake.framing, &tee, &job.cancel, &progress.bytes).await;
+        let result = produce(&tee).await;
         // The stored stream must fail, not end early, when the RDB did not arrive whole.
         if !matches!(result, Ok(Streamed::Complete(_))) {
             let _ = tee.writer.send_async(Err("the RDB did not arrive whole".into())).await;
@@ -117,13 +163,15 @@ pub async fn backup(
     if job.cancel.is_cancelled() {
         return Err(RedisError::Interrupted);
     }
-    let replication = Replication {
-        id: handshake.replication_id.clone(),
-        offset: handshake.offset,
-        diskless: handshake.diskless(),
-        rdb_only: handshake.rdb_only,
-    };
-    let manifest = RedisManifest::new(target.server(), &report, replication, started);
+    Ok(report)
+}
+
+/// The manifest, the objects and the snapshot.
+async fn finish(
+    writer: SnapshotWriter,
+    target: &RedisTarget,
+    manifest: RedisManifest,
+) -> Result<BackupResult, RedisError> {
     writer
         .add_bytes(MANIFEST_FILE, serde_json::to_vec_pretty(&manifest).expect("manifests serialise"))
         .await?;
@@ -142,13 +190,14 @@ pub async fn backup(
         writer.set_source_version(format!("Redis {v}"));
     }
     let metadata = serde_json::json!({
-        "kind": "physical",
+        "kind": if manifest.logical.is_some() { "logical" } else { "physical" },
         "redis_version": manifest.redis_version,
         "rdb_version": manifest.rdb_version,
         "databases": manifest.databases.len(),
         "keys": manifest.keys(),
         "replication_id": manifest.replication.id,
         "replication_offset": manifest.replication.offset,
+        "logical": manifest.logical,
     });
     let (snapshot_id, snapshot) =
         writer.finish(vec![format!("redis://{}", target.server())], Vec::new(), metadata).await?;

@@ -55,6 +55,17 @@ pub enum RedisError {
     )]
     ServerMissing { searched: String },
 
+    /// Keys a live restore would overwrite, without `--replace`.
+    #[error(
+        "Redis at {server} already holds {count} of the keys to restore ({named}); {}",
+        if *restored == 0 {
+            "nothing was written: restore into other databases (--db-map), select other keys (--match), or pass --replace (every key is read and verified before the first is replaced)".to_string()
+        } else {
+            format!("{restored} keys were restored before it")
+        }
+    )]
+    KeysExist { server: String, count: u64, named: String, restored: u64 },
+
     #[error("redis-server did not start on port {port}: {message}")]
     Start { port: u16, message: String },
 

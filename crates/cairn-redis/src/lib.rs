@@ -10,8 +10,12 @@
 //!   type and digesting their content independently of encoding and order.
 //! * [`backup`]: the two joined — the RDB goes to the snapshot and to the
 //!   reader at once; a truncated or damaged RDB writes no snapshot.
+//! * [`logical`]: the keys `SCAN` finds, read with `DUMP`, written as an
+//!   RDB of their own (`--logical`), which then goes the same way.
 //! * [`restore`], [`server`]: `dump.rdb` laid down from verified blobs and
 //!   read back as it is written, then optionally a `redis-server` on it.
+//! * [`restore_live`]: keys `RESTORE`d into a running server from the
+//!   RDB's own value bytes, chosen by pattern ([`pattern`]) and database.
 //! * [`live`]: a live key space, digested the same way (`DUMP`), against a
 //!   snapshot's manifest.
 //! * [`scratch`]: throwaway servers for drills.
@@ -23,10 +27,13 @@ pub mod backup;
 pub mod crc64;
 mod error;
 pub mod live;
+pub mod logical;
 pub mod manifest;
+pub mod pattern;
 pub mod rdb;
 pub mod resp;
 pub mod restore;
+pub mod restore_live;
 pub mod scratch;
 pub mod server;
 pub mod source;

@@ -50,6 +50,15 @@ pub async fn keyspace_info(conn: &mut Conn) -> Result<Vec<(u32, u64)>, RedisErro
         .collect())
 }
 
+/// The server's clock, Unix milliseconds.
+pub async fn server_time_ms(conn: &mut Conn) -> Result<i64, RedisError> {
+    let time = conn.call(&[b"TIME"]).await?.into_array().unwrap_or_default();
+    match (time.first().and_then(Reply::as_int), time.get(1).and_then(Reply::as_int)) {
+        (Some(s), Some(us)) => Ok(s * 1000 + us / 1000),
+        _ => Err(conn.protocol("TIME did not answer seconds and microseconds")),
+    }
+}
+
 /// Reads the key spaces of `dbs` and of every database holding keys.
 /// `reference_ms` is the snapshot's time, so keys count as the backup counted them.
 pub async fn read_keyspace(
@@ -58,11 +67,7 @@ pub async fn read_keyspace(
     reference_ms: Option<i64>,
     cancel: &cairn_source::Cancel,
 ) -> Result<LiveKeyspace, RedisError> {
-    let time = conn.call(&[b"TIME"]).await?.into_array().unwrap_or_default();
-    let now_ms = match (time.first().and_then(Reply::as_int), time.get(1).and_then(Reply::as_int)) {
-        (Some(s), Some(us)) => s * 1000 + us / 1000,
-        _ => return Err(conn.protocol("TIME did not answer seconds and microseconds")),
-    };
+    let now_ms = server_time_ms(conn).await?;
     let mut all: BTreeSet<u32> = dbs.into_iter().collect();
     all.extend(keyspace_info(conn).await?.into_iter().map(|(db, _)| db));
     let mut live = LiveKeyspace { now_ms, ..LiveKeyspace::default() };
@@ -71,32 +76,27 @@ pub async fn read_keyspace(
         conn.call(&[b"SELECT", db.to_string().as_bytes()]).await?;
         let stats = live.databases.entry(db).or_default();
         let mut seen: HashSet<[u8; 16]> = HashSet::new();
-        let mut cursor = b"0".to_vec();
+        let mut cursor = Bytes::from_static(b"0");
         loop {
             if cancel.is_cancelled() {
                 return Err(RedisError::Interrupted);
             }
-            let reply = conn.call(&[b"SCAN", &cursor, b"COUNT", b"1000"]).await?;
-            let mut parts = reply.into_array().unwrap_or_default().into_iter();
-            let next = parts
-                .next()
-                .and_then(Reply::into_bulk)
-                .ok_or_else(|| conn.protocol("SCAN gave no cursor"))?;
-            let keys: Vec<Bytes> = parts
-                .next()
-                .and_then(Reply::into_array)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(Reply::into_bulk)
-                .filter(|k| seen.insert(Sha256::digest(k)[..16].try_into().expect("16 bytes")))
-                .collect();
+            let (next, keys) = scan_page(conn, &cursor, None, &mut seen).await?;
             for batch in keys.chunks(BATCH) {
-                read_batch(conn, batch, stats, reference_ms, now_ms, &mut exact_expiry).await?;
+                for (key, payload, expiry) in dump_batch(conn, batch, now_ms, &mut exact_expiry).await? {
+                    let value = rdb::read_dump(payload).map_err(|e| {
+                        conn.protocol(format!(
+                            "DUMP of key {:?}: {e}",
+                            String::from_utf8_lossy(&key[..key.len().min(80)])
+                        ))
+                    })?;
+                    stats.add(&key, &value, expiry, reference_ms);
+                }
             }
             if next.as_ref() == b"0" {
                 break;
             }
-            cursor = next.to_vec();
+            cursor = next;
         }
     }
     live.approximate_expiry = !exact_expiry;
@@ -104,15 +104,42 @@ pub async fn read_keyspace(
     Ok(live)
 }
 
-/// `DUMP` and the expiry of each key, pipelined.
-async fn read_batch(
+/// One page of `SCAN` (with `MATCH` when given): the next cursor and the
+/// keys `seen` had not held (`SCAN` may return a key twice).
+pub async fn scan_page(
+    conn: &mut Conn,
+    cursor: &[u8],
+    pattern: Option<&[u8]>,
+    seen: &mut HashSet<[u8; 16]>,
+) -> Result<(Bytes, Vec<Bytes>), RedisError> {
+    let mut args: Vec<&[u8]> = vec![b"SCAN", cursor, b"COUNT", b"1000"];
+    if let Some(p) = pattern {
+        args.extend([b"MATCH".as_slice(), p]);
+    }
+    let reply = conn.call(&args).await?;
+    let mut parts = reply.into_array().unwrap_or_default().into_iter();
+    let next = parts.next().and_then(Reply::into_bulk).ok_or_else(|| conn.protocol("SCAN gave no cursor"))?;
+    let keys = parts
+        .next()
+        .and_then(Reply::into_array)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(Reply::into_bulk)
+        .filter(|k| seen.insert(Sha256::digest(k)[..16].try_into().expect("16 bytes")))
+        .collect();
+    Ok((next, keys))
+}
+
+/// `DUMP` and the expiry of each key, pipelined: the keys still there, each
+/// with its payload (its CRC-64 checked) and absolute expiry. Expiry times
+/// come from `PEXPIRETIME`; a server without it (before Redis 7) turns
+/// `exact_expiry` off and the times are `now_ms` plus `PTTL`.
+pub async fn dump_batch(
     conn: &mut Conn,
     keys: &[Bytes],
-    stats: &mut DbStats,
-    reference_ms: Option<i64>,
     now_ms: i64,
     exact_expiry: &mut bool,
-) -> Result<(), RedisError> {
+) -> Result<Vec<(Bytes, Bytes, Option<i64>)>, RedisError> {
     let expiry_command: &[u8] = if *exact_expiry { b"PEXPIRETIME" } else { b"PTTL" };
     let mut out = Vec::with_capacity(keys.len() * 48);
     for k in keys {
@@ -133,8 +160,9 @@ async fn read_batch(
     if unknown_command && *exact_expiry {
         // Redis before 7: no PEXPIRETIME. Read this batch again with PTTL.
         *exact_expiry = false;
-        return Box::pin(read_batch(conn, keys, stats, reference_ms, now_ms, exact_expiry)).await;
+        return Box::pin(dump_batch(conn, keys, now_ms, exact_expiry)).await;
     }
+    let mut found = Vec::with_capacity(keys.len());
     for (key, (dump, expiry)) in keys.iter().zip(replies) {
         let Some(payload) = conn.check(b"DUMP", dump)?.into_bulk() else { continue }; // gone since SCAN
         let expiry = match conn.check(expiry_command, expiry)?.as_int() {
@@ -143,15 +171,17 @@ async fn read_batch(
             Some(t) if *exact_expiry => Some(t),
             Some(ttl) => Some(now_ms + ttl),
         };
-        let value = rdb::read_dump(payload).map_err(|e| {
-            conn.protocol(format!(
-                "DUMP of key {:?}: {e}",
+        let n = payload.len();
+        let recorded = (n >= 11).then(|| u64::from_le_bytes(payload[n - 8..].try_into().expect("8 bytes")));
+        if recorded.is_none_or(|r| r != 0 && r != crate::crc64::crc64(&payload[..n - 8])) {
+            return Err(conn.protocol(format!(
+                "the DUMP of key {:?} is damaged",
                 String::from_utf8_lossy(&key[..key.len().min(80)])
-            ))
-        })?;
-        stats.add(key, &value, expiry, reference_ms);
+            )));
+        }
+        found.push((key.clone(), payload, expiry));
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Compares a live key space with a snapshot's manifest, database by

@@ -51,6 +51,18 @@ pub struct RedisManifest {
     pub databases: BTreeMap<u32, DbStats>,
     pub started: DateTime<FixedOffset>,
     pub finished: DateTime<FixedOffset>,
+    /// A logical backup's selection (`--logical`); `None` for the server's own RDB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical: Option<LogicalScope>,
+}
+
+/// What a logical backup read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalScope {
+    /// The `SCAN MATCH` pattern; `None`: every key.
+    pub pattern: Option<String>,
+    /// The one database read; `None`: every database holding keys.
+    pub db: Option<u32>,
 }
 
 impl RedisManifest {
@@ -91,6 +103,7 @@ impl RedisManifest {
             databases: report.databases.clone(),
             started,
             finished: chrono::Local::now().fixed_offset(),
+            logical: None,
         }
     }
 

@@ -1,12 +1,12 @@
 //! The Redis source on the adapter contract ([`cairn_source::Source`]).
 //!
-//! One mode so far, `physical`: the server's RDB, pulled over the
-//! replication protocol ([`crate::backup`]). Its snapshots restore into a
-//! data directory for a new instance (`--redis-data-dir DIR [--start
-//! --port P]`, [`crate::restore`]) and compare with a live server
-//! (`verify --against redis://…`, [`crate::live`]). Restoring into a running
-//! server (`--to redis://…`) is not there yet and is refused with that
-//! reason.
+//! Two modes: `physical`, the server's RDB pulled over the replication
+//! protocol ([`crate::backup`]), and `logical`, the keys read with `DUMP`
+//! and written as an RDB of their own ([`crate::logical`]). Both snapshots
+//! restore into a data directory for a new instance (`--redis-data-dir DIR
+//! [--start --port P]`, [`crate::restore`]) or into a running server (`--to
+//! redis://…`, [`crate::restore_live`]), and compare with a live server
+//! (`verify --against redis://…`, [`crate::live`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,19 @@ pub struct RedisSettings {
     // Its own id: the field's name is the global --password-file's (the repository's).
     #[arg(long = "redis-password-file", id = "redis_password_file", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Read the keys with SCAN + DUMP + PEXPIRETIME instead of pulling the
+    /// server's RDB (mode redis/logical): for part of the key space, or a
+    /// user without +psync. Not a point in time: each key is as it was read.
+    /// The user needs `+scan +dump +pexpiretime +select +info +time ~*`.
+    #[arg(long)]
+    pub logical: bool,
+    /// With --logical: only keys matching this Redis glob pattern (SCAN MATCH).
+    #[arg(long = "match", value_name = "PATTERN", requires = "logical")]
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+    /// With --logical: only this database (default: every database holding keys).
+    #[arg(long, value_name = "N", requires = "logical")]
+    pub db: Option<u32>,
 }
 
 impl RedisSettings {
@@ -64,9 +77,22 @@ pub struct RedisRestoreSettings {
     /// The redis-server --start runs (default: redis-server from PATH).
     #[arg(long, env = "CAIRN_REDIS_SERVER", value_name = "PATH")]
     pub redis_server: Option<PathBuf>,
-    /// For verify --against redis://USER@HOST:PORT: the file holding that user's password.
+    /// For --to / verify --against redis://USER@HOST:PORT: the file holding that user's password.
     #[arg(long = "redis-password-file", value_name = "FILE")]
     pub redis_password_file: Option<PathBuf>,
+    /// With --to redis://…: restore only keys matching this Redis glob
+    /// pattern (`user:*`, `h?llo`, `[ab]*`); repeat for several.
+    #[arg(long = "match", value_name = "PATTERN")]
+    pub matches: Vec<String>,
+    /// With --to redis://…: restore database FROM into database TO (e.g.
+    /// 0=3); repeat for several; unmapped databases keep their number.
+    #[arg(long = "db-map", value_name = "FROM=TO")]
+    pub db_map: Vec<String>,
+    /// With --to redis://…: replace keys the server already holds (after
+    /// every key has been read and verified); without it such keys stop
+    /// the restore before anything is written.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// Redis servers.
@@ -85,7 +111,68 @@ impl Meter for BackupMeter {
     }
 }
 
-const LIVE_RESTORE_LATER: &str = "restoring into a running Redis (--to redis://…) is not supported yet; lay the RDB down for a new instance with --redis-data-dir DIR [--start --port P]";
+const NO_TARGET: &str =
+    "name the target: --to redis://HOST:PORT (a running server) or --redis-data-dir DIR (a new instance)";
+
+/// `restore --to redis://…`.
+async fn restore_live(
+    job: &RestoreJob<'_>,
+    s: &RedisRestoreSettings,
+    to: &str,
+) -> Result<RestoreOutcome, RedisError> {
+    let target = RedisTarget::parse(to)?.with_password_file(s.redis_password_file.as_deref())?;
+    let opts = crate::restore_live::LiveOptions {
+        target: target.clone(),
+        patterns: s.matches.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        db_map: crate::restore_live::parse_db_map(&s.db_map)?,
+        replace: s.replace || job.request.overwrite == cairn_source::Overwrite::Always,
+    };
+    let plan = crate::restore_live::restore(job, &opts).await?;
+    let dbs: Vec<String> = plan.databases.iter().map(|(db, n)| format!("db{db} {n}")).collect();
+    let dbs = if dbs.is_empty() { "no keys".to_string() } else { dbs.join(", ") };
+    let mut lines = Vec::new();
+    if job.request.dry_run {
+        lines.push(format!(
+            "would restore {} keys of snapshot {} into {} ({dbs}){}",
+            plan.keys,
+            job.snapshot_id.short(),
+            target.display(),
+            match (plan.existing, opts.replace) {
+                (0, _) => String::new(),
+                (n, true) => format!(", replacing {n} it holds"),
+                (n, false) => format!(
+                    "; it already holds {n} of them ({}), so without --replace the restore would stop before writing",
+                    plan.existing_named.iter().map(|(db, k)| format!("db{db} {k}")).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        ));
+    } else {
+        lines.push(format!(
+            "restored {} keys of snapshot {} into {} ({dbs}){}; the snapshot's RDB was verified whole first",
+            plan.restored,
+            job.snapshot_id.short(),
+            target.display(),
+            if plan.existing > 0 { format!(", {} of them replaced", plan.existing) } else { String::new() }
+        ));
+    }
+    if plan.expired > 0 {
+        lines.push(format!("  {} matching keys had expired and were left out", plan.expired));
+    }
+    Ok(RestoreOutcome {
+        target: target.display(),
+        objects: counts([
+            ("databases", plan.databases.len() as u64),
+            ("keys", plan.keys),
+            ("restored", plan.restored),
+            ("replaced", if opts.replace { plan.existing } else { 0 }),
+            ("expired", plan.expired),
+        ]),
+        bytes: plan.payload_bytes,
+        warnings: Vec::new(),
+        summary: lines.join("\n"),
+        details: serde_json::json!({ "plan": plan }),
+    })
+}
 
 #[async_trait]
 impl Source for RedisSource {
@@ -97,15 +184,20 @@ impl Source for RedisSource {
         Descriptor {
             kind: "redis",
             about: "Redis: the RDB, streamed over the replication protocol from a primary or a replica.",
-            modes: &["physical"],
+            modes: &["physical", "logical"],
         }
     }
 
-    fn mode(&self, _settings: &RedisSettings) -> &'static str {
-        "physical"
+    fn mode(&self, settings: &RedisSettings) -> &'static str {
+        if settings.logical { "logical" } else { "physical" }
     }
 
     fn validate(&self, settings: &RedisSettings) -> Result<(), RedisError> {
+        if !settings.logical && (settings.pattern.is_some() || settings.db.is_some()) {
+            return Err(RedisError::Settings(
+                "match and db select keys of a logical backup: add logical (--logical)".into(),
+            ));
+        }
         settings.target().map(|_| ())
     }
 
@@ -114,11 +206,17 @@ impl Source for RedisSource {
         let progress = Arc::new(BackupProgress::default());
         job.progress.show(Arc::new(BackupMeter(progress.clone())));
         tracing::info!(server = %target.display(), "Redis backup started");
-        let result = crate::backup::backup(&job, &target, progress).await?;
+        let result = if s.logical {
+            let scope = crate::manifest::LogicalScope { pattern: s.pattern.clone(), db: s.db };
+            crate::backup::backup_logical(&job, &target, progress, scope).await?
+        } else {
+            crate::backup::backup(&job, &target, progress).await?
+        };
         let m = &result.manifest;
         let expires: u64 = m.databases.values().map(|d| d.volatile).sum();
         let mut lines = vec![format!(
-            "RDB of {} from {} (Redis {}, RDB version {}): {} keys in {} database(s), {expires} with a TTL",
+            "{} of {} from {} (Redis {}, RDB version {}): {} keys in {} database(s), {expires} with a TTL",
+            if m.logical.is_some() { "Keys read with DUMP, as an RDB" } else { "RDB" },
             human_bytes(m.rdb_bytes),
             m.server,
             m.redis_version.as_deref().unwrap_or("?"),
@@ -151,6 +249,7 @@ impl Source for RedisSource {
                 "crc64": m.crc64,
                 "replication": m.replication,
                 "databases": m.databases,
+                "logical": m.logical,
             }),
             snapshot: result.snapshot,
         })
@@ -158,7 +257,7 @@ impl Source for RedisSource {
 
     fn restore_modes(&self, request: &RestoreRequest, settings: &RedisRestoreSettings) -> Vec<&'static str> {
         let to_redis = request.target.as_deref().is_some_and(is_redis_url);
-        if settings.redis_data_dir.is_some() || to_redis { vec!["physical"] } else { Vec::new() }
+        if settings.redis_data_dir.is_some() || to_redis { vec!["physical", "logical"] } else { Vec::new() }
     }
 
     fn validate_restore(
@@ -166,8 +265,21 @@ impl Source for RedisSource {
         request: &RestoreRequest,
         settings: &RedisRestoreSettings,
     ) -> Result<(), RedisError> {
+        let live_only = !settings.matches.is_empty() || !settings.db_map.is_empty() || settings.replace;
         match (&request.target, &settings.redis_data_dir) {
-            (Some(t), None) if is_redis_url(t) => Err(RedisError::Usage(LIVE_RESTORE_LATER.into())),
+            (Some(t), None) if is_redis_url(t) => {
+                crate::restore_live::parse_db_map(&settings.db_map)?;
+                RedisTarget::parse(t)?;
+                if request.verify || request.start {
+                    return Err(RedisError::Usage(
+                        "--verify and --start are for --redis-data-dir; after a live restore compare with `cairn verify ID --against redis://…`".into(),
+                    ));
+                }
+                Ok(())
+            }
+            _ if live_only => Err(RedisError::Usage(
+                "--match, --db-map and --replace select and place keys of a live restore: use them with --to redis://HOST:PORT".into(),
+            )),
             (Some(_), Some(_)) => {
                 Err(RedisError::Usage("--redis-data-dir names where the RDB goes; leave out --to".into()))
             }
@@ -183,7 +295,7 @@ impl Source for RedisSource {
     }
 
     fn restore_hint(&self, _mode: &str) -> String {
-        "restore it into a data directory for a new instance: `cairn restore ID --redis-data-dir DIR [--start --port P]`"
+        "restore it into a running server (`cairn restore ID --to redis://HOST:PORT [--match PATTERN] [--db-map 0=3]`) or into a data directory for a new instance (`cairn restore ID --redis-data-dir DIR [--start --port P]`)"
             .into()
     }
 
@@ -192,8 +304,11 @@ impl Source for RedisSource {
         job: RestoreJob<'_>,
         s: &RedisRestoreSettings,
     ) -> Result<RestoreOutcome, RedisError> {
+        if let Some(to) = job.request.target.as_deref().filter(|t| is_redis_url(t)) {
+            return restore_live(&job, s, to).await;
+        }
         let Some(data_dir) = s.redis_data_dir.clone() else {
-            return Err(RedisError::Usage(LIVE_RESTORE_LATER.into()));
+            return Err(RedisError::Usage(NO_TARGET.into()));
         };
         let opts = RestoreOptions { data_dir: data_dir.clone(), redis_server: s.redis_server.clone() };
         let done = crate::restore::restore(&job, &opts).await?;

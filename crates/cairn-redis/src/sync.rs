@@ -141,7 +141,7 @@ pub struct Tee {
 impl Tee {
     /// Passes a piece on to both; `Some(which)` when one has stopped taking
     /// them (it failed, and says why itself).
-    async fn send(&self, piece: Bytes) -> Option<Consumer> {
+    pub async fn send(&self, piece: Bytes) -> Option<Consumer> {
         if self.parser.send_async(piece.clone()).await.is_err() {
             return Some(Consumer::Parser);
         }

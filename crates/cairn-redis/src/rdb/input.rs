@@ -75,11 +75,24 @@ pub struct Input<P: Pieces> {
     crc: Crc64,
     /// Bytes of the pieces before `cur`.
     before: u64,
+    /// While recording, every byte consumed is also kept here (a value's
+    /// bytes as they are, for a `DUMP` payload).
+    record: Option<Vec<u8>>,
 }
 
 impl<P: Pieces> Input<P> {
     pub fn new(pieces: P) -> Input<P> {
-        Input { pieces, cur: Bytes::new(), pos: 0, crc_from: 0, crc: Crc64::new(), before: 0 }
+        Input { pieces, cur: Bytes::new(), pos: 0, crc_from: 0, crc: Crc64::new(), before: 0, record: None }
+    }
+
+    /// Starts keeping every byte consumed (see [`Input::take_recording`]).
+    pub fn start_recording(&mut self) {
+        self.record = Some(Vec::new());
+    }
+
+    /// The bytes consumed since [`Input::start_recording`]; recording stops.
+    pub fn take_recording(&mut self) -> Vec<u8> {
+        self.record.take().unwrap_or_default()
     }
 
     /// Bytes consumed so far.
@@ -121,6 +134,9 @@ impl<P: Pieces> Input<P> {
         }
         let b = self.cur[self.pos];
         self.pos += 1;
+        if let Some(r) = &mut self.record {
+            r.push(b);
+        }
         Ok(b)
     }
 
@@ -129,6 +145,9 @@ impl<P: Pieces> Input<P> {
         if self.cur.len() - self.pos >= N {
             out.copy_from_slice(&self.cur[self.pos..self.pos + N]);
             self.pos += N;
+            if let Some(r) = &mut self.record {
+                r.extend_from_slice(&out);
+            }
         } else {
             for b in &mut out {
                 *b = self.u8()?;
@@ -144,7 +163,11 @@ impl<P: Pieces> Input<P> {
                 self.fill()?;
             }
             let take = (self.cur.len() - self.pos).min(usize::try_from(n).unwrap_or(usize::MAX));
-            f(&self.cur[self.pos..self.pos + take]);
+            let piece = &self.cur[self.pos..self.pos + take];
+            if let Some(r) = &mut self.record {
+                r.extend_from_slice(piece);
+            }
+            f(piece);
             self.pos += take;
             n -= take as u64;
         }

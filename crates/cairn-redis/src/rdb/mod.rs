@@ -99,8 +99,85 @@ mod op {
     pub const EOF: u8 = 0xff;
 }
 
+/// One key of an RDB, handed to a [`KeyVisitor`].
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub db: u32,
+    pub key: Vec<u8>,
+    /// Absolute expiry, Unix milliseconds.
+    pub expiry_ms: Option<i64>,
+    pub value: ValueDigest,
+    /// The value type byte and the value's bytes as the RDB holds them,
+    /// when the visitor asked for them.
+    pub raw: Option<(u8, Vec<u8>)>,
+    /// The RDB's version (what a `DUMP` payload of the value records).
+    pub rdb_version: u32,
+}
+
+impl KeyRecord {
+    /// The value as a `DUMP` payload, which `RESTORE` takes: the type byte,
+    /// the value, the RDB version (two bytes, little-endian) and the
+    /// CRC-64 of all of that (eight bytes, little-endian).
+    pub fn dump_payload(&self) -> Option<Vec<u8>> {
+        let (t, value) = self.raw.as_ref()?;
+        Some(dump_payload(*t, value, self.rdb_version))
+    }
+}
+
+/// A `DUMP` payload from a value type byte, the value's RDB bytes and the RDB version.
+pub fn dump_payload(t: u8, value: &[u8], rdb_version: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 11);
+    out.push(t);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&(rdb_version as u16).to_le_bytes());
+    let crc = crate::crc64::crc64(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// An RDB length: 6 bits, 14 bits, 32 or 64 bits big-endian.
+pub fn encode_length(out: &mut Vec<u8>, n: u64) {
+    match n {
+        0..0x40 => out.push(n as u8),
+        0x40..0x4000 => out.extend_from_slice(&[0x40 | (n >> 8) as u8, n as u8]),
+        0x4000..=0xffff_ffff => {
+            out.push(0x80);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(0x81);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// Sees every key of an RDB as [`read_rdb_with`] reads it.
+pub trait KeyVisitor {
+    /// Whether the value of this key is wanted as it is (for [`KeyRecord::raw`]).
+    fn wants_raw(&mut self, _db: u32, _key: &[u8]) -> bool {
+        false
+    }
+    /// A key, read and decoded; an error stops the reading.
+    fn key(&mut self, _record: KeyRecord) -> Result<(), RdbError> {
+        Ok(())
+    }
+}
+
+/// A visitor that does nothing.
+pub struct NoVisitor;
+impl KeyVisitor for NoVisitor {}
+
 /// Reads a whole RDB from `pieces`, counting keys into `keys_read` as it goes.
 pub fn read_rdb<P: Pieces>(pieces: P, keys_read: &AtomicU64) -> Result<RdbReport, RdbError> {
+    read_rdb_with(pieces, keys_read, &mut NoVisitor)
+}
+
+/// [`read_rdb`], handing every key to `visitor` as it is read.
+pub fn read_rdb_with<P: Pieces>(
+    pieces: P,
+    keys_read: &AtomicU64,
+    visitor: &mut dyn KeyVisitor,
+) -> Result<RdbReport, RdbError> {
     let mut input = Input::new(pieces);
     let magic = input.array::<9>()?;
     if &magic[..5] != b"REDIS" || !magic[5..].iter().all(u8::is_ascii_digit) {
@@ -181,9 +258,16 @@ pub fn read_rdb<P: Pieces>(pieces: P, keys_read: &AtomicU64) -> Result<RdbReport
             }
             t if value::is_value_type(t) => {
                 let key = input.string_vec()?;
+                let raw = visitor.wants_raw(db, &key);
+                if raw {
+                    input.start_recording();
+                }
                 let v = value::value(&mut input, t)?;
-                report.databases.entry(db).or_default().add(&key, &v, expiry.take(), reference_ms);
+                let raw = raw.then(|| (t, input.take_recording()));
+                let expiry_ms = expiry.take();
+                report.databases.entry(db).or_default().add(&key, &v, expiry_ms, reference_ms);
                 keys_read.fetch_add(1, Ordering::Relaxed);
+                visitor.key(KeyRecord { db, key, expiry_ms, value: v, raw, rdb_version: version })?;
             }
             other => return Err(input.corrupt(format!("unknown opcode {other:#04x}"))),
         }
@@ -331,6 +415,55 @@ pub(crate) mod tests {
         let mut unchecked = rdb[..rdb.len() - 8].to_vec();
         unchecked.extend([0; 8]);
         assert_eq!(read(&unchecked).unwrap().crc64, None);
+    }
+
+    #[test]
+    fn values_cut_from_an_rdb_make_dump_payloads_that_decode_alike() {
+        struct Collect(Vec<KeyRecord>);
+        impl KeyVisitor for Collect {
+            fn wants_raw(&mut self, _db: u32, key: &[u8]) -> bool {
+                key != b"plain"
+            }
+            fn key(&mut self, record: KeyRecord) -> Result<(), RdbError> {
+                self.0.push(record);
+                Ok(())
+            }
+        }
+        let rdb = sample_rdb();
+        let mut seen = Collect(Vec::new());
+        let report =
+            read_rdb_with(Whole(Some(Bytes::from(rdb.clone()))), &AtomicU64::new(0), &mut seen).unwrap();
+        assert_eq!(report, read(&rdb).unwrap(), "a visitor changes nothing of the report");
+        let keys: Vec<(&[u8], u32, Option<i64>)> =
+            seen.0.iter().map(|r| (r.key.as_slice(), r.db, r.expiry_ms)).collect();
+        assert_eq!(
+            keys,
+            [
+                (&b"plain"[..], 0, None),
+                (b"expired", 0, Some(1_700_000_000_000)),
+                (b"ttl", 0, Some(1_800_000_000_000)),
+                (b"members", 3, None)
+            ]
+        );
+        assert!(seen.0[0].raw.is_none() && seen.0[0].dump_payload().is_none());
+        // The integer-encoded string's bytes are kept as they are, not decoded.
+        assert_eq!(seen.0[2].raw, Some((types::STRING, vec![0xc0, 7])));
+        for r in &seen.0[1..] {
+            let payload = r.dump_payload().unwrap();
+            assert_eq!(u16::from_le_bytes([payload[payload.len() - 10], payload[payload.len() - 9]]), 10);
+            assert_eq!(read_dump(Bytes::from(payload)).unwrap(), r.value, "{:?}", r.key);
+        }
+    }
+
+    #[test]
+    fn lengths_encode_as_the_reader_reads_them() {
+        for n in [0u64, 63, 64, 16383, 16384, 0xffff_ffff, 1 << 32] {
+            let mut out = Vec::new();
+            encode_length(&mut out, n);
+            let mut input = Input::new(Whole(Some(Bytes::from(out))));
+            assert_eq!(input.number().unwrap(), n);
+            assert!(input.at_end().unwrap());
+        }
     }
 
     #[test]
