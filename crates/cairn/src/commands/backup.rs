@@ -61,5 +61,5 @@ pub async fn run(ctx: &Context, args: BackupArgs, matches: &clap::ArgMatches) ->
         })
         .await;
     ticker.finish();
-    Ok(print_report(ctx, &report))
+    Ok(print_report(ctx, &report).await)
 }

@@ -2,6 +2,7 @@
 //! and turns the outcome into an exit code.
 
 mod backup;
+mod drill;
 mod postgres;
 mod replicate;
 mod repo;
@@ -94,6 +95,7 @@ fn job_name(command: &Command) -> &'static str {
         Command::WalFetch(_) => "wal-fetch",
         Command::Wal(_) => "wal",
         Command::Catalog(_) => "catalog",
+        Command::Drill(_) => "drill",
     }
 }
 
@@ -129,6 +131,7 @@ pub async fn run(cli: Cli, matches: clap::ArgMatches, registry: Registry) -> u8 
         Command::WalFetch(args) => postgres::wal_fetch(&ctx, args).await,
         Command::Wal(args) => postgres::wal(&ctx, args).await,
         Command::Catalog(args) => repo::catalog(&ctx, args).await,
+        Command::Drill(args) => drill::run(&ctx, args).await,
     };
     match result {
         Ok(code) => code,
@@ -156,8 +159,10 @@ fn report_error(job: &'static str, e: &anyhow::Error, json: bool, json_logs: boo
 
 /// Prints a job's report: one JSON line on stdout with `--json` (or JSON
 /// logs), else its summary; with text logs its warnings and errors also go
-/// to stderr. Returns its exit code.
-pub fn print_report(ctx: &Context, report: &JobReport) -> u8 {
+/// to stderr. Publishes its metrics (every job's report passes here).
+/// Returns its exit code.
+pub async fn print_report(ctx: &Context, report: &JobReport) -> u8 {
+    crate::metrics::job(ctx, report).await;
     if ctx.json() {
         print_json(&report.to_json());
     } else {
