@@ -17,8 +17,8 @@
 //!    query, a file's hash, a glob count) compared with its expectation.
 //!
 //! The scratch target is torn down whatever happened, SIGTERM included
-//! (teardown is not raced against the stop token). RTO is fetch + restore
-//! + verify; RPO is the restore point's age when the drill started; both
+//! (teardown is not raced against the stop token). RTO is the sum of
+//! fetch, restore and verify; RPO is the restore point's age when the drill started; both
 //! are compared with the plan's targets. The result is a [`DrillRecord`],
 //! stored in the repository's journal [`JOURNAL`] (so it replicates with
 //! the repository) and read back by [`history`].

@@ -34,13 +34,16 @@ impl MetricsSettings {
     }
 }
 
+/// One sample: its metric name, labels beyond the group's, and value.
+pub type Sample = (&'static str, Vec<(String, String)>, f64);
+
 /// One group of samples: a task and a source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Group {
     pub task: String,
     pub source: String,
     /// (name, extra labels, value), in the order written.
-    pub samples: Vec<(&'static str, Vec<(String, String)>, f64)>,
+    pub samples: Vec<Sample>,
 }
 
 /// What each metric is, for the `# HELP` lines.
