@@ -13,6 +13,9 @@ pub const PARTIAL: u8 = 3;
 pub const DAMAGED: u8 = 4;
 pub const REPLICA_FAILED: u8 = 5;
 pub const REPLICA_LAGGING: u8 = 6;
+pub const DRILL_FAILED: u8 = 7;
+pub const DRILL_MISSED: u8 = 8;
+pub const DRILL_NOT_RUN: u8 = 9;
 pub const NO_REPOSITORY: u8 = 10;
 pub const LOCKED: u8 = 11;
 pub const WRONG_PASSWORD: u8 = 12;
@@ -32,6 +35,9 @@ pub const TABLE: &[(u8, &str)] = &[
     (DAMAGED, "check/verify/restore found damage, or a target differs from its snapshot"),
     (REPLICA_FAILED, "snapshot saved, but bringing a replica up to date failed (run `cairn replicate`)"),
     (REPLICA_LAGGING, "`replicate --verify --max-lag`: the replica is complete but lags more than allowed"),
+    (DRILL_FAILED, "`drill`: a check failed (a restore point did not restore, verify or pass an assertion)"),
+    (DRILL_MISSED, "`drill`: every check passed, but an RTO or RPO target was missed"),
+    (DRILL_NOT_RUN, "`drill`: a source's drill could not run (no restore point, no scratch target)"),
     (NO_REPOSITORY, "repository does not exist"),
     (LOCKED, "repository is locked by another process, or this run lost its lease or lock"),
     (WRONG_PASSWORD, "wrong password"),

@@ -18,10 +18,12 @@
 //! Exit codes are decided in one place ([`exit`]) from the error's
 //! [`cairn_source::ErrorClass`] and why the run stopped.
 
+pub mod drill;
 mod error;
 pub mod exit;
 mod jobs;
 mod lifecycle;
+pub mod metrics;
 mod open;
 mod report;
 mod stop;

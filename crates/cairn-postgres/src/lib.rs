@@ -44,6 +44,7 @@ mod error;
 mod manifest;
 pub mod physical;
 pub(crate) mod restore;
+pub mod scratch;
 mod script;
 pub mod source;
 mod tools;
@@ -57,5 +58,6 @@ pub use restore::{
     PlannedTable, RestoreOptions, RestorePlan, RestoreProgress, RestoreReport, TableCheck, compare_database,
     load_manifest, restore,
 };
+pub use scratch::PgScratch;
 pub use source::{PostgresRestoreSettings, PostgresSettings, PostgresSource};
 pub use tools::PgTools;

@@ -488,6 +488,10 @@ impl Source for PostgresSource {
         target.starts_with("postgres://") || target.starts_with("postgresql://")
     }
 
+    fn scratch(&self) -> Option<Arc<dyn cairn_source::Scratch>> {
+        Some(crate::PgScratch::default().arc())
+    }
+
     async fn verify_against(
         &self,
         job: VerifyJob<'_>,

@@ -1,7 +1,8 @@
 //! Scratch targets for restore drills: a throwaway `redis-server` on a
 //! free loopback port, with its data directory in the system's temporary
-//! directory, named `cairn-scratch-<prefix>-redis-<n>` so that the
-//! leftovers of a killed drill are found by their prefix and removed.
+//! directory, named `cairn-scratch-<prefix>-redis-<pid>-<n>`
+//! ([`cairn_source::scratch`]) so that the leftovers of a killed drill are
+//! found by their prefix and removed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,10 +28,6 @@ impl RedisScratch {
         self.root.clone().unwrap_or_else(std::env::temp_dir)
     }
 
-    fn name_prefix(prefix: &str) -> String {
-        format!("cairn-scratch-{prefix}-redis-")
-    }
-
     /// Stops the server of `dir` (if it is still ours) and removes `dir`.
     async fn remove(dir: &std::path::Path) -> Result<(), BoxError> {
         if let Some(pid) =
@@ -38,11 +35,7 @@ impl RedisScratch {
         {
             server::stop(pid, dir).await;
         }
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing {}: {e}", dir.display()).into()),
-        }
+        cairn_source::scratch::remove_dir(dir)
     }
 
     pub fn arc(self) -> Arc<dyn Scratch> {
@@ -55,7 +48,7 @@ impl Scratch for RedisScratch {
     async fn provision(&self, prefix: &str, _snapshot: &Snapshot) -> Result<ScratchTarget, BoxError> {
         let bin = server::find_server(self.bin.as_deref())?;
         let root = self.root();
-        let dir = tempfile_dir(&root, &Self::name_prefix(prefix))?;
+        let dir = cairn_source::scratch::new_dir(&root, prefix, "redis")?;
         let port = server::free_port()?;
         match server::start(&bin, &dir, port, false, &cairn_source::Cancel::new()).await {
             Ok(started) => Ok(ScratchTarget {
@@ -70,39 +63,16 @@ impl Scratch for RedisScratch {
     }
 
     async fn teardown(&self, target: &ScratchTarget) -> Result<(), BoxError> {
-        let dir = target
-            .handle
-            .get("dir")
-            .and_then(|d| d.as_str())
-            .ok_or("the scratch handle names no directory")?;
-        Self::remove(std::path::Path::new(dir)).await
+        Self::remove(&cairn_source::scratch::handle_dir(target)?).await
     }
 
     async fn sweep(&self, prefix: &str) -> Result<usize, BoxError> {
-        let name = Self::name_prefix(prefix);
-        let mut removed = 0;
-        for entry in std::fs::read_dir(self.root())? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(&name) && entry.file_type()?.is_dir() {
-                Self::remove(&entry.path()).await?;
-                removed += 1;
-            }
+        let leftovers = cairn_source::scratch::leftovers(&self.root(), prefix, "redis")?;
+        for dir in &leftovers {
+            Self::remove(dir).await?;
         }
-        Ok(removed)
+        Ok(leftovers.len())
     }
-}
-
-/// A new directory under `root` whose name starts with `prefix`.
-fn tempfile_dir(root: &std::path::Path, prefix: &str) -> Result<PathBuf, BoxError> {
-    for n in 0..1000u32 {
-        let dir = root.join(format!("{prefix}{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(format!("creating {}: {e}", dir.display()).into()),
-        }
-    }
-    Err(format!("no free scratch directory name under {}", root.display()).into())
 }
 
 #[cfg(test)]

@@ -201,4 +201,23 @@ pub trait Scratch: Send + Sync {
     /// Removes leftovers of killed drills whose names start with `prefix`;
     /// returns how many.
     async fn sweep(&self, prefix: &str) -> Result<usize, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// The probes a drill's user assertions may name for this kind
+    /// (`sql`, `file`, `sha256`, `glob`, `redis_type`, ...).
+    fn probes(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Runs the probe `probe` with `argument` on a restored target and
+    /// returns what it observed, as text (a query's value, `true`/`false`,
+    /// a hash, a count); the drill compares it with the assertion's
+    /// expectation. Only names listed by [`Scratch::probes`] are asked for.
+    async fn probe(
+        &self,
+        _target: &ScratchTarget,
+        probe: &str,
+        _argument: &str,
+    ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+        Err(format!("this source has no probe {probe:?}").into())
+    }
 }

@@ -35,6 +35,7 @@ mod envelope;
 mod job;
 mod progress;
 mod registry;
+pub mod scratch;
 pub mod units;
 mod writer;
 

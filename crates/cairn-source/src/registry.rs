@@ -22,11 +22,17 @@ use crate::{
 /// An adapter's settings, type-erased.
 pub trait AnySettings: Any + Send + Sync + std::fmt::Debug {
     fn as_any(&self) -> &dyn Any;
+    /// A copy (a drill hands the same settings to each of its jobs).
+    fn clone_boxed(&self) -> Box<dyn AnySettings>;
 }
 
-impl<T: Any + Send + Sync + std::fmt::Debug> AnySettings for T {
+impl<T: Any + Send + Sync + std::fmt::Debug + Clone> AnySettings for T {
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn clone_boxed(&self) -> Box<dyn AnySettings> {
+        Box::new(self.clone())
     }
 }
 

@@ -20,11 +20,13 @@ pub mod archiver;
 pub mod exclude;
 pub mod meta;
 pub mod restorer;
+pub mod scratch;
 pub mod source;
 
 pub use archiver::{BackupOptions, BackupProgress, BackupResult, ParentChoice, backup};
 pub use exclude::{ExcludeError, Excludes};
 pub use restorer::{Overwrite, RestoreOptions, RestoreProgress, RestoreSummary, restore};
+pub use scratch::VolumeScratch;
 pub use source::{VolumeRestoreSettings, VolumeSettings, VolumeSource};
 
 use std::path::{Path, PathBuf};

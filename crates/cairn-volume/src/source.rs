@@ -273,6 +273,10 @@ impl Source for VolumeSource {
         !target.contains("://")
     }
 
+    fn scratch(&self) -> Option<Arc<dyn cairn_source::Scratch>> {
+        Some(crate::VolumeScratch::default().arc())
+    }
+
     async fn verify_against(
         &self,
         job: VerifyJob<'_>,

@@ -64,6 +64,14 @@ pub struct GlobalArgs {
     /// Never draw progress bars.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// After the job, merge its metrics into this node-exporter textfile
+    /// (`*.prom` in the collector's directory); default `metrics.textfile` of cairn.yaml.
+    #[arg(long, env = "CAIRN_METRICS_TEXTFILE", global = true, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
+    /// After the job, push its metrics to this Prometheus Pushgateway
+    /// (http://host:9091); default `metrics.pushgateway` of cairn.yaml.
+    #[arg(long, env = "CAIRN_PUSHGATEWAY", global = true, value_name = "URL")]
+    pub pushgateway: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +112,8 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Delete the data no snapshot references and repack partly used packs.
     Prune(PruneArgs),
+    /// Restore drills: restore configured sources into scratch targets, check them, measure RTO and RPO.
+    Drill(DrillArgs),
 }
 
 /// A retention policy on the command line (restic's flags and meanings).
@@ -213,6 +223,31 @@ pub struct PruneArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub options: PruneOptionArgs,
+}
+
+/// `cairn drill` (configured by `drills:` in cairn.yaml and `policies/drill-*.yaml`).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DrillArgs {
+    #[command(subcommand)]
+    pub action: Option<DrillAction>,
+    /// Drill only this configured source (repeatable; default: every configured drill).
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    /// Write the drill's report here: drill-<time>-<id>.json, .md and .html
+    /// (a table per source, RTO and RPO charts over past drills).
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillAction {
+    /// Past drills recorded in the repository, oldest first.
+    History {
+        /// Only drills of this source (repeatable).
+        #[arg(long = "source", value_name = "NAME")]
+        sources: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -80,12 +80,91 @@ pub struct Config {
     /// The host recorded in snapshots of every source that names none.
     #[serde(default)]
     pub host: Option<String>,
+    /// Restore drills (`cairn drill`), one per source; more come from
+    /// `policies/drill-*.yaml` beside the file.
+    #[serde(default)]
+    pub drills: Vec<DrillConfig>,
+    /// Where every job's metrics go (`--metrics-textfile`, `--pushgateway` win).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// Read from the file apart: each entry's adapter keys stay as written
     /// until the source is used.
     #[serde(skip)]
     pub sources: Vec<SourceConfig>,
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// One source's restore drill (`drills:` in cairn.yaml or a drill policy).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// The configured source (`sources:` name) whose snapshots are drilled.
+    pub source: String,
+    /// Which restore point: `latest` (default), `oldest`, `random:7d`.
+    #[serde(default)]
+    pub pick: Option<String>,
+    /// Recovery time objective: restore start to a verified target.
+    #[serde(default)]
+    pub rto: Option<cairn_source::units::Span>,
+    /// Recovery point objective: the restore point's age at drill time.
+    #[serde(default)]
+    pub rpo: Option<cairn_source::units::Span>,
+    /// `cairn restore` flags of the source's kind (e.g. `[--database, app]`).
+    #[serde(default)]
+    pub restore_flags: Vec<String>,
+    /// User assertions: one probe key (`sql`, `file`, `sha256`, `glob`) with
+    /// its argument, and `expect` (default `true`).
+    #[serde(default, rename = "assert")]
+    pub assertions: Vec<std::collections::BTreeMap<String, String>>,
+}
+
+/// A drill policy file: `policies/drill-*.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillPolicy {
+    pub drills: Vec<DrillConfig>,
+}
+
+/// `metrics:` in cairn.yaml.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A node-exporter textfile collector file, rewritten after every job.
+    #[serde(default)]
+    pub textfile: Option<PathBuf>,
+    /// A Prometheus Pushgateway (`http://host:9091`), pushed to after every job.
+    #[serde(default)]
+    pub pushgateway: Option<String>,
+}
+
+impl Config {
+    /// The drills of the file and of `policies/drill-*.yaml` beside it, in
+    /// that order (policy files by name).
+    pub fn all_drills(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<DrillConfig>, ConfigError> {
+        let mut drills = self.drills.clone();
+        let dir = self.path.parent().unwrap_or(Path::new(".")).join("policies");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("drill-") && (name.ends_with(".yaml") || name.ends_with(".yml"))
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+            let value: serde_yaml::Value = serde_yaml::from_str(&text)
+                .map_err(|e| ConfigError::Parse { path: file.clone(), message: e.to_string() })?;
+            let policy: DrillPolicy = cairn_source::config::from_value(value, &file, env)?;
+            drills.extend(policy.drills);
+        }
+        Ok(drills)
+    }
 }
 
 /// One named source of the file.
@@ -149,6 +228,11 @@ impl fmt::Debug for Config {
             .field("lock_lease", &self.lock_lease)
             .field("catalog_table", &self.catalog_table)
             .field("host", &self.host)
+            .field("drills", &self.drills.len())
+            .field(
+                "metrics",
+                &self.metrics.as_ref().map(|m| (&m.textfile, m.pushgateway.as_deref().map(redact))),
+            )
             .field("sources", &self.sources)
             .field("path", &self.path)
             .finish_non_exhaustive()

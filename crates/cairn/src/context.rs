@@ -25,6 +25,8 @@ pub struct Context {
     pub json: bool,
     pub registry: Registry,
     pub stop: Arc<Stop>,
+    /// The metrics sinks given on the command line (cairn.yaml's apply otherwise).
+    pub metrics: cairn_engine::metrics::MetricsSettings,
 }
 
 impl Context {
@@ -50,6 +52,10 @@ impl Context {
             json: global.json,
             registry,
             stop,
+            metrics: cairn_engine::metrics::MetricsSettings {
+                textfile: global.metrics_textfile.clone(),
+                pushgateway: global.pushgateway.clone(),
+            },
         })
     }
 

@@ -12,7 +12,9 @@ mod commands;
 mod config;
 mod context;
 mod exit;
+mod metrics;
 mod output;
+mod report;
 mod sources;
 
 use clap::FromArgMatches;

@@ -77,5 +77,5 @@ pub async fn run(ctx: &Context, args: BackupArgs, matches: &clap::ArgMatches) ->
             }
         }
     }
-    Ok(print_report(ctx, &report))
+    Ok(print_report(ctx, &report).await)
 }

@@ -84,7 +84,7 @@ pub async fn forget(ctx: &Context, args: ForgetArgs) -> Result<u8> {
         return Ok(exit::SUCCESS);
     }
     let report = run_prune(ctx, &repo, &options, args.dry_run).await?;
-    Ok(super::print_report(ctx, &report))
+    Ok(super::print_report(ctx, &report).await)
 }
 
 /// Decides, prints and (unless a dry run) deletes; returns how many snapshots went.
@@ -238,7 +238,7 @@ pub async fn prune(ctx: &Context, args: PruneArgs) -> Result<u8> {
     let options = prune_options(&args.options)?;
     let repo = ctx.open().await?;
     let report = run_prune(ctx, &repo, &options, args.dry_run).await?;
-    Ok(super::print_report(ctx, &report))
+    Ok(super::print_report(ctx, &report).await)
 }
 
 /// `CAIRN_TEST_PRUNE_PAUSE=STEP` (tests only): stop before STEP (`repack`,

@@ -2,6 +2,7 @@
 //! and turns the outcome into an exit code.
 
 mod backup;
+mod drill;
 mod forget;
 mod postgres;
 mod replicate;
@@ -97,6 +98,7 @@ fn job_name(command: &Command) -> &'static str {
         Command::Catalog(_) => "catalog",
         Command::Forget(_) => "forget",
         Command::Prune(_) => "prune",
+        Command::Drill(_) => "drill",
     }
 }
 
@@ -134,6 +136,7 @@ pub async fn run(cli: Cli, matches: clap::ArgMatches, registry: Registry) -> u8 
         Command::Catalog(args) => repo::catalog(&ctx, args).await,
         Command::Forget(args) => forget::forget(&ctx, args).await,
         Command::Prune(args) => forget::prune(&ctx, args).await,
+        Command::Drill(args) => drill::run(&ctx, args).await,
     };
     match result {
         Ok(code) => code,
@@ -161,8 +164,10 @@ fn report_error(job: &'static str, e: &anyhow::Error, json: bool, json_logs: boo
 
 /// Prints a job's report: one JSON line on stdout with `--json` (or JSON
 /// logs), else its summary; with text logs its warnings and errors also go
-/// to stderr. Returns its exit code.
-pub fn print_report(ctx: &Context, report: &JobReport) -> u8 {
+/// to stderr. Publishes its metrics (every job's report passes here).
+/// Returns its exit code.
+pub async fn print_report(ctx: &Context, report: &JobReport) -> u8 {
+    crate::metrics::job(ctx, report).await;
     if ctx.json() {
         print_json(&report.to_json());
     } else {

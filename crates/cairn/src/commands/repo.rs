@@ -204,7 +204,7 @@ pub async fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
         job.exit_code = exit::DAMAGED;
     }
     job.summary = text.join("\n");
-    Ok(super::print_report(ctx, &job.finish()))
+    Ok(super::print_report(ctx, &job.finish()).await)
 }
 
 pub async fn stats(ctx: &Context, args: StatsArgs) -> Result<u8> {

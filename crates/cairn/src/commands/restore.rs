@@ -42,7 +42,7 @@ pub async fn restore(ctx: &Context, args: RestoreArgs, matches: &clap::ArgMatche
         })
         .await;
     ticker.finish();
-    Ok(print_report(ctx, &report))
+    Ok(print_report(ctx, &report).await)
 }
 
 /// Every adapter's `cairn restore`/`verify` flags, by kind.
@@ -165,8 +165,9 @@ pub async fn verify(ctx: &Context, args: VerifyArgs, matches: &clap::ArgMatches)
             filter: args.filter.filter(),
             against: args.against.clone(),
             settings,
+            read_data: true,
         })
         .await;
     ticker.finish();
-    Ok(print_report(ctx, &report))
+    Ok(print_report(ctx, &report).await)
 }
