@@ -128,16 +128,14 @@ pub async fn check(
     }
     let mut index = Index::new();
     let mut pack_blobs: HashMap<Id, Vec<IndexBlob>> = HashMap::new();
-    for (id, file) in &files {
-        index.add_file(*id, file);
-        for p in &file.packs {
-            let entry = pack_blobs.entry(p.id).or_default();
-            for b in &p.blobs {
-                if !entry.iter().any(|e| e.offset == b.offset && e.id == b.id) {
-                    entry.push(b.clone());
-                }
-            }
+    for (id, file) in files {
+        index.add_file(id, &file);
+        for p in file.packs {
+            pack_blobs.entry(p.id).or_default().extend(p.blobs);
         }
+    }
+    for blobs in pack_blobs.values_mut() {
+        dedup_first_seen(blobs);
     }
 
     // Packs: present, and of the size their index entries imply.
@@ -284,6 +282,31 @@ pub async fn check(
     Ok(report)
 }
 
+/// Drops later entries for a blob (same id, same offset) already listed
+/// for the pack, keeping the first one seen and the order of the rest:
+/// overlapping index files list the same pack more than once. Sorting keeps
+/// this O(n log n) where a pack holds hundreds of thousands of small blobs.
+fn dedup_first_seen(blobs: &mut Vec<IndexBlob>) {
+    if blobs.len() < 2 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..blobs.len()).collect();
+    // Stable: among equal keys, the first seen comes first.
+    order.sort_by_key(|&i| (blobs[i].offset, blobs[i].id));
+    let mut keep = vec![true; blobs.len()];
+    for pair in order.windows(2) {
+        let (a, b) = (&blobs[pair[0]], &blobs[pair[1]]);
+        if a.offset == b.offset && a.id == b.id {
+            keep[pair[1]] = false;
+        }
+    }
+    let mut i = 0;
+    blobs.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
 struct PackVerdict {
     pack_messages: Vec<String>,
     bad_blobs: Vec<(Id, BlobType, String)>,
@@ -297,8 +320,10 @@ fn verify_pack(key: &cairn_crypto::Key, pack: &Id, bytes: &[u8], indexed: &[Inde
     match parse_pack(key, bytes) {
         Err(e) => v.pack_messages.push(format!("pack header: {e}")),
         Ok(header) => {
+            let in_header: HashSet<(Id, u32, u32)> =
+                header.iter().map(|h| (h.id, h.offset, h.length)).collect();
             for b in indexed {
-                if !header.iter().any(|h| h.id == b.id && h.offset == b.offset && h.length == b.length) {
+                if !in_header.contains(&(b.id, b.offset, b.length)) {
                     v.pack_messages
                         .push(format!("index lists blob {} that the pack header does not", b.id.short()));
                 }
@@ -465,4 +490,34 @@ fn message_of(e: &RepoError) -> String {
 
 fn problem_from(e: RepoError) -> Problem {
     Problem { object: object_of(&e), message: message_of(&e), affected: vec![] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(seed: &[u8], offset: u32, length: u32) -> IndexBlob {
+        IndexBlob { id: Id::hash(seed), kind: BlobType::Data, offset, length, uncompressed_length: 0 }
+    }
+
+    #[test]
+    fn duplicates_go_and_the_first_seen_order_stays() {
+        let mut blobs = vec![
+            blob(b"c", 200, 10),
+            blob(b"a", 0, 10),
+            blob(b"c", 200, 99), // same blob at the same place again: the first one wins
+            blob(b"b", 100, 10),
+            blob(b"a", 0, 10),
+            blob(b"a", 300, 10), // the same id elsewhere in the pack is another entry
+            blob(b"c", 200, 10),
+        ];
+        dedup_first_seen(&mut blobs);
+        assert_eq!(
+            blobs,
+            vec![blob(b"c", 200, 10), blob(b"a", 0, 10), blob(b"b", 100, 10), blob(b"a", 300, 10)]
+        );
+        let mut one = vec![blob(b"x", 0, 1)];
+        dedup_first_seen(&mut one);
+        assert_eq!(one.len(), 1);
+    }
 }

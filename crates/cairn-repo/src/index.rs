@@ -121,26 +121,21 @@ impl Index {
         &self.packs
     }
 
-    /// Every blob, grouped by pack (for `check --read-data` and stats).
-    pub fn blobs_by_pack(&self) -> HashMap<Id, Vec<(Id, BlobType, BlobLocation)>> {
-        let mut out: HashMap<Id, Vec<_>> = HashMap::new();
-        for (&(id, kind), e) in &self.blobs {
-            let pack = self.packs[e.pack as usize];
-            out.entry(pack).or_default().push((
+    /// Every blob and where it is, in no particular order (stats): a view,
+    /// not a copy, of what may be millions of entries.
+    pub fn iter(&self) -> impl Iterator<Item = (Id, BlobType, BlobLocation)> + '_ {
+        self.blobs.iter().map(|(&(id, kind), e)| {
+            (
                 id,
                 kind,
                 BlobLocation {
-                    pack,
+                    pack: self.packs[e.pack as usize],
                     offset: e.offset,
                     length: e.length,
                     uncompressed_length: e.uncompressed_length,
                 },
-            ));
-        }
-        for blobs in out.values_mut() {
-            blobs.sort_by_key(|b| b.2.offset);
-        }
-        out
+            )
+        })
     }
 }
 
@@ -211,5 +206,6 @@ mod tests {
         let mut idx2 = Index::new();
         idx2.add_file(Id::hash(b"f"), &file);
         assert_eq!(idx2.get(&blob.id, BlobType::Data), Some(loc));
+        assert_eq!(idx.iter().collect::<Vec<_>>(), vec![(blob.id, BlobType::Data, loc)]);
     }
 }

@@ -122,8 +122,21 @@ pub struct RestoreSummary {
     pub dry_run: bool,
 }
 
-/// The blobs needed from one pack: location, and (file, offset) targets.
-type PackBlobs = HashMap<Id, (BlobLocation, Vec<(usize, u64)>)>;
+/// Files restored together: their plans, and the blob locations they
+/// need, are all a restore holds per file at any time, whatever the size
+/// of the snapshot.
+const BATCH_FILES: usize = 16_384;
+/// Blob references per batch: bounds a batch of large files the same way.
+const BATCH_BLOBS: usize = 65_536;
+/// A unit of work reads at most this many blobs of one pack (or this span
+/// of it), so the workers share even the one pack a batch of small files
+/// may live in.
+const JOB_BLOBS: usize = 1024;
+const JOB_SPAN: u64 = 8 << 20;
+
+/// Blobs needed from one stretch of a pack, by offset: location, and
+/// (file, offset) targets.
+type PackBlobs = Vec<(Id, BlobLocation, Vec<(usize, u64)>)>;
 
 struct FilePlan {
     rel: PathBuf,
@@ -133,11 +146,19 @@ struct FilePlan {
     created: std::sync::Once,
 }
 
-struct Plan {
-    dirs: Vec<(PathBuf, Node)>,
-    files: Vec<FilePlan>,
-    hardlinks: Vec<(PathBuf, PathBuf, Node)>,
-    others: Vec<(PathBuf, Node)>,
+impl FilePlan {
+    fn new(rel: PathBuf, node: Node) -> FilePlan {
+        FilePlan { rel, node, remaining: AtomicUsize::new(0), created: std::sync::Once::new() }
+    }
+}
+
+/// One entry of a restore, in walk order.
+enum Planned {
+    Dir(PathBuf, Node),
+    File(PathBuf, Node),
+    /// A further name of a file already planned: (name, first name, node).
+    Hardlink(PathBuf, PathBuf, Node),
+    Other(PathBuf, Node),
 }
 
 fn rel_components(p: &str) -> Vec<Vec<u8>> {
@@ -181,43 +202,109 @@ fn include_state(rel: &[Vec<u8>], includes: &[Vec<Vec<u8>>]) -> (bool, bool) {
     (inside, inside || ancestor)
 }
 
-async fn build_plan(
-    repo: &Repository,
-    index: &Index,
-    snapshot: &Snapshot,
-    opts: &RestoreOptions,
-) -> Result<Plan, VolumeError> {
-    let mut plan = Plan { dirs: vec![], files: vec![], hardlinks: vec![], others: vec![] };
-    let base = find_base(repo, index, snapshot).await?;
-    let prefix = snapshot.paths.first().cloned().unwrap_or_default();
-    let includes: Vec<Vec<Vec<u8>>> = opts
-        .include
-        .iter()
-        .map(|p| {
-            let stripped =
-                if snapshot.paths.len() == 1 && p.starts_with(&prefix) { &p[prefix.len()..] } else { p };
-            rel_components(stripped)
-        })
-        .collect();
-    let relocations: Vec<(Vec<Vec<u8>>, &Path)> =
-        opts.relocate.iter().map(|(from, to)| (rel_components(from), to.as_path())).collect();
-    let excluded: Vec<Vec<Vec<u8>>> = opts.exclude.iter().map(|p| rel_components(p)).collect();
-    let mut matched = vec![false; includes.len()];
-    let mut seen_inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
+/// The entries a restore writes, pulled one at a time from a depth-first
+/// walk of the snapshot's trees: it holds one tree's nodes and the
+/// directories still to visit, never the whole snapshot, so a restore's
+/// memory does not grow with its file count. The walk is deterministic:
+/// a restore walks twice (decide, then write) and sees the same entries.
+struct PlanWalk<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    includes: Vec<Vec<Vec<u8>>>,
+    relocations: Vec<(Vec<Vec<u8>>, PathBuf)>,
+    excluded: Vec<Vec<Vec<u8>>>,
+    matched: Vec<bool>,
+    /// First name of every multiply-linked file seen.
+    seen_inodes: HashMap<(u64, u64), PathBuf>,
+    single: Option<Box<Node>>,
+    stack: Vec<(Id, Vec<Vec<u8>>)>,
+    current: Option<(std::vec::IntoIter<Node>, Vec<Vec<u8>>)>,
+}
 
-    let mut place = |rel_c: Vec<Vec<u8>>, node: Node, plan: &mut Plan, matched: &mut Vec<bool>| -> bool {
-        let (inside, wanted) = include_state(&rel_c, &includes);
-        for (i, inc) in includes.iter().enumerate() {
+impl<'a> PlanWalk<'a> {
+    async fn new(
+        repo: &'a Repository,
+        index: &'a Index,
+        snapshot: &Snapshot,
+        opts: &RestoreOptions,
+    ) -> Result<PlanWalk<'a>, VolumeError> {
+        let base = find_base(repo, index, snapshot).await?;
+        let prefix = snapshot.paths.first().cloned().unwrap_or_default();
+        let includes: Vec<Vec<Vec<u8>>> = opts
+            .include
+            .iter()
+            .map(|p| {
+                let stripped =
+                    if snapshot.paths.len() == 1 && p.starts_with(&prefix) { &p[prefix.len()..] } else { p };
+                rel_components(stripped)
+            })
+            .collect();
+        let (single, stack) = match base {
+            Base::Single(node) => (Some(node), vec![]),
+            Base::Tree(id) => (None, vec![(id, vec![])]),
+        };
+        Ok(PlanWalk {
+            repo,
+            index,
+            matched: vec![false; includes.len()],
+            includes,
+            relocations: opts.relocate.iter().map(|(from, to)| (rel_components(from), to.clone())).collect(),
+            excluded: opts.exclude.iter().map(|p| rel_components(p)).collect(),
+            seen_inodes: HashMap::new(),
+            single,
+            stack,
+            current: None,
+        })
+    }
+
+    /// The next entry, or `None` when the walk is over.
+    async fn next(&mut self) -> Result<Option<Planned>, VolumeError> {
+        loop {
+            if let Some(node) = self.single.take() {
+                let name = node.name.clone();
+                if let (_, Some(item)) = self.place(vec![name], *node) {
+                    return Ok(Some(item));
+                }
+                continue;
+            }
+            if let Some((mut nodes, rel)) = self.current.take() {
+                let Some(node) = nodes.next() else { continue };
+                let mut child = rel.clone();
+                child.push(node.name.clone());
+                self.current = Some((nodes, rel));
+                let subtree = node.subtree;
+                let (descend, item) = self.place(child.clone(), node);
+                if descend && let Some(sub) = subtree {
+                    self.stack.push((sub, child));
+                }
+                match item {
+                    Some(item) => return Ok(Some(item)),
+                    None => continue,
+                }
+            }
+            let Some((tree_id, rel)) = self.stack.pop() else { return Ok(None) };
+            let tree = self.repo.load_tree(self.index, &tree_id).await?;
+            self.current = Some((tree.nodes.into_iter(), rel));
+        }
+    }
+
+    /// Decides what becomes of one node: whether to descend into it, and
+    /// the entry it makes, if any.
+    fn place(&mut self, rel_c: Vec<Vec<u8>>, node: Node) -> (bool, Option<Planned>) {
+        let (inside, wanted) = include_state(&rel_c, &self.includes);
+        for (i, inc) in self.includes.iter().enumerate() {
             if rel_c.len() >= inc.len() && rel_c[..inc.len()] == inc[..] {
-                matched[i] = true;
+                self.matched[i] = true;
             }
         }
-        if !wanted || excluded.iter().any(|x| rel_c.len() >= x.len() && rel_c[..x.len()] == x[..]) {
-            return false;
+        if !wanted || self.excluded.iter().any(|x| rel_c.len() >= x.len() && rel_c[..x.len()] == x[..]) {
+            return (false, None);
         }
         // A relocated path is absolute, and `target.join` of an absolute path is that path.
-        let relocated =
-            relocations.iter().find(|(from, _)| rel_c.len() >= from.len() && rel_c[..from.len()] == from[..]);
+        let relocated = self
+            .relocations
+            .iter()
+            .find(|(from, _)| rel_c.len() >= from.len() && rel_c[..from.len()] == from[..]);
         let rel: PathBuf = match relocated {
             Some((from, to)) => {
                 to.iter().chain(rel_c[from.len()..].iter().map(|c| OsStr::from_bytes(c))).collect()
@@ -225,56 +312,28 @@ async fn build_plan(
             None => rel_c.iter().map(|c| OsStr::from_bytes(c)).collect(),
         };
         match node.node_type {
-            NodeType::Dir => {
-                plan.dirs.push((rel, node));
-                return true;
-            }
-            _ if !inside => return false,
+            NodeType::Dir => (true, Some(Planned::Dir(rel, node))),
+            _ if !inside => (false, None),
             NodeType::File => {
                 if node.links > 1 && node.inode != 0 {
-                    if let Some(first) = seen_inodes.get(&(node.device_id, node.inode)) {
-                        plan.hardlinks.push((rel, first.clone(), node));
-                        return false;
+                    if let Some(first) = self.seen_inodes.get(&(node.device_id, node.inode)) {
+                        return (false, Some(Planned::Hardlink(rel, first.clone(), node)));
                     }
-                    seen_inodes.insert((node.device_id, node.inode), rel.clone());
+                    self.seen_inodes.insert((node.device_id, node.inode), rel.clone());
                 }
-                plan.files.push(FilePlan {
-                    rel,
-                    node,
-                    remaining: AtomicUsize::new(0),
-                    created: std::sync::Once::new(),
-                });
+                (false, Some(Planned::File(rel, node)))
             }
-            _ => plan.others.push((rel, node)),
+            _ => (false, Some(Planned::Other(rel, node))),
         }
-        false
-    };
+    }
 
-    let root_tree = match base {
-        Base::Single(node) => {
-            let name = node.name.clone();
-            place(vec![name], *node, &mut plan, &mut matched);
-            None
-        }
-        Base::Tree(id) => Some(id),
-    };
-    let mut stack: Vec<(Id, Vec<Vec<u8>>)> = root_tree.map(|id| vec![(id, vec![])]).unwrap_or_default();
-    while let Some((tree_id, rel)) = stack.pop() {
-        let tree = repo.load_tree(index, &tree_id).await?;
-        for node in tree.nodes {
-            let mut child = rel.clone();
-            child.push(node.name.clone());
-            let subtree = node.subtree;
-            let descend = place(child.clone(), node, &mut plan, &mut matched);
-            if descend && let Some(sub) = subtree {
-                stack.push((sub, child));
-            }
+    /// After the last entry: an include that matched nothing is an error.
+    fn finish(&self, opts: &RestoreOptions) -> Result<(), VolumeError> {
+        match self.matched.iter().position(|m| !m) {
+            Some(i) => Err(VolumeError::PathNotInSnapshot { path: opts.include[i].clone() }),
+            None => Ok(()),
         }
     }
-    if let Some(i) = matched.iter().position(|m| !m) {
-        return Err(VolumeError::PathNotInSnapshot { path: opts.include[i].clone() });
-    }
-    Ok(plan)
 }
 
 /// The files a restore with `include` would write, where (relative to the
@@ -287,12 +346,60 @@ pub(crate) async fn planned_files(
     include: &[String],
 ) -> Result<Vec<(PathBuf, Node)>, VolumeError> {
     let opts = RestoreOptions { include: include.to_vec(), ..RestoreOptions::default() };
-    let plan = build_plan(repo, index, snapshot, &opts).await?;
-    let files = plan.files.into_iter().map(|f| (f.rel, f.node));
-    Ok(files.chain(plan.hardlinks.into_iter().map(|(rel, _, node)| (rel, node))).collect())
+    let mut walk = PlanWalk::new(repo, index, snapshot, &opts).await?;
+    let (mut files, mut links) = (Vec::new(), Vec::new());
+    while let Some(item) = walk.next().await? {
+        match item {
+            Planned::File(rel, node) => files.push((rel, node)),
+            Planned::Hardlink(rel, _, node) => links.push((rel, node)),
+            Planned::Dir(..) | Planned::Other(..) => {}
+        }
+    }
+    walk.finish(&opts)?;
+    files.extend(links);
+    Ok(files)
+}
+
+/// What to do with a file about to be restored, given what is at its place.
+#[derive(PartialEq)]
+enum Existing {
+    Write,
+    Skip,
+    Conflict,
+}
+
+fn existing(dest: &Path, node: &Node, overwrite: Overwrite) -> Existing {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dest) else { return Existing::Write };
+    match overwrite {
+        Overwrite::Never => Existing::Conflict,
+        Overwrite::IfChanged
+            if meta.is_file()
+                && meta.size() == node.size
+                && meta.mtime() == node.mtime.timestamp()
+                && meta.mtime_nsec() == node.mtime.timestamp_subsec_nanos() as i64 =>
+        {
+            Existing::Skip
+        }
+        Overwrite::IfChanged | Overwrite::Always => Existing::Write,
+    }
+}
+
+/// What the first pass keeps: everything but the files themselves, which
+/// the second pass streams through in batches.
+struct Plan {
+    dirs: Vec<(PathBuf, Node)>,
+    hardlinks: Vec<(PathBuf, PathBuf, Node)>,
+    others: Vec<(PathBuf, Node)>,
 }
 
 /// Restores `snapshot` according to `opts`.
+///
+/// Two walks of the snapshot: the first decides everything that must be
+/// known before anything is written (includes present, no conflicts, every
+/// blob indexed, totals for progress) and keeps only directories, links and
+/// special files; the second restores the files in batches of
+/// [`BATCH_FILES`], freeing each batch's state when it is done.
 pub async fn restore(
     repo: &Repository,
     index: Arc<Index>,
@@ -300,101 +407,136 @@ pub async fn restore(
     opts: &RestoreOptions,
     progress: Arc<RestoreProgress>,
 ) -> Result<RestoreSummary, VolumeError> {
-    let mut plan = build_plan(repo, &index, snapshot, opts).await?;
-    tracing::debug!(files = plan.files.len(), dirs = plan.dirs.len(), "restore: plan ready");
     let target = &opts.target;
     let mut summary = RestoreSummary { dry_run: opts.dry_run, ..Default::default() };
-
-    // Overwrite policy, decided before anything is written.
-    let mut conflicts = Vec::new();
-    let mut skip = vec![false; plan.files.len()];
-    for (i, f) in plan.files.iter().enumerate() {
-        let dest = target.join(&f.rel);
-        if let Ok(meta) = std::fs::symlink_metadata(&dest) {
-            match opts.overwrite {
-                Overwrite::Never => conflicts.push(f.rel.display().to_string()),
-                Overwrite::IfChanged => {
-                    use std::os::unix::fs::MetadataExt;
-                    if meta.is_file()
-                        && meta.size() == f.node.size
-                        && meta.mtime() == f.node.mtime.timestamp()
-                        && meta.mtime_nsec() == f.node.mtime.timestamp_subsec_nanos() as i64
+    let mut plan = Plan { dirs: vec![], hardlinks: vec![], others: vec![] };
+    // Overwrite policy, decided before anything is written: the first
+    // conflicting file (else link or special file) is the example named.
+    let mut conflicts = 0usize;
+    let (mut first_file_conflict, mut first_other_conflict) = (None, None);
+    let mut conflict = |rel: &Path, is_file: bool| {
+        conflicts += 1;
+        let slot = if is_file { &mut first_file_conflict } else { &mut first_other_conflict };
+        slot.get_or_insert_with(|| rel.display().to_string());
+    };
+    let mut unindexed = None;
+    let mut walk = PlanWalk::new(repo, &index, snapshot, opts).await?;
+    while let Some(item) = walk.next().await? {
+        match item {
+            Planned::Dir(rel, node) => plan.dirs.push((rel, node)),
+            Planned::File(rel, node) => match existing(&target.join(&rel), &node, opts.overwrite) {
+                Existing::Conflict => conflict(&rel, true),
+                Existing::Skip => summary.skipped += 1,
+                Existing::Write => {
+                    summary.files += 1;
+                    summary.bytes += node.size;
+                    let content = node.content.as_deref().unwrap_or(&[]);
+                    if unindexed.is_none()
+                        && let Some(blob) = content.iter().find(|b| !index.contains(b, BlobType::Data))
                     {
-                        skip[i] = true;
+                        unindexed = Some(not_indexed(blob, &rel));
                     }
                 }
-                Overwrite::Always => {}
+            },
+            Planned::Hardlink(rel, first, node) => {
+                if opts.overwrite == Overwrite::Never && std::fs::symlink_metadata(target.join(&rel)).is_ok()
+                {
+                    conflict(&rel, false);
+                }
+                plan.hardlinks.push((rel, first, node));
+            }
+            Planned::Other(rel, node) => {
+                if opts.overwrite == Overwrite::Never && std::fs::symlink_metadata(target.join(&rel)).is_ok()
+                {
+                    conflict(&rel, false);
+                }
+                plan.others.push((rel, node));
             }
         }
     }
-    for rel in plan.others.iter().map(|(r, _)| r).chain(plan.hardlinks.iter().map(|(r, _, _)| r)) {
-        if opts.overwrite == Overwrite::Never && std::fs::symlink_metadata(target.join(rel)).is_ok() {
-            conflicts.push(rel.display().to_string());
-        }
+    walk.finish(opts)?;
+    if let Some(example) = first_file_conflict.or(first_other_conflict) {
+        return Err(VolumeError::TargetNotEmpty { target: target.clone(), count: conflicts, example });
     }
-    if !conflicts.is_empty() {
-        return Err(VolumeError::TargetNotEmpty {
-            target: target.clone(),
-            count: conflicts.len(),
-            example: conflicts[0].clone(),
-        });
-    }
-    let mut kept = Vec::new();
-    for (f, s) in std::mem::take(&mut plan.files).into_iter().zip(skip) {
-        if s {
-            summary.skipped += 1;
-        } else {
-            kept.push(f);
-        }
-    }
-    plan.files = kept;
+    tracing::debug!(files = summary.files, dirs = plan.dirs.len(), "restore: plan ready");
 
-    summary.files = plan.files.len() as u64 + plan.hardlinks.len() as u64;
+    summary.files += plan.hardlinks.len() as u64;
     summary.dirs = plan.dirs.len() as u64;
     summary.links = plan.others.iter().filter(|(_, n)| n.node_type == NodeType::Symlink).count() as u64;
     summary.other = plan.others.len() as u64 - summary.links;
-    summary.bytes = plan.files.iter().map(|f| f.node.size).sum();
     progress.files_total.store(summary.files, Ordering::Relaxed);
     progress.bytes_total.store(summary.bytes, Ordering::Relaxed);
     if opts.dry_run {
         return Ok(summary);
     }
+    if let Some(e) = unindexed {
+        return Err(e);
+    }
+    restore_into(repo, &index, snapshot, &plan, opts, &progress, &mut summary).await?;
+    Ok(summary)
+}
 
-    // Which blob goes where.
-    let mut by_pack: HashMap<Id, PackBlobs> = HashMap::new();
-    for (i, f) in plan.files.iter().enumerate() {
+fn not_indexed(blob: &Id, rel: &Path) -> VolumeError {
+    VolumeError::Repo(RepoError::Damaged {
+        path: format!("data blob {}", blob.short()),
+        reason: format!("not in any index; needed by {}", rel.display()),
+    })
+}
+
+/// Restores one batch of files: which blob goes where, then the workers.
+/// On failure the batch's partial files are removed; complete files stay.
+fn restore_batch(
+    repo: &Repository,
+    index: &Index,
+    files: &[FilePlan],
+    writer: &Writer<'_>,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<(), VolumeError> {
+    let mut by_pack: HashMap<Id, HashMap<Id, (BlobLocation, Vec<(usize, u64)>)>> = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
         let mut offset = 0u64;
         let content = f.node.content.as_deref().unwrap_or(&[]);
         for blob in content {
-            let loc = index.get(blob, BlobType::Data).ok_or_else(|| {
-                VolumeError::Repo(RepoError::Damaged {
-                    path: format!("data blob {}", blob.short()),
-                    reason: format!("not in any index; needed by {}", f.rel.display()),
-                })
-            })?;
+            let loc = index.get(blob, BlobType::Data).ok_or_else(|| not_indexed(blob, &f.rel))?;
             by_pack.entry(loc.pack).or_default().entry(*blob).or_insert((loc, vec![])).1.push((i, offset));
             offset += loc.plaintext_len() as u64;
         }
         // An empty file still has one step to go: being created.
         f.remaining.store(content.len().max(1), Ordering::Relaxed);
     }
-
-    let result = restore_into(repo, &plan, by_pack, target, opts, &progress, &mut summary).await;
+    let mut packs: Vec<_> = by_pack.into_iter().collect();
+    packs.sort_by_key(|(id, _)| *id);
+    let mut jobs: Vec<Job> = (0..files.len())
+        .filter(|&i| files[i].node.content.as_ref().is_none_or(|c| c.is_empty()))
+        .map(Job::Empty)
+        .collect();
+    for (pack, blobs) in packs {
+        let mut blobs: PackBlobs = blobs.into_iter().map(|(id, (loc, targets))| (id, loc, targets)).collect();
+        blobs.sort_by_key(|(_, loc, _)| loc.offset);
+        let mut stretch: PackBlobs = Vec::new();
+        for blob in blobs {
+            let span =
+                stretch.first().map(|(_, first, _)| (blob.1.offset + blob.1.length - first.offset) as u64);
+            if stretch.len() == JOB_BLOBS || span.is_some_and(|s| s > JOB_SPAN) {
+                jobs.push(Job::Pack(pack, std::mem::take(&mut stretch)));
+            }
+            stretch.push(blob);
+        }
+        if !stretch.is_empty() {
+            jobs.push(Job::Pack(pack, stretch));
+        }
+    }
+    let result = write_files(repo, jobs, writer, opts.concurrency.max(1), progress);
     if result.is_err() {
-        // Remove the partial files of this run; complete files stay.
-        for (i, f) in plan.files.iter().enumerate() {
+        for (i, f) in files.iter().enumerate() {
             if f.created.is_completed() && f.remaining.load(Ordering::Relaxed) > 0 {
-                let _ = std::fs::remove_file(staged_path(target, f, i));
+                let _ = std::fs::remove_file(writer.staged(i));
             }
         }
     }
-    result?;
-    Ok(summary)
+    result
 }
-
-/// Where a file is assembled: a short hidden name next to its final place.
-/// Same directory, so the final rename is atomic and cheap; per-directory,
-/// so parallel writers do not all contend for one directory's lock; and not
 /// derived from the real name, which may already be 255 bytes long.
 fn staged_path(target: &Path, f: &FilePlan, index: usize) -> PathBuf {
     let dest = target.join(&f.rel);
@@ -402,25 +544,29 @@ fn staged_path(target: &Path, f: &FilePlan, index: usize) -> PathBuf {
     dir.join(format!(".cairn-restore-{}-{index}.part", std::process::id()))
 }
 
+/// Writes one batch of files.
 struct Writer<'a> {
-    plan: &'a Plan,
+    files: &'a [FilePlan],
+    /// The number of the batch's first file in the restore, so staged names
+    /// stay unique across batches.
+    first: usize,
     target: &'a Path,
     is_root: bool,
     fsync: bool,
-    warnings: Mutex<Vec<String>>,
+    warnings: &'a Mutex<Vec<String>>,
     progress: &'a RestoreProgress,
 }
 
 impl Writer<'_> {
     fn staged(&self, file: usize) -> PathBuf {
-        staged_path(self.target, &self.plan.files[file], file)
+        staged_path(self.target, &self.files[file], self.first + file)
     }
 
     /// Creates the staged file at its final length (so skipped zero blocks
     /// are holes), once, on first use.
     fn create_staged(&self, file: usize) -> Result<(), VolumeError> {
         let mut result = Ok(());
-        let f = &self.plan.files[file];
+        let f = &self.files[file];
         f.created.call_once(|| {
             let path = self.staged(file);
             result = std::fs::File::create(&path)
@@ -434,7 +580,7 @@ impl Writer<'_> {
     /// open file, fsync (so data and metadata are durable before the name
     /// is), then the rename into place.
     fn complete(&self, file: usize, fh: std::fs::File) -> Result<(), VolumeError> {
-        let f = &self.plan.files[file];
+        let f = &self.files[file];
         let dest = self.target.join(&f.rel);
         if let Err(w) = apply_file_metadata(&fh, &f.node, self.is_root) {
             self.warnings.lock().expect("warnings").push(format!("{}: {w}", dest.display()));
@@ -463,7 +609,7 @@ impl Writer<'_> {
         data: &[u8],
         runs: &[(usize, usize)],
     ) -> Result<(), VolumeError> {
-        let f = &self.plan.files[file];
+        let f = &self.files[file];
         f.created.call_once(|| {}); // from here on, a failure cleans this file up
         let dest = self.target.join(&f.rel);
         let fh = std::fs::File::create(self.staged(file)).map_err(|e| VolumeError::io(&dest, e))?;
@@ -481,12 +627,12 @@ impl Writer<'_> {
     fn write_blob(&self, data: &[u8], targets: &[(usize, u64)]) -> Result<(), VolumeError> {
         let runs = nonzero_runs(data);
         for &(file, offset) in targets {
-            if self.plan.files[file].node.content.as_ref().is_some_and(|c| c.len() == 1) {
+            if self.files[file].node.content.as_ref().is_some_and(|c| c.len() == 1) {
                 self.write_single_blob_file(file, data, &runs)?;
                 continue;
             }
             self.create_staged(file)?;
-            let dest = self.target.join(&self.plan.files[file].rel);
+            let dest = self.target.join(&self.files[file].rel);
             let open = || {
                 std::fs::OpenOptions::new()
                     .write(true)
@@ -502,7 +648,7 @@ impl Writer<'_> {
                 }
             }
             self.progress.bytes_done.fetch_add(data.len() as u64, Ordering::Relaxed);
-            if self.plan.files[file].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if self.files[file].remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                 let fh = match fh {
                     Some(fh) => fh,
                     None => open()?,
@@ -535,7 +681,7 @@ fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
 
 /// One unit of work for the restore's worker threads.
 enum Job {
-    /// Fetch a pack and write its blobs.
+    /// Fetch a stretch of a pack and write its blobs.
     Pack(Id, PackBlobs),
     /// Create an empty file.
     Empty(usize),
@@ -562,11 +708,11 @@ fn write_files(
             Job::Pack(pack, blobs) => (pack, blobs),
             Job::Empty(file) => return writer.write_single_blob_file(file, &[], &[]),
         };
-        let start = blobs.values().map(|(l, _)| l.offset as u64).min().unwrap_or(0);
-        let end = blobs.values().map(|(l, _)| l.offset as u64 + l.length as u64).max().unwrap_or(0);
+        let start = blobs.iter().map(|(_, l, _)| l.offset as u64).min().unwrap_or(0);
+        let end = blobs.iter().map(|(_, l, _)| l.offset as u64 + l.length as u64).max().unwrap_or(0);
         let handle = Handle::new(FileType::Pack, pack.to_hex());
         let bytes = rt.block_on(repo.backend().get(&handle, Some(start..end))).map_err(RepoError::from)?;
-        for (id, (loc, targets)) in &blobs {
+        for (id, loc, targets) in &blobs {
             let from = (loc.offset as u64 - start) as usize;
             let plain = decode_blob(&key, &bytes[from..from + loc.length as usize], id, loc)?;
             writer.write_blob(&plain, targets)?;
@@ -601,16 +747,16 @@ fn write_files(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn restore_into(
     repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
     plan: &Plan,
-    by_pack: HashMap<Id, PackBlobs>,
-    target: &Path,
     opts: &RestoreOptions,
     progress: &RestoreProgress,
     summary: &mut RestoreSummary,
 ) -> Result<(), VolumeError> {
+    let target = opts.target.as_path();
     let is_root = nix::unistd::geteuid().is_root();
     // Directories this run made: the entries naming them are changes to their parents.
     let mut created = Vec::new();
@@ -624,17 +770,45 @@ async fn restore_into(
         }
         create_dirs(&dir, &mut created).map_err(|e| VolumeError::io(&dir, e))?;
     }
-    let writer =
-        Writer { plan, target, is_root, fsync: opts.fsync, warnings: Mutex::new(Vec::new()), progress };
-    tracing::debug!(files = plan.files.len(), "restore: directories made, fetching packs");
+    let warnings = Mutex::new(Vec::new());
+    tracing::debug!(files = summary.files, "restore: directories made, fetching packs");
 
-    let mut packs: Vec<_> = by_pack.into_iter().collect();
-    packs.sort_by_key(|(id, _)| *id);
-    let empty =
-        (0..plan.files.len()).filter(|&i| plan.files[i].node.content.as_ref().is_none_or(|c| c.is_empty()));
-    let jobs =
-        empty.map(Job::Empty).chain(packs.into_iter().map(|(id, blobs)| Job::Pack(id, blobs))).collect();
-    write_files(repo, jobs, &writer, opts.concurrency.max(1), progress)?;
+    // The second walk: the files again, a batch at a time.
+    let mut walk = PlanWalk::new(repo, index, snapshot, opts).await?;
+    let mut batch: Vec<FilePlan> = Vec::new();
+    let (mut batch_blobs, mut first) = (0usize, 0usize);
+    loop {
+        let item = walk.next().await?;
+        let end = item.is_none();
+        if let Some(Planned::File(rel, node)) = item {
+            // Skipped in the first walk, skipped now: nothing restored since named it.
+            if opts.overwrite == Overwrite::IfChanged
+                && existing(&target.join(&rel), &node, opts.overwrite) == Existing::Skip
+            {
+                continue;
+            }
+            batch_blobs += node.content.as_ref().map_or(0, Vec::len);
+            batch.push(FilePlan::new(rel, node));
+        }
+        if !batch.is_empty() && (end || batch.len() >= BATCH_FILES || batch_blobs >= BATCH_BLOBS) {
+            let writer = Writer {
+                files: &batch,
+                first,
+                target,
+                is_root,
+                fsync: opts.fsync,
+                warnings: &warnings,
+                progress,
+            };
+            restore_batch(repo, index, &batch, &writer, opts, progress)?;
+            first += batch.len();
+            batch.clear();
+            batch_blobs = 0;
+        }
+        if end {
+            break;
+        }
+    }
     tracing::debug!("restore: file contents written");
 
     for (rel, first, _) in &plan.hardlinks {
@@ -676,10 +850,10 @@ async fn restore_into(
         match made {
             Ok(()) => {
                 if let Err(w) = apply_metadata(&dest, node, is_root) {
-                    writer.warnings.lock().expect("warnings").push(w);
+                    warnings.lock().expect("warnings").push(w);
                 }
             }
-            Err(e) => writer.warnings.lock().expect("warnings").push(format!("{}: {e}", dest.display())),
+            Err(e) => warnings.lock().expect("warnings").push(format!("{}: {e}", dest.display())),
         }
     }
     // Directories last and deepest first, so their mtimes and read-only
@@ -717,7 +891,7 @@ async fn restore_into(
         if let Some(node) = node
             && let Err(w) = apply_file_metadata(&fh, node, is_root)
         {
-            writer.warnings.lock().expect("warnings").push(format!("{}: {w}", dir.display()));
+            warnings.lock().expect("warnings").push(format!("{}: {w}", dir.display()));
         }
         if opts.fsync {
             unsynced.push((dir, fh));
@@ -727,7 +901,7 @@ async fn restore_into(
         }
     }
     sync(&mut unsynced)?;
-    summary.warnings = writer.warnings.into_inner().expect("warnings");
+    summary.warnings = warnings.into_inner().expect("warnings");
     Ok(())
 }
 

@@ -251,14 +251,11 @@ pub async fn stats(ctx: &Context, args: StatsArgs) -> Result<u8> {
     let snapshots = repo.list_ids(FileType::Snapshot).await?.len();
     let packs = repo.backend().list(FileType::Pack).await?;
     let pack_bytes: u64 = packs.iter().map(|p| p.size).sum();
-    let by_pack = index.blobs_by_pack();
     let mut counts: HashMap<BlobType, (u64, u64)> = HashMap::new();
-    for blobs in by_pack.values() {
-        for (_, kind, loc) in blobs {
-            let e = counts.entry(*kind).or_default();
-            e.0 += 1;
-            e.1 += loc.plaintext_len() as u64;
-        }
+    for (_, kind, loc) in index.iter() {
+        let e = counts.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += loc.plaintext_len() as u64;
     }
     let (data_blobs, data_bytes) = counts.get(&BlobType::Data).copied().unwrap_or_default();
     let (tree_blobs, tree_bytes) = counts.get(&BlobType::Tree).copied().unwrap_or_default();

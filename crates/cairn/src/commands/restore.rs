@@ -67,13 +67,20 @@ pub async fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
             format!("{}/{}", snapshot.paths[0].trim_end_matches('/'), p.trim_matches('/'))
         }
     });
-    let mut stack = vec![(snapshot.tree, String::new())];
-    let mut out = Vec::new();
-    let mut matched = filter.is_none();
-    while let Some((tree_id, path)) = stack.pop() {
-        let tree = repo.load_tree(&index, &tree_id).await?;
-        for node in tree.nodes.iter().rev() {
-            let child = format!("{path}/{}", node.name_lossy());
+    // Streamed in path order without holding the listing: a directory's
+    // entries and subtrees are sorted by name, a subtree's key being its
+    // name and a slash, which is where its paths fall among its siblings
+    // (`a` < `a.txt` < `a/…`); the walk holds one directory's entries per
+    // level, not the snapshot's.
+    enum Unit {
+        Entry(String, Box<cairn_repo::tree::Node>),
+        Subtree(cairn_repo::Id, String),
+    }
+    let units = |tree: cairn_repo::tree::Tree, path: &str| -> Vec<Unit> {
+        let mut keyed = Vec::new();
+        for node in tree.nodes {
+            let name = node.name_lossy();
+            let child = format!("{path}/{name}");
             let relevant = match &filter {
                 None => true,
                 Some(f) => {
@@ -83,23 +90,37 @@ pub async fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
             if !relevant {
                 continue;
             }
+            if let (NodeType::Dir, Some(sub)) = (node.node_type, node.subtree) {
+                keyed.push((format!("{name}/"), Unit::Subtree(sub, child.clone())));
+            }
             let shown = filter.as_ref().is_none_or(|f| child == *f || child.starts_with(&format!("{f}/")));
             if shown {
-                matched = true;
-                out.push((child.clone(), node.clone()));
-            }
-            if let (NodeType::Dir, Some(sub)) = (node.node_type, node.subtree) {
-                stack.push((sub, child));
+                keyed.push((name, Unit::Entry(child, Box::new(node))));
             }
         }
-    }
-    if !matched {
-        anyhow::bail!("path {:?} is not in snapshot {}", args.path.unwrap_or_default(), args.snapshot);
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.into_iter().map(|(_, u)| u).collect()
+    };
+    let mut matched = filter.is_none();
     // `cairn ls … | head` closes the pipe early: that ends the listing, quietly.
-    let mut stdout = std::io::stdout().lock();
-    for (path, node) in out {
+    // Buffered (a line per file), and Send: the walk awaits between lines.
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+    let root = repo.load_tree(&index, &snapshot.tree).await?;
+    let mut stack = vec![units(root, "").into_iter()];
+    while let Some(level) = stack.last_mut() {
+        let Some(unit) = level.next() else {
+            stack.pop();
+            continue;
+        };
+        let (path, node) = match unit {
+            Unit::Subtree(sub, path) => {
+                let tree = repo.load_tree(&index, &sub).await?;
+                stack.push(units(tree, &path).into_iter());
+                continue;
+            }
+            Unit::Entry(path, node) => (path, node),
+        };
+        matched = true;
         let line = if ctx.json() {
             serde_json::json!({
                 "path": path,
@@ -131,6 +152,14 @@ pub async fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::SUCCESS),
             Err(e) => return Err(e.into()),
         }
+    }
+    match stdout.flush() {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::SUCCESS),
+        Err(e) => return Err(e.into()),
+    }
+    if !matched {
+        anyhow::bail!("path {:?} is not in snapshot {}", args.path.unwrap_or_default(), args.snapshot);
     }
     Ok(exit::SUCCESS)
 }
