@@ -24,16 +24,19 @@
 #   BENCH_STORE=s3 bench/volume.sh           # repositories in S3 (the Ceph RGW of scripts/test-servers.sh,
 #                                            # on loopback); adds "cairn-local" (cairn, local repository) so
 #                                            # S3 and local restores are compared in the same run
+#   CAIRN_BASE_BIN=/path/to/old/cairn bench/volume.sh   # adds "cairn-base": that binary (e.g. the
+#                                            # previous release), local repository, so a change is
+#                                            # compared with what it replaces in the same run
 #
 # Environment: BENCH_DIR (default /tmp/cairn-bench), ROUNDS (default 3), BENCH_TOOLS
 # (default "cairn restic"), BENCH_BORG, BENCH_QUICK, BENCH_SEED, BENCH_VOLUME_SCALE
-# (overrides the quick scale), CAIRN_BIN (use this binary instead of building).
+# (overrides the quick scale), CAIRN_BIN (use this binary instead of building), CAIRN_BASE_BIN.
 # Needs: python3, /usr/bin/time (package `time`), restic >= 0.14; see bench/README.md.
 set -euo pipefail
 
 # The exact command line, with the settings that were given in the environment.
 CMDLINE=""
-for v in BENCH_DIR BENCH_STORE BENCH_QUICK BENCH_TOOLS BENCH_BORG ROUNDS BENCH_SEED BENCH_VOLUME_SCALE CAIRN_BIN CARGO_TARGET_DIR; do
+for v in BENCH_DIR BENCH_STORE BENCH_QUICK BENCH_TOOLS BENCH_BORG ROUNDS BENCH_SEED BENCH_VOLUME_SCALE CAIRN_BIN CAIRN_BASE_BIN CARGO_TARGET_DIR; do
   if [ -n "${!v+x}" ]; then CMDLINE+="$v=$(printf %q "${!v}") "; fi
 done
 CMDLINE+=$(printf '%q ' "$0" "$@")
@@ -73,10 +76,15 @@ case "$BENCH_STORE" in
   s3) [[ " ${TOOLS[*]} " == *" cairn-local "* ]] || TOOLS+=(cairn-local) ;;
   *) die "BENCH_STORE must be local or s3 (got '$BENCH_STORE')" ;;
 esac
+if [ -n "${CAIRN_BASE_BIN:-}" ]; then
+  [ -x "$CAIRN_BASE_BIN" ] || die "CAIRN_BASE_BIN=$CAIRN_BASE_BIN is not an executable file"
+  [[ " ${TOOLS[*]} " == *" cairn-base "* ]] || TOOLS+=(cairn-base)
+fi
 [ ${#TOOLS[@]} -gt 0 ] || die "no tools selected (BENCH_TOOLS is empty)"
 for t in "${TOOLS[@]}"; do
   case "$t" in
     cairn | cairn-local) ;;
+    cairn-base) [ -n "${CAIRN_BASE_BIN:-}" ] || die "cairn-base needs CAIRN_BASE_BIN (the baseline binary)" ;;
     restic) command -v restic >/dev/null 2>&1 || die "restic is not installed (run scripts/install-test-deps.sh, or apt-get install restic)" ;;
     borg) command -v borg >/dev/null 2>&1 || die "borg is not installed (apt-get install borgbackup)" ;;
     *) die "unknown tool '$t' in BENCH_TOOLS (known: cairn restic borg)" ;;
@@ -94,7 +102,7 @@ fi
 
 # Tools run with their defaults: drop ambient settings that would change what is measured.
 while IFS= read -r v; do
-  case "$v" in CAIRN_BIN) ;; RESTIC_*|BORG_*|CAIRN_*) unset "$v" ;; esac
+  case "$v" in CAIRN_BIN | CAIRN_BASE_BIN) ;; RESTIC_*|BORG_*|CAIRN_*) unset "$v" ;; esac
 done < <(compgen -e)
 
 # ------------------------------------------------------------------ layout
@@ -185,9 +193,11 @@ MUTATED_BYTES=$(file_bytes "$VOL"); MUTATED_FILES=$(file_count "$VOL")
 tool_cmd() {   # tool_cmd TOOL ACTION: set CMD to the command line (ACTION: init backup-NAME restore)
   local t=$1 a=$2
   case "$t" in
-    cairn | cairn-local)
+    cairn | cairn-local | cairn-base)
       local repo=$REPOS/$t
       [ "$BENCH_STORE:$t" = s3:cairn ] && repo="s3://$(bucket_of cairn "$ROUND")/repo?endpoint=$S3_ENDPOINT&region=$AWS_DEFAULT_REGION"
+      BIN=$CAIRN
+      [ "$t" = cairn-base ] && BIN=$CAIRN_BASE_BIN
       CMD=(env "CAIRN_REPOSITORY=$repo" "CAIRN_PASSWORD=$PASSWORD" "XDG_CACHE_HOME=$CACHES/$t-xdg") ;;
     restic)
       local repo=$REPOS/restic
@@ -196,11 +206,13 @@ tool_cmd() {   # tool_cmd TOOL ACTION: set CMD to the command line (ACTION: init
                  "XDG_CACHE_HOME=$CACHES/restic-xdg") ;;
     borg) CMD=(env "BORG_PASSPHRASE=$PASSWORD" "BORG_BASE_DIR=$CACHES/borg" "XDG_CACHE_HOME=$CACHES/borg-xdg") ;;
   esac
-  case "${t%-local}:$a" in
-    cairn:init) CMD+=("$CAIRN" init) ;;
-    cairn:backup-*) CMD+=("$CAIRN" backup volume "$VOL") ;;
-    cairn:restore) CMD+=("$CAIRN" restore latest --to "$RESTORE") ;;
-    cairn:restore-nofsync) CMD+=("$CAIRN" restore latest --to "$RESTORE" --no-fsync) ;;
+  local family=$t
+  [[ $t == cairn-* ]] && family=cairn
+  case "$family:$a" in
+    cairn:init) CMD+=("$BIN" init) ;;
+    cairn:backup-*) CMD+=("$BIN" backup volume "$VOL") ;;
+    cairn:restore) CMD+=("$BIN" restore latest --to "$RESTORE") ;;
+    cairn:restore-nofsync) CMD+=("$BIN" restore latest --to "$RESTORE" --no-fsync) ;;
     restic:init) CMD+=(restic init --repository-version 2) ;;
     restic:backup-*) CMD+=(restic backup "$VOL") ;;
     restic:restore) CMD+=(restic restore latest --target "$RESTORE") ;;
@@ -214,6 +226,7 @@ tool_cmd() {   # tool_cmd TOOL ACTION: set CMD to the command line (ACTION: init
 
 tool_version() {
   case "$1" in
+    cairn-base) "$CAIRN_BASE_BIN" --version 2>/dev/null </dev/null | head -1 || echo "cairn (version unknown)" ;;
     cairn | cairn-local) "$CAIRN" --version 2>/dev/null </dev/null | head -1 || echo "cairn (version unknown)" ;;
     restic) restic version 2>/dev/null | head -1 ;;
     borg) borg --version 2>/dev/null | head -1 ;;
@@ -259,7 +272,8 @@ bench_tool() {   # bench_tool TOOL ROUND POSITION
   timed "$t" "$round" "$pos" backup_mutated backup-mutated "$MUTATED_BYTES"
   "$DATASETS" reset
   local restores=(restore)
-  if [[ $t == cairn* ]]; then
+  # cairn-base may predate --no-fsync (and its restores then do not sync): it restores once.
+  if [[ $t == cairn* && $t != cairn-base ]]; then
     # Odd rounds sync first, even rounds skip it first: neither always finds the other's writeback.
     if ((round % 2)); then restores=(restore restore_nofsync); else restores=(restore_nofsync restore); fi
   fi
