@@ -106,7 +106,9 @@ fn check_is_linear_and_commands_stay_under_the_memory_ceiling() {
     let sample = walkdir_find(&target, &format!("f{last:06}")).expect("the last file restored");
     assert_eq!(std::fs::read_to_string(sample).unwrap(), format!("file {last}\n"));
 
-    for (what, rss) in [("backup", backup_rss), ("check", check_rss), ("ls", ls_rss), ("restore", restore_rss)] {
+    for (what, rss) in
+        [("backup", backup_rss), ("check", check_rss), ("ls", ls_rss), ("restore", restore_rss)]
+    {
         eprintln!("{what}: peak RSS {} MiB", rss / 1024);
         assert!(rss < RSS_CEILING_KIB, "{what} of {FILES} files peaked at {} MiB", rss / 1024);
     }

@@ -483,6 +483,10 @@ fn not_indexed(blob: &Id, rel: &Path) -> VolumeError {
     })
 }
 
+/// Per pack, per blob: where the blob is stored and every (file of the batch,
+/// offset in that file) it is written to.
+type BlobTargets = HashMap<Id, HashMap<Id, (BlobLocation, Vec<(usize, u64)>)>>;
+
 /// Restores one batch of files: which blob goes where, then the workers.
 /// On failure the batch's partial files are removed; complete files stay.
 fn restore_batch(
@@ -493,7 +497,7 @@ fn restore_batch(
     opts: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<(), VolumeError> {
-    let mut by_pack: HashMap<Id, HashMap<Id, (BlobLocation, Vec<(usize, u64)>)>> = HashMap::new();
+    let mut by_pack: BlobTargets = HashMap::new();
     for (i, f) in files.iter().enumerate() {
         let mut offset = 0u64;
         let content = f.node.content.as_deref().unwrap_or(&[]);
